@@ -1,0 +1,176 @@
+"""``branchgraph`` command line: a thin layer over the Python API; every command has ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from branchgraph.errors import BranchgraphError, ConfigError, Interrupted
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (exit 2) instead of usage plus message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the registered models with their input size and parameter count."""
+    from branchgraph.models import create_model, list_models, model_info
+
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        params = sum(p.numel() for p in create_model(name).parameters())
+        rows.append({"name": name, "input_size": list(info.input_size), "num_classes": info.num_classes,
+                     "params": params, "description": info.description})
+    width = max(len(r["name"]) for r in rows)
+    lines = [f"{'model':<{width}}  {'input':>11}  {'classes':>7}  {'params':>12}  description"]
+    lines += [
+        f"{r['name']:<{width}}  {'x'.join(map(str, r['input_size'])):>11}  {r['num_classes']:>7}  "
+        f"{r['params']:>12,}  {r['description']}" for r in rows
+    ]
+    _emit(args, rows, "\n".join(lines))
+    return 0
+
+
+TRAIN_FLAGS: dict[str, dict[str, Any]] = {
+    "model": dict(help="registry model name (see 'branchgraph models')"),
+    "epochs": dict(type=_positive_int),
+    "batch_size": dict(type=_positive_int, help="global batch size (split over DDP processes)"),
+    "optimizer": dict(choices=("sgd", "adamw")),
+    "lr": dict(type=_positive_float, help="learning rate (the peak for --schedule onecycle)"),
+    "momentum": dict(type=float),
+    "weight_decay": dict(type=float),
+    "schedule": dict(choices=("constant", "onecycle", "cosine")),
+    "label_smoothing": dict(type=float),
+    "resize": dict(type=_positive_int, help="resize images to N x N (d2l uses 96)"),
+    "crop_padding": dict(type=int, help="random-crop augmentation with this zero padding"),
+    "val_size": dict(type=int, help="training images held out for validation (fixed split)"),
+    "limit": dict(type=_positive_int, help="use only the first N samples of each split"),
+    "precision": dict(choices=("fp32", "bf16", "fp16")),
+    "device": dict(choices=("auto", "cpu", "cuda")),
+    "seed": dict(type=int),
+    "threads": dict(type=_positive_int, help="intra-op CPU threads"),
+    "data_dir": dict(help="folder with the Fashion-MNIST IDX files (default $BRANCHGRAPH_DATA or Debian's)"),
+    "out_dir": dict(help="parent folder of run directories (default runs)"),
+}
+TRAIN_SWITCHES = ("hflip", "channels_last", "normalize", "deterministic", "nesterov")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in (*TRAIN_FLAGS, *TRAIN_SWITCHES) if getattr(args, key) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model (preset, then config file, then flags), or continue a run with --resume."""
+    from branchgraph.train import build_config, resume, train
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        extra = sorted(set(overrides) - {"epochs", "data_dir"})
+        if extra or args.config or args.preset:
+            named = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "--preset/--config"
+            raise ConfigError(f"--resume continues the run's saved settings; drop {named} (only --epochs may change)")
+        result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"))
+    else:
+        config = build_config(args.preset or "fast", args.config, overrides)
+        result = train(config, progress=not args.quiet)
+    final = result.final
+    text = (f"run {result.run_dir}: {len(result.metrics)} epochs, "
+            f"test accuracy {final.get('test_acc', float('nan')):.4f}, {final.get('elapsed_s', 0):.0f} s of training")
+    _emit(args, result.to_dict(), text)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run's checkpoint on a split."""
+    from branchgraph.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit)
+    text = (f"{result['model']} after {result['epochs_trained']} epochs: {result['split']} accuracy "
+            f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples)")
+    _emit(args, result, text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line interface."""
+    parser = _Parser(prog="branchgraph", description="Understand, optimise and train multi-branch networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.set_defaults(func=func)
+        return p
+
+    add("models", cmd_models, "list the registered models")
+
+    p = add("train", cmd_train, "train on Fashion-MNIST")
+    p.add_argument("--preset", choices=("fast", "d2l", "accurate"), help="starting settings (default fast)")
+    p.add_argument("--config", help="JSON file of settings, applied after the preset")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    for key, kw in TRAIN_FLAGS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, **kw)
+    for key in TRAIN_SWITCHES:
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, action=argparse.BooleanOptionalAction)
+
+    p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
+    p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--limit", type=_positive_int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors print one line on stderr and exit 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BranchgraphError as exc:
+        print(f"branchgraph: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"branchgraph: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("branchgraph: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The training loop: deterministic batches, atomic checkpoints, exact resume, NaN guard, DDP, AMP."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from branchgraph.data import BatchLoader, Preprocess, load_fashion_mnist
+from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
+from branchgraph.models import create_model
+from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
+from branchgraph.train.config import TrainConfig
+from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
+from branchgraph.train.report import plot_curves, write_report
+
+AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers
+TIMING_KEYS = ("time_s", "images_per_s", "elapsed_s")
+
+
+@dataclass
+class TrainResult:
+    """Where a run lives and how it ended."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    config: TrainConfig
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "final": self.final, "epochs_done": len(self.metrics)}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when available, else CPU; asking for CUDA without it is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_for(config: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
+    """Autocast context for the configured precision (nothing for fp32)."""
+    if config.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def compute_loss(output: Any, target: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and the main logits; GoogLeNet's auxiliary outputs add ``AUX_WEIGHT`` x their loss."""
+    if isinstance(output, tuple):
+        logits, *aux = output
+        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        for extra in aux:
+            loss = loss + AUX_WEIGHT * F.cross_entropy(extra, target, label_smoothing=label_smoothing)
+        return loss, logits
+    return F.cross_entropy(output, target, label_smoothing=label_smoothing), output
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The configured registry model, seeded so that initial weights depend only on ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return create_model(config.model, **config.model_kwargs)
+
+
+def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
+    """The preprocessing for training (with augmentation) or evaluation."""
+    return Preprocess(
+        resize=config.resize,
+        normalize=config.normalize,
+        crop_padding=config.crop_padding if train else 0,
+        hflip=config.hflip and train,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: BatchLoader, config: TrainConfig, device: torch.device, info: DistInfo
+) -> tuple[float, float]:
+    """Mean loss (without label smoothing) and accuracy over the loader, summed over all ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for x, y in loader.batches():
+        x, y = _to_device(x, y, device, config.channels_last)
+        with autocast_for(config, device):
+            logits = model(x)
+        sums += torch.tensor([
+            F.cross_entropy(logits.float(), y, reduction="sum").item(),
+            (logits.argmax(1) == y).sum().item(),
+            len(y),
+        ], dtype=torch.float64)
+    all_reduce_sum(sums, info)
+    model.train(was_training)
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
+def _to_device(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def _make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
+    name = ""
+    if info.is_main:
+        base = Path(config.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True)
+        name = str(path)
+    return Path(broadcast_str(name, info))
+
+
+class Trainer:
+    """One training run in one directory; ``run()`` trains to ``config.epochs`` from wherever it stands."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path | None = None, state: dict[str, Any] | None = None,
+                 progress: bool = True) -> None:
+        self.config = config.validate()
+        self.device = resolve_device(config.device)
+        self.info = init_distributed(self.device.type)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.info.local_rank)
+            self.device = torch.device("cuda", self.info.local_rank)
+        splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
+        if config.batch_size % self.info.world_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                f"{self.info.world_size} processes"
+            )
+        self.train_loader = BatchLoader(
+            splits["train"], config.batch_size, build_preprocess(config, True), train=True,
+            seed=config.seed, rank=self.info.rank, world_size=self.info.world_size,
+        )
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"--limit {config.limit} leaves fewer samples than one batch of {config.batch_size}")
+        self.eval_loaders = {
+            name: BatchLoader(splits[name], 500, build_preprocess(config, False), train=False,
+                              rank=self.info.rank, world_size=self.info.world_size)
+            for name in ("val", "test") if name in splits
+        }
+        self.model = build_model(config).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self._make_optimizer()
+        total_steps = config.epochs * len(self.train_loader)
+        self.scheduler = self._make_scheduler(total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.epoch, self.step, self.metrics = 0, 0, []
+        self.epoch_sums = torch.zeros(3, dtype=torch.float64)
+        self.elapsed = 0.0
+        if state is not None:
+            self._load_state(state)
+        self.run_dir = run_dir if run_dir is not None else _make_run_dir(config, self.info)
+        self.progress = progress
+        self.ddp_model: nn.Module = (
+            DistributedDataParallel(self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda"
+                                    else None)
+            if self.info.enabled else self.model
+        )
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
+                                   nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    def _make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        if self.config.schedule == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.config.lr, total_steps=total_steps)
+        if self.config.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "config": asdict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "epoch_sums": self.epoch_sums.clone(),
+            "metrics": self.metrics,
+            "elapsed": self.elapsed,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.epoch_sums = state["epoch_sums"].clone()
+            self.metrics = list(state["metrics"])
+            self.elapsed = float(state["elapsed"])
+            torch.set_rng_state(state["rng"])
+            if state["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint does not match its model/settings: {str(exc).splitlines()[0]}") from None
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0 only), atomically."""
+        if self.info.is_main:
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._state())
+
+    def _write_outputs(self, status: str) -> None:
+        if not self.info.is_main:
+            return
+        lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.metrics)
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
+        if self.metrics:
+            plot_curves(self.metrics, self.run_dir / "curves.png")
+        write_report(self.run_dir / "report.md", asdict(self.config), self.metrics, status)
+
+    def run(self) -> TrainResult:
+        """Train the remaining epochs; Ctrl-C saves the exact position and raises Interrupted."""
+        if self.info.is_main:
+            atomic_write_bytes(self.run_dir / "config.json", (self.config.to_json() + "\n").encode())
+            self._write_outputs("running")
+        try:
+            while self.epoch < self.config.epochs:
+                self._train_epoch()
+            self._write_outputs("finished")
+        except KeyboardInterrupt:
+            self.save()
+            self._write_outputs("interrupted")
+            raise Interrupted(self.run_dir, self.epoch, self.step) from None
+        except TrainingDiverged:
+            self._write_outputs("stopped: the loss diverged")
+            raise
+        finally:
+            shutdown(self.info)
+        return TrainResult(self.run_dir, self.metrics, self.config)
+
+    def _train_epoch(self) -> None:
+        c, loader = self.config, self.train_loader
+        loader.epoch = self.epoch
+        self.ddp_model.train()
+        start, started = self.step, time.perf_counter()
+        bar = tqdm(total=len(loader), initial=start, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="batch",
+                   disable=not (self.progress and self.info.is_main), leave=False, dynamic_ncols=True)
+        for x, y in loader.batches(start):
+            x, y = _to_device(x, y, self.device, c.channels_last)
+            with autocast_for(c, self.device):
+                loss, logits = compute_loss(self.ddp_model(x), y, c.label_smoothing)
+            self._check_finite(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            self.epoch_sums += torch.tensor(
+                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
+            )
+            rate = (self.step - start) * c.batch_size / (time.perf_counter() - started)
+            bar.update()
+            bar.set_postfix(loss=f"{self.epoch_sums[0] / self.epoch_sums[2]:.3f}",
+                            acc=f"{self.epoch_sums[1] / self.epoch_sums[2]:.3f}", img_s=f"{rate:.0f}")
+        bar.close()
+        train_time = time.perf_counter() - started
+        self._end_epoch(train_time, (self.step - start) * c.batch_size)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        finite = torch.tensor([1.0 if math.isfinite(loss.item()) else 0.0])
+        if self.info.enabled:
+            all_reduce_sum(finite, self.info)
+            ok = int(finite.item()) == self.info.world_size
+        else:
+            ok = bool(finite.item())
+        if not ok:
+            last = f"epoch {self.epoch}" if self.epoch else "none yet"
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at epoch {self.epoch + 1} step {self.step + 1}; stopped, last good "
+                f"checkpoint ({last}) kept in {self.run_dir}; lower --lr or use --precision fp32"
+            )
+
+    def _end_epoch(self, train_time: float, images: int) -> None:
+        sums = all_reduce_sum(self.epoch_sums.clone(), self.info)
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_loss": float(sums[0] / sums[2]),
+            "train_acc": float(sums[1] / sums[2]),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        for name, eval_loader in self.eval_loaders.items():
+            record[f"{name}_loss"], record[f"{name}_acc"] = evaluate(
+                self.model, eval_loader, self.config, self.device, self.info
+            )
+        self.elapsed += train_time
+        record.update(time_s=round(train_time, 2), images_per_s=round(images / max(train_time, 1e-9), 1),
+                      elapsed_s=round(self.elapsed, 2))
+        self.metrics.append(record)
+        self.epoch, self.step = self.epoch + 1, 0
+        self.epoch_sums.zero_()
+        self.save()
+        self._write_outputs("running" if self.epoch < self.config.epochs else "finished")
+        if self.info.is_main and self.progress:
+            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+            tqdm.write(json.dumps(shown))
+
+
+def train(config: TrainConfig, run_dir: Path | None = None, progress: bool = True) -> TrainResult:
+    """Train ``config`` in a new run directory (or ``run_dir``)."""
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(config, run_dir, progress=progress).run()
+
+
+def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None) -> TrainResult:
+    """Continue a run from its checkpoint with its saved settings (``epochs`` may extend it)."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir)
+    config = TrainConfig.from_dict(dict(state["config"]), source=str(run_dir / CHECKPOINT_NAME))
+    if epochs is not None:
+        if epochs < state["epoch"]:
+            raise ConfigError(f"--epochs {epochs} is fewer than the {state['epoch']} epochs already done")
+        config.epochs = epochs
+    return Trainer(config, run_dir, state=state, progress=progress).run()
+
+
+def evaluate_checkpoint(
+    path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train')."""
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(dict(state["config"]))
+    if data_dir is not None:
+        config.data_dir = data_dir
+    splits = load_fashion_mnist(config.data_dir, config.val_size, limit)
+    if split not in splits:
+        raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
+    device = resolve_device(config.device)
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
+            from None
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = BatchLoader(splits[split], 500, build_preprocess(config, False), train=False)
+    loss, acc = evaluate(model, loader, config, device, DistInfo())
+    return {"model": config.model, "split": split, "samples": len(splits[split]), "loss": loss, "accuracy": acc,
+            "epochs_trained": int(state["epoch"])}
