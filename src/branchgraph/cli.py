@@ -41,6 +41,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{flag} is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{flag} must be a JSON object such as '{{\"width\": 0.5}}'")
+    return value
+
+
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
 
@@ -67,6 +77,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "model": dict(help="registry model name (see 'branchgraph models')"),
+    "model_kwargs": dict(type=lambda t: _json_object(t, "--model-kwargs"),
+                         help='JSON object of model options, e.g. \'{"width": 0.25}\''),
     "epochs": dict(type=_positive_int),
     "batch_size": dict(type=_positive_int, help="global batch size (split over DDP processes)"),
     "optimizer": dict(choices=("sgd", "adamw")),

@@ -255,9 +255,9 @@ def googlenet_d2l_asym(in_channels: int = 1, num_classes: int = 10, bn: bool = F
 
 
 @register_model("googlenet-fmnist", input_size=(1, 28, 28), num_classes=10)
-def googlenet_fmnist(in_channels: int = 1, num_classes: int = 10, width: float = 0.5,
+def googlenet_fmnist(in_channels: int = 1, num_classes: int = 10, width: float = 0.25,
                      factorize: Factorize = "3x3") -> nn.Module:
-    """GoogLeNet for native 28x28 input: 3x3 stem, BN, half width, 3x3-factorised; maps 28-14-7-4."""
+    """GoogLeNet for native 28x28 input: 3x3 stem, BN, quarter width, 3x3-factorised; maps 28-14-7-4."""
     return D2LGoogLeNet(in_channels, num_classes, bn=True, factorize=factorize, stem="28px", width=width)
 
 

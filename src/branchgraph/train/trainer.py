@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -175,6 +177,7 @@ class Trainer:
         self.epoch, self.step, self.metrics = 0, 0, []
         self.epoch_sums = torch.zeros(3, dtype=torch.float64)
         self.elapsed = 0.0
+        self.stop_requested = False
         if state is not None:
             self._load_state(state)
         self.run_dir = run_dir if run_dir is not None else _make_run_dir(config, self.info)
@@ -246,24 +249,41 @@ class Trainer:
         write_report(self.run_dir / "report.md", asdict(self.config), self.metrics, status)
 
     def run(self) -> TrainResult:
-        """Train the remaining epochs; Ctrl-C saves the exact position and raises Interrupted."""
+        """Train the remaining epochs; Ctrl-C stops at the next step boundary, saves and raises Interrupted.
+
+        The stop waits for the step to finish because a step cut short would already have updated
+        BatchNorm running statistics, and the resumed run would then apply that step twice.
+        A second Ctrl-C aborts at once and leaves the last checkpoint as it was.
+        """
         if self.info.is_main:
             atomic_write_bytes(self.run_dir / "config.json", (self.config.to_json() + "\n").encode())
             self._write_outputs("running")
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._request_stop)
         try:
             while self.epoch < self.config.epochs:
                 self._train_epoch()
+                if self.stop_requested:
+                    break
+            if self.stop_requested:
+                self.save()
+                self._write_outputs("interrupted")
+                raise Interrupted(self.run_dir, self.epoch, self.step)
             self._write_outputs("finished")
-        except KeyboardInterrupt:
-            self.save()
-            self._write_outputs("interrupted")
-            raise Interrupted(self.run_dir, self.epoch, self.step) from None
         except TrainingDiverged:
             self._write_outputs("stopped: the loss diverged")
             raise
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             shutdown(self.info)
         return TrainResult(self.run_dir, self.metrics, self.config)
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
 
     def _train_epoch(self) -> None:
         c, loader = self.config, self.train_loader
@@ -290,6 +310,9 @@ class Trainer:
             bar.update()
             bar.set_postfix(loss=f"{self.epoch_sums[0] / self.epoch_sums[2]:.3f}",
                             acc=f"{self.epoch_sums[1] / self.epoch_sums[2]:.3f}", img_s=f"{rate:.0f}")
+            if self.stop_requested and self.step < len(loader):
+                bar.close()
+                return
         bar.close()
         train_time = time.perf_counter() - started
         self._end_epoch(train_time, (self.step - start) * c.batch_size)
@@ -315,6 +338,7 @@ class Trainer:
             "train_loss": float(sums[0] / sums[2]),
             "train_acc": float(sums[1] / sums[2]),
             "lr": self.optimizer.param_groups[0]["lr"],
+            "world_size": self.info.world_size,
         }
         for name, eval_loader in self.eval_loaders.items():
             record[f"{name}_loss"], record[f"{name}_acc"] = evaluate(
@@ -355,12 +379,15 @@ def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None
 ) -> dict[str, Any]:
-    """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train')."""
+    """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train').
+
+    By default the run's own ``limit`` applies, so the figure matches its metrics; pass ``limit`` to change it.
+    """
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(dict(state["config"]))
     if data_dir is not None:
         config.data_dir = data_dir
-    splits = load_fashion_mnist(config.data_dir, config.val_size, limit)
+    splits = load_fashion_mnist(config.data_dir, config.val_size, limit if limit is not None else config.limit)
     if split not in splits:
         raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
     device = resolve_device(config.device)

@@ -1,0 +1,57 @@
+"""Shared fixtures: the real Fashion-MNIST folder, a tiny copy of it, and a CLI runner."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from branchgraph.data.fashion_mnist import FILES, resolve_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The installed dataset; its absence is a set-up error (``make test`` installs it), not a skip."""
+    path = resolve_data_dir()
+    if not (path / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"Fashion-MNIST missing in {path}: run 'make test' (it installs dataset-fashion-mnist)")
+    return path
+
+
+@pytest.fixture()
+def data_copy(tmp_path: Path, data_dir: Path) -> Path:
+    """A writable copy of the four real files, for corrupting."""
+    target = tmp_path / "fmnist"
+    target.mkdir()
+    for images, labels, _ in FILES.values():
+        for stem in (images, labels):
+            shutil.copy(data_dir / f"{stem}.gz", target / f"{stem}.gz")
+    return target
+
+
+def gunzip(path: Path) -> bytes:
+    """The decompressed bytes of a .gz file."""
+    with gzip.open(path, "rb") as fh:
+        return fh.read()
+
+
+def gzip_write(path: Path, raw: bytes) -> None:
+    """Write ``raw`` gzip-compressed (fast level, for tests)."""
+    with gzip.open(path, "wb", compresslevel=1) as fh:
+        fh.write(raw)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m branchgraph.cli ARGS`` in a fresh process and capture its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "branchgraph.cli", *args], capture_output=True, text=True, timeout=timeout,
+        env=full_env, cwd=REPO,
+    )
