@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import gunzip, gzip_write, run_cli
 
 from branchgraph.data import CLASSES, load_fashion_mnist, load_split, read_idx
 from branchgraph.errors import DataError
+from tests.conftest import gunzip, gzip_write, run_cli
 
 
 def test_real_files(data_dir: Path) -> None:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import REPO, run_cli
 
 from branchgraph.errors import CheckpointError, ConfigError, TrainingDiverged
 from branchgraph.train import build_config, evaluate_checkpoint, resume, train
 from branchgraph.train import trainer as trainer_module
+from tests.conftest import REPO, run_cli
 
 TINY = {"model_kwargs": {"width": 0.25}, "limit": 256, "batch_size": 64, "epochs": 2, "val_size": 1000}
 # A run long enough to be killed in its second epoch: 16 steps per epoch.

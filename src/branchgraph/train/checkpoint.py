@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -15,6 +16,7 @@ from branchgraph.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
+FILE_MODE = 0o644  # mkstemp makes 0600 files; results are meant to be read by others too
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,6 +27,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,16 +36,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically save ``state`` (tensors, numbers, strings, lists and dicts only)."""
-    tmp_fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(tmp_fd)
-    try:
-        torch.save({"format": FORMAT_VERSION, **state}, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

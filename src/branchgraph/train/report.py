@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from branchgraph.train.checkpoint import atomic_write_bytes
 
@@ -21,12 +22,14 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     epochs = [m["epoch"] for m in metrics]
     for split in SPLITS:
         if metrics and f"{split}_loss" in metrics[0]:
-            ax_loss.plot(epochs, [m[f"{split}_loss"] for m in metrics], marker="o", label=split)
+            label = f"{split} (as optimised: with label smoothing)" if split == "train" else split
+            ax_loss.plot(epochs, [m[f"{split}_loss"] for m in metrics], marker="o", label=label)
             ax_acc.plot(epochs, [m[f"{split}_acc"] for m in metrics], marker="o", label=split)
     for ax, label in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
