@@ -1,6 +1,7 @@
 """branchgraph: understand, optimise and train multi-branch (Inception) networks on PyTorch."""
 
+from branchgraph.graph import summary
 from branchgraph.models import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "list_models"]
+__all__ = ["__version__", "create_model", "list_models", "summary"]

@@ -1,0 +1,96 @@
+"""Capture a model as a torch.fx graph with shapes; models fx cannot trace fall back to module hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from branchgraph.errors import BranchgraphError
+
+
+class InputShapeError(BranchgraphError):
+    """The example input does not fit the model; the message names the layer that failed."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def layer_failure(model: nn.Module, target: str, shape: tuple[int, ...], exc: BaseException) -> InputShapeError:
+    """An InputShapeError naming layer ``target`` (a module path) and its type."""
+    try:
+        kind = type(model.get_submodule(target)).__name__ if target else type(model).__name__
+    except AttributeError:
+        kind = "function"
+    return InputShapeError(
+        f"input of shape {list(shape)} does not fit {type(model).__name__}: layer '{target or '<top>'}' ({kind}) "
+        f"failed: {_first_line(exc)}; pass an --input the model accepts"
+    )
+
+
+class _NamingShapeProp(ShapeProp):
+    """fx's ShapeProp, but an error names the layer (module path) whose node failed."""
+
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ...]) -> None:
+        super().__init__(gm)
+        self.model, self.shape = model, shape
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except Exception as exc:  # re-raised as a user error naming the node's layer
+            target = n.target if n.op == "call_module" else _node_module(n) or n.name
+            raise layer_failure(self.model, str(target), self.shape, exc) from None
+
+
+def _node_module(node: fx.Node) -> str:
+    """The innermost module path a node was traced in ('' at the top level)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        return path[0] if isinstance(path, tuple) else str(path)
+    return ""
+
+
+@dataclass
+class Capture:
+    """A traced graph with ``tensor_meta`` on every node, or ``None`` with a note saying why not."""
+
+    model: nn.Module
+    graph_module: fx.GraphModule | None
+    note: str | None = None
+
+
+def capture(model: nn.Module, example: torch.Tensor) -> Capture:
+    """Symbolically trace ``model`` and propagate shapes of ``example`` through it (in eval mode, no grad).
+
+    A model fx cannot trace (data-dependent control flow, say) gives a Capture without a graph and a note;
+    an input the model cannot take raises InputShapeError naming the failing layer.
+    """
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # any tracing failure means: fall back to module hooks
+        return Capture(model, None, (
+            f"torch.fx could not trace {type(model).__name__} ({_first_line(exc)}); figures come from module "
+            "hooks, so there is no fork/join or branch structure and no graph picture"
+        ))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _NamingShapeProp(gm, model, tuple(example.shape)).propagate(example)
+    finally:
+        model.train(was_training)
+    return Capture(model, gm)
+
+
+def node_module(node: fx.Node) -> str:
+    """Public alias: the module path a node belongs to."""
+    return _node_module(node)

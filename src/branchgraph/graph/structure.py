@@ -1,0 +1,116 @@
+"""Branch structure of a captured graph: forks (values used by several nodes), joins (cat, add), branches."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+from branchgraph.graph.capture import node_module
+
+JOIN_TARGETS = (torch.cat, torch.add, operator.add, operator.iadd, torch.stack)
+
+
+@dataclass
+class Branch:
+    """One path between a fork and a join: its nodes and the modules they call."""
+
+    name: str
+    nodes: list[str]
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Block:
+    """A fork whose value flows through parallel branches into one join (an Inception block, a residual)."""
+
+    name: str
+    fork: str
+    join: str
+    branches: list[Branch]
+
+
+def forks(graph: fx.Graph) -> list[fx.Node]:
+    """Nodes whose value is used by more than one node."""
+    return [n for n in graph.nodes if len(n.users) > 1 and n.op != "output"]
+
+
+def _join_inputs(node: fx.Node) -> list[fx.Node]:
+    if node.op != "call_function" or node.target not in JOIN_TARGETS:
+        return []
+    first = node.args[0] if node.args else None
+    candidates = list(first) if isinstance(first, list | tuple) else list(node.args[:2])
+    inputs = [a for a in candidates if isinstance(a, fx.Node)]
+    return inputs if len(inputs) >= 2 else []
+
+
+def joins(graph: fx.Graph) -> list[fx.Node]:
+    """cat/stack/add nodes that combine two or more computed values."""
+    return [n for n in graph.nodes if _join_inputs(n)]
+
+
+def _ancestors(node: fx.Node, memo: dict[fx.Node, frozenset[fx.Node]]) -> frozenset[fx.Node]:
+    """``node`` and everything it depends on (iterative, memoised)."""
+    stack = [node]
+    while stack:
+        current = stack[-1]
+        if current in memo:
+            stack.pop()
+            continue
+        missing = [a for a in current.all_input_nodes if a not in memo]
+        if missing:
+            stack.extend(missing)
+            continue
+        result = {current}
+        for a in current.all_input_nodes:
+            result |= memo[a]
+        memo[current] = frozenset(result)
+        stack.pop()
+    return memo[node]
+
+
+def _common_prefix(paths: list[str]) -> str:
+    parts = [p.split(".") for p in paths if p]
+    if not parts:
+        return ""
+    prefix: list[str] = []
+    for column in zip(*parts, strict=False):
+        if len(set(column)) != 1:
+            break
+        prefix.append(column[0])
+    return ".".join(prefix)
+
+
+def find_blocks(gm: fx.GraphModule) -> list[Block]:
+    """Every join with the fork its inputs share and the nodes of each branch between the two."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    memo: dict[fx.Node, frozenset[fx.Node]] = {}
+    blocks: list[Block] = []
+    for join in joins(gm.graph):
+        inputs = _join_inputs(join)
+        sets = [_ancestors(i, memo) for i in inputs]
+        common = frozenset.intersection(*sets)
+        if not common:
+            continue
+        fork = max(common, key=order.__getitem__)
+        raw = [{n for n in s if order[n] > order[fork]} for s in sets]
+        shared = set.intersection(*raw) if len(raw) > 1 else set()
+        branch_nodes = [sorted(r - shared, key=order.__getitem__) for r in raw]
+        module_lists = [[str(n.target) for n in nodes if n.op == "call_module"] for nodes in branch_nodes]
+        all_modules = [node_module(n) for nodes in branch_nodes for n in nodes]
+        block_name = _common_prefix(all_modules) or join.name
+        branches = []
+        for index, (nodes, modules) in enumerate(zip(branch_nodes, module_lists, strict=True)):
+            prefix = _common_prefix([node_module(n) for n in nodes])
+            below = prefix[len(block_name):].lstrip(".").split(".")[0] if prefix.startswith(block_name) else ""
+            if not nodes:
+                name = f"{block_name}.identity"
+            elif below:
+                name = f"{block_name}.{below}" if block_name != join.name else below
+            else:
+                name = f"{block_name}.path{index + 1}"
+            branches.append(Branch(name, [n.name for n in nodes], modules))
+        blocks.append(Block(block_name, fork.name, join.name, branches))
+    return blocks

@@ -1,0 +1,187 @@
+"""``summary(model, input_size, batch)``: per-module and per-branch params, MACs and measured saved bytes."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from branchgraph.errors import ConfigError
+from branchgraph.graph.capture import Capture, capture
+from branchgraph.graph.cost import param_counts
+from branchgraph.graph.memory import LayerRecord, Measurement, measure
+from branchgraph.graph.structure import Block, find_blocks
+from branchgraph.models import create_model, model_info
+
+MB = 1024.0**2
+BYTES_PER_VALUE = 4  # torchsummary's convention: float32 everywhere
+
+
+@dataclass
+class ModuleRow:
+    """One module (a leaf layer or a container, with its subtree's totals)."""
+
+    name: str
+    type: str
+    depth: int
+    output_shape: list[int] | None
+    params: int
+    params_no_bias: int
+    macs: int
+    backward_macs: int
+    saved_bytes: int
+    leaf: bool
+
+
+@dataclass
+class BranchRow:
+    """One branch of a fork/join block, with its share of the block's forward MACs."""
+
+    block: str
+    name: str
+    modules: list[str]
+    output_shape: list[int] | None
+    params: int
+    params_no_bias: int
+    macs: int
+    backward_macs: int
+    saved_bytes: int
+    macs_share: float
+
+
+@dataclass
+class Summary:
+    """What ``branchgraph summary`` prints; ``to_dict``/``to_text`` render it."""
+
+    model: str
+    input_size: tuple[int, ...]
+    batch: int
+    rows: list[ModuleRow]
+    branches: list[BranchRow]
+    total: dict[str, Any]
+    peak_bytes: int | None
+    note: str | None = None
+    blocks: list[Block] = field(default_factory=list, repr=False)
+    capture: Capture | None = field(default=None, repr=False)
+    measurement: Measurement | None = field(default=None, repr=False)
+
+    def to_dict(self, depth: int | None = None) -> dict[str, Any]:
+        """JSON-ready: totals, module rows (to ``depth``), branch rows, the measured peak and any note."""
+        rows = [r for r in self.rows if depth is None or r.depth <= depth]
+        return {
+            "model": self.model, "input_size": list(self.input_size), "batch": self.batch,
+            "total": self.total, "peak_bytes": self.peak_bytes, "note": self.note,
+            "modules": [{k: v for k, v in asdict(r).items() if k not in ("backward_macs", "leaf")} | {
+                "backward_macs": r.backward_macs} for r in rows],
+            "branches": [asdict(b) for b in self.branches],
+        }
+
+    def to_text(self, depth: int | None = None) -> str:
+        """The printed table (golden-file tested)."""
+        from branchgraph.graph.render import render_summary
+
+        return render_summary(self, depth)
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """'3,224,224' -> (3, 224, 224); anything else raises ConfigError."""
+    try:
+        size = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--input must be channels,height,width such as 3,224,224; got {text!r}") from None
+    if not size or any(s <= 0 for s in size):
+        raise ConfigError(f"--input sizes must be positive integers; got {text!r}")
+    return size
+
+
+def _resolve(model: nn.Module | str, input_size: tuple[int, ...] | None) -> tuple[str, nn.Module, tuple[int, ...]]:
+    if isinstance(model, str):
+        info = model_info(model)
+        return model, create_model(model), tuple(input_size or info.input_size)
+    if input_size is None:
+        raise ConfigError("input_size is required for a model that is not in the registry")
+    return type(model).__name__, model, tuple(input_size)
+
+
+def summary(
+    model: nn.Module | str, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0
+) -> Summary:
+    """Capture ``model`` (a registry name or module), measure one training step on a random batch of
+    ``batch`` x ``input_size``, and tabulate per module and per branch. The model itself is not modified.
+    """
+    if batch <= 0:
+        raise ConfigError(f"--batch must be a positive integer; got {batch}")
+    name, module, size = _resolve(model, input_size)
+    generator = torch.Generator().manual_seed(seed)
+    example = torch.randn((batch, *size), generator=generator)
+    work = copy.deepcopy(module)
+    captured = capture(work, example)
+    measured = measure(work, example)
+    rows = _module_rows(work, measured)
+    blocks = find_blocks(captured.graph_module) if captured.graph_module is not None else []
+    branches = _branch_rows(blocks, captured, work, measured.layers)
+    params = sum(p.numel() for p in work.parameters())
+    params_no_bias = sum(param_counts(m)[1] for m in work.modules())
+    leaf_values = sum(math.prod(r.output_shape) for r in rows if r.leaf and r.output_shape)
+    input_mb = batch * math.prod(size) * BYTES_PER_VALUE / MB
+    fb_mb = 2.0 * leaf_values * BYTES_PER_VALUE / MB
+    params_mb = params * BYTES_PER_VALUE / MB
+    total = {
+        "params": params,
+        "params_no_bias": params_no_bias,
+        "macs": sum(r.macs for r in measured.layers.values()),
+        "backward_macs": sum(r.backward_macs for r in measured.layers.values()),
+        "saved_bytes": measured.saved_bytes,
+        "input_mb": input_mb,
+        "forward_backward_mb": fb_mb,
+        "params_mb": params_mb,
+        "total_mb": input_mb + fb_mb + params_mb,
+    }
+    return Summary(name, size, batch, rows, branches, total, measured.peak_bytes, captured.note, blocks,
+                   captured, measured)
+
+
+def _module_rows(model: nn.Module, measured: Measurement) -> list[ModuleRow]:
+    layers = measured.layers
+    rows = []
+    for name, module in model.named_modules():
+        if not name or name not in layers:
+            continue
+        inside = [n for n in layers if n == name or n.startswith(name + ".")]
+        counts = [param_counts(m) for m in module.modules()]
+        rows.append(ModuleRow(
+            name=name, type=type(module).__name__, depth=name.count(".") + 1,
+            output_shape=layers[name].output_shape,
+            params=sum(c[0] for c in counts), params_no_bias=sum(c[1] for c in counts),
+            macs=sum(layers[n].macs for n in inside), backward_macs=sum(layers[n].backward_macs for n in inside),
+            saved_bytes=sum(layers[n].saved_bytes for n in inside), leaf=not list(module.children()),
+        ))
+    return rows
+
+
+def _branch_rows(
+    blocks: list[Block], captured: Capture, model: nn.Module, layers: dict[str, LayerRecord]
+) -> list[BranchRow]:
+    out = []
+    nodes = {n.name: n for n in captured.graph_module.graph.nodes} if captured.graph_module is not None else {}
+    for block in blocks:
+        block_macs = sum(layers[m].macs for b in block.branches for m in b.modules if m in layers)
+        for branch in block.branches:
+            mods = [m for m in branch.modules if m in layers]
+            counts = [param_counts(model.get_submodule(m)) for m in mods]
+            last = nodes.get(branch.nodes[-1]) if branch.nodes else None
+            meta = last.meta.get("tensor_meta") if last is not None else None
+            shape = list(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+            macs = sum(layers[m].macs for m in mods)
+            out.append(BranchRow(
+                block=block.name, name=branch.name, modules=mods, output_shape=shape,
+                params=sum(c[0] for c in counts), params_no_bias=sum(c[1] for c in counts), macs=macs,
+                backward_macs=sum(layers[m].backward_macs for m in mods),
+                saved_bytes=sum(layers[m].saved_bytes for m in mods),
+                macs_share=macs / block_macs if block_macs else 0.0,
+            ))
+    return out
