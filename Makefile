@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint bench setup data clean
+.PHONY: demo test test-slow lint bench setup data graphviz clean
 
-demo: setup data
+demo: setup data graphviz
 	$(BIN)/branchgraph train --preset fast
 
-test: setup data
+test: setup data graphviz
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
@@ -40,6 +40,18 @@ data:
 		|| { echo "error: apt-get could not install dataset-fashion-mnist; run 'sudo apt-get update && sudo apt-get install dataset-fashion-mnist', or set BRANCHGRAPH_DATA to a folder with the four IDX .gz files" >&2; exit 2; }; \
 	else \
 		echo "error: Fashion-MNIST is not installed and this user cannot install it. Run 'sudo apt-get update && sudo apt-get install dataset-fashion-mnist', or set BRANCHGRAPH_DATA to a folder with the four IDX .gz files" >&2; \
+		exit 2; \
+	fi
+
+# Debian's graphviz provides the `dot` program that renders `branchgraph graph` pictures.
+graphviz:
+	@if command -v dot >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "graphviz: installing Debian's graphviz (the dot program)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null) \
+		|| { echo "error: apt-get could not install graphviz; run 'sudo apt-get install graphviz'" >&2; exit 2; }; \
+	else \
+		echo "error: the Graphviz program dot is missing and this user cannot install it; run 'sudo apt-get install graphviz'" >&2; \
 		exit 2; \
 	fi
 

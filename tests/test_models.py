@@ -23,7 +23,8 @@ def test_forward_backward_every_parameter_gets_a_gradient(name: str) -> None:
     torch.manual_seed(0)
     model = bg.create_model(name)
     out = model(_example(name))
-    assert out.shape == (2, model_info(name).num_classes)
+    if model_info(name).num_classes is not None:
+        assert out.shape == (2, model_info(name).num_classes)
     out.square().mean().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: {pname} got no gradient"

@@ -68,7 +68,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'model':<{width}}  {'input':>11}  {'classes':>7}  {'params':>12}  description"]
     lines += [
-        f"{r['name']:<{width}}  {'x'.join(map(str, r['input_size'])):>11}  {r['num_classes']:>7}  "
+        f"{r['name']:<{width}}  {'x'.join(map(str, r['input_size'])):>11}  {r['num_classes'] or '-':>7}  "
         f"{r['params']:>12,}  {r['description']}" for r in rows
     ]
     _emit(args, rows, "\n".join(lines))
@@ -137,6 +137,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(args: argparse.Namespace, model: str) -> Any:
+    from branchgraph.graph import parse_input_size, summary
+
+    size = parse_input_size(args.input) if args.input else None
+    return summary(model, size, batch=args.batch)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Per-module and per-branch params, MACs and measured saved bytes of a registry model."""
+    s = _summary(args, args.model)
+    _emit(args, s.to_dict(args.depth), s.to_text(args.depth))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two models side by side, with B / A ratios."""
+    from branchgraph.graph.render import compare_rows, render_compare
+
+    a, b = _summary(args, args.model_a), _summary(args, args.model_b)
+    data = {"a": a.model, "b": b.model, "rows": compare_rows(a, b)}
+    _emit(args, data, render_compare(a, b))
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Draw the computation graph with forks, joins and branches."""
+    from branchgraph.graph.draw import draw
+
+    s = _summary(args, args.model)
+    path = draw(s, args.output)
+    _emit(args, {"model": s.model, "output": str(path), "blocks": len(s.blocks), "branches": len(s.branches)},
+          f"wrote {path}: {len(s.blocks)} fork/join blocks, {len(s.branches)} branches")
+    return 0
+
+
+def _add_input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size of the measured step (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command-line interface."""
     parser = _Parser(prog="branchgraph", description="Understand, optimise and train multi-branch networks.")
@@ -160,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     for key in TRAIN_SWITCHES:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, action=argparse.BooleanOptionalAction)
 
+    p = add("summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
+    p.add_argument("model", help="registry model name")
+    _add_input_flags(p)
+    p.add_argument("--depth", type=_positive_int, default=None, help="nesting depth of the module rows")
+
+    p = add("compare", cmd_compare, "two models side by side with ratios")
+    p.add_argument("model_a", metavar="A")
+    p.add_argument("model_b", metavar="B")
+    _add_input_flags(p)
+
+    p = add("graph", cmd_graph, "draw the computation graph (.svg, .dot or self-contained .html)")
+    p.add_argument("model", help="registry model name")
+    p.add_argument("-o", "--output", required=True, help="output file: .svg, .dot/.gv or .html")
+    _add_input_flags(p)
+
     p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
@@ -174,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except BranchgraphError as exc:
-        print(f"branchgraph: error: {exc}", file=sys.stderr)
+        message = str(exc).strip().splitlines()
+        print(f"branchgraph: error: {message[0] if message else type(exc).__name__}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         print(f"branchgraph: {exc}", file=sys.stderr)

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from branchgraph.errors import BranchgraphError
 
@@ -33,19 +34,25 @@ def layer_failure(model: nn.Module, target: str, shape: tuple[int, ...], exc: Ba
     )
 
 
-class _NamingShapeProp(ShapeProp):
-    """fx's ShapeProp, but an error names the layer (module path) whose node failed."""
+class _ShapeProp(fx.Interpreter):
+    """fx's ShapeProp (``node.meta['tensor_meta']`` on every node), but quiet, and an error names the
+    layer (module path) whose node failed instead of printing a traceback."""
 
     def __init__(self, gm: fx.GraphModule, model: nn.Module, shape: tuple[int, ...]) -> None:
         super().__init__(gm)
+        self.extra_traceback = False  # our error already names the node's layer
         self.model, self.shape = model, shape
 
     def run_node(self, n: fx.Node) -> Any:
         try:
-            return super().run_node(n)
+            result = super().run_node(n)
         except Exception as exc:  # re-raised as a user error naming the node's layer
             target = n.target if n.op == "call_module" else _node_module(n) or n.name
             raise layer_failure(self.model, str(target), self.shape, exc) from None
+        meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
+        if isinstance(result, torch.Tensor) or meta != result:
+            n.meta["tensor_meta"] = meta
+        return result
 
 
 def _node_module(node: fx.Node) -> str:
@@ -85,7 +92,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> Capture:
     model.eval()
     try:
         with torch.no_grad():
-            _NamingShapeProp(gm, model, tuple(example.shape)).propagate(example)
+            _ShapeProp(gm, model, tuple(example.shape)).run(example)
     finally:
         model.train(was_training)
     return Capture(model, gm)

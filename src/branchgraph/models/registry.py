@@ -18,7 +18,7 @@ class ModelInfo:
     name: str
     factory: Callable[..., nn.Module]
     input_size: tuple[int, int, int]
-    num_classes: int
+    num_classes: int | None  # None for feature extractors (no classifier head)
     description: str
 
 
@@ -26,7 +26,7 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    name: str, input_size: tuple[int, int, int], num_classes: int
+    name: str, input_size: tuple[int, int, int], num_classes: int | None
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a factory under ``name``; its docstring's first line becomes the description."""
 

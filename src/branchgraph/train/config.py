@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from branchgraph.errors import ConfigError
-from branchgraph.models import list_models
+from branchgraph.models import list_models, model_info
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
@@ -51,6 +51,8 @@ class TrainConfig:
         """Raise ConfigError naming the first invalid setting and its allowed values."""
         if self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
+        if model_info(self.model).num_classes is None:
+            raise ConfigError(f"model {self.model!r} has no classifier head and cannot be trained on Fashion-MNIST")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
