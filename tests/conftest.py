@@ -55,3 +55,23 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
         [sys.executable, "-m", "branchgraph.cli", *args], capture_output=True, text=True, timeout=timeout,
         env=full_env, cwd=REPO,
     )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--overwrite", action="store_true", help="rewrite golden files from the current output")
+
+
+@pytest.fixture()
+def golden(request: pytest.FixtureRequest):
+    """``golden(name, text)``: compare with tests/golden/NAME, or write it under ``pytest --overwrite``."""
+
+    def check(name: str, text: str) -> None:
+        path = REPO / "tests" / "golden" / name
+        if request.config.getoption("--overwrite"):
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text)
+            return
+        assert path.is_file(), f"no golden file {path}; create it with 'pytest --overwrite'"
+        assert text == path.read_text(), f"output differs from {path}; if intended, run 'pytest --overwrite'"
+
+    return check

@@ -99,16 +99,20 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
         shared = set.intersection(*raw) if len(raw) > 1 else set()
         branch_nodes = [sorted(r - shared, key=order.__getitem__) for r in raw]
         module_lists = [[str(n.target) for n in nodes if n.op == "call_module"] for nodes in branch_nodes]
-        all_modules = [node_module(n) for nodes in branch_nodes for n in nodes]
-        block_name = _common_prefix(all_modules) or join.name
+        # The block is the module whose forward makes the join (an Inception block), else the join node.
+        block_path = node_module(join)
+        block_name = block_path or join.name
         branches = []
         for index, (nodes, modules) in enumerate(zip(branch_nodes, module_lists, strict=True)):
             prefix = _common_prefix([node_module(n) for n in nodes])
-            below = prefix[len(block_name):].lstrip(".").split(".")[0] if prefix.startswith(block_name) else ""
+            if block_path and prefix.startswith(block_path + "."):
+                below = prefix[len(block_path) + 1:].split(".")[0]
+            else:
+                below = "" if block_path else prefix.split(".")[0]
             if not nodes:
                 name = f"{block_name}.identity"
             elif below:
-                name = f"{block_name}.{below}" if block_name != join.name else below
+                name = f"{block_path}.{below}" if block_path else below
             else:
                 name = f"{block_name}.path{index + 1}"
             branches.append(Branch(name, [n.name for n in nodes], modules))
