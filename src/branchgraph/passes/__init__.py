@@ -1,0 +1,25 @@
+"""Graph optimisation passes (one per file, ``GraphModule -> GraphModule``, copying by default) and
+``optimize``, which runs them and verifies the result against the original model."""
+
+from branchgraph.passes.base import PassReport, reports
+from branchgraph.passes.fold_bn import fold_bn
+from branchgraph.passes.fuse_parallel import (
+    FusedConv2d,
+    from_original_state_dict,
+    fuse_parallel,
+    original_parameters,
+    to_original_state_dict,
+)
+from branchgraph.passes.inplace import inplace
+from branchgraph.passes.layout import layout
+from branchgraph.passes.manager import DEFAULT_PASSES, PASSES, PassError, run_passes
+from branchgraph.passes.optimize import OptimizeReport, Verification, VerificationError, optimize, verify_equal
+from branchgraph.passes.precision import precision
+from branchgraph.passes.prune import prune
+
+__all__ = [
+    "DEFAULT_PASSES", "PASSES", "FusedConv2d", "OptimizeReport", "PassError", "PassReport", "Verification",
+    "VerificationError",
+    "fold_bn", "from_original_state_dict", "fuse_parallel", "inplace", "layout", "optimize", "original_parameters",
+    "precision", "prune", "reports", "run_passes", "to_original_state_dict", "verify_equal",
+]

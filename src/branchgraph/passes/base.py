@@ -1,0 +1,54 @@
+"""What every pass shares: copy-by-default and the report a pass leaves in ``gm.meta``."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import fx
+
+REPORTS_KEY = "branchgraph.pass_reports"
+MODES = ("train", "eval")
+
+
+@dataclass
+class PassReport:
+    """What one pass changed (and what it left alone, and why)."""
+
+    name: str
+    nodes_before: int
+    nodes_after: int = 0
+    changed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def start(gm: fx.GraphModule, name: str, inplace: bool) -> tuple[fx.GraphModule, PassReport]:
+    """The module to work on (a deep copy unless ``inplace``) and a fresh report."""
+    if not isinstance(gm, fx.GraphModule):
+        raise TypeError(f"pass {name} takes a torch.fx.GraphModule, got {type(gm).__name__}")
+    work = gm if inplace else copy.deepcopy(gm)
+    return work, PassReport(name, len(work.graph.nodes))
+
+
+def finish(gm: fx.GraphModule, report: PassReport) -> fx.GraphModule:
+    """Recompile, count nodes and append the report to ``gm.meta``."""
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    report.nodes_after = len(gm.graph.nodes)
+    gm.meta.setdefault(REPORTS_KEY, []).append(report)
+    return gm
+
+
+def reports(gm: fx.GraphModule) -> list[PassReport]:
+    """The reports of the passes that produced ``gm``, in order."""
+    return list(gm.meta.get(REPORTS_KEY, []))
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")

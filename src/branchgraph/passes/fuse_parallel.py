@@ -1,0 +1,157 @@
+"""``fuse_parallel``: horizontal fusion. Convolutions that read the same tensor with the same geometry become
+one convolution whose output is split, so an Inception block's three 1x1 convs run as one larger GEMM.
+
+Valid for training: the fused weight is the concatenation of the originals, so each original parameter's
+gradient is a slice of the fused gradient (``original_parameters``), and state dicts convert both ways
+(``to_original_state_dict`` / ``from_original_state_dict``), so checkpoints work with either model.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+
+import torch
+from torch import fx, nn
+
+from branchgraph.passes.base import check_mode, finish, start
+
+
+class FusedConv2d(nn.Conv2d):
+    """Sibling convs as one: out-channels concatenated; ``sources`` and ``splits`` map back to the originals."""
+
+    def __init__(self, convs: list[nn.Conv2d], sources: list[str]) -> None:
+        first = convs[0]
+        super().__init__(
+            first.in_channels, sum(c.out_channels for c in convs), first.kernel_size, first.stride, first.padding,
+            first.dilation, first.groups, first.bias is not None, first.padding_mode,
+            device=first.weight.device, dtype=first.weight.dtype,
+        )
+        with torch.no_grad():
+            self.weight.copy_(torch.cat([c.weight for c in convs]))
+            if self.bias is not None:
+                self.bias.copy_(torch.cat([c.bias for c in convs]))
+        self.weight.requires_grad_(first.weight.requires_grad)
+        if self.bias is not None:
+            self.bias.requires_grad_(first.bias.requires_grad)
+        self.sources = list(sources)
+        self.splits = [c.out_channels for c in convs]
+
+    def pieces(self) -> list[tuple[str, slice]]:
+        """(original conv path, its slice of the out-channels), in order."""
+        out, start_at = [], 0
+        for source, size in zip(self.sources, self.splits, strict=True):
+            out.append((source, slice(start_at, start_at + size)))
+            start_at += size
+        return out
+
+
+def _key(node: fx.Node, conv: nn.Conv2d) -> tuple[object, ...] | None:
+    """What must match for two convs to fuse; None when this conv cannot take part."""
+    if node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return None
+    if conv.groups != 1 or isinstance(conv, FusedConv2d):
+        return None
+    return (node.args[0], conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.padding_mode,
+            conv.bias is not None, conv.weight.dtype, conv.weight.device, conv.weight.requires_grad)
+
+
+def _common_parent(paths: list[str]) -> str:
+    parts = [p.split(".")[:-1] for p in paths]
+    prefix: list[str] = []
+    for column in zip(*parts, strict=False):
+        if len(set(column)) != 1:
+            break
+        prefix.append(column[0])
+    return ".".join(prefix)
+
+
+def fuse_parallel(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = False) -> fx.GraphModule:
+    """Fuse every group of >= 2 Conv2d calls reading the same node with equal kernel size, stride, padding,
+    dilation, padding mode, bias presence and groups == 1. Grouped convs are skipped (their channel groups
+    would mix)."""
+    check_mode(mode)
+    gm, report = start(gm, "fuse_parallel", inplace)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    groups: dict[tuple[object, ...], list[fx.Node]] = defaultdict(list)
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Conv2d):
+            conv = gm.get_submodule(str(node.target))
+            key = _key(node, conv)
+            if key is None:
+                report.skipped.append(f"{node.target}: grouped, already fused or called with extra arguments")
+            else:
+                groups[key].append(node)
+    counter = 0
+    for nodes in groups.values():
+        if len(nodes) < 2:
+            continue
+        targets = [str(n.target) for n in nodes]
+        if len(set(targets)) != len(targets):
+            report.skipped.append(f"{', '.join(targets)}: one module called twice on the same input")
+            continue
+        convs = [gm.get_submodule(t) for t in targets]
+        fused = FusedConv2d(convs, targets)
+        parent = _common_parent(targets)
+        name = f"{parent}.fused_conv{counter}" if parent else f"fused_conv{counter}"
+        counter += 1
+        gm.add_submodule(name, fused)
+        first = min(nodes, key=order.__getitem__)
+        with gm.graph.inserting_before(first):
+            fused_node = gm.graph.call_module(name, (nodes[0].args[0],))
+            split = gm.graph.call_function(torch.split, (fused_node, fused.splits), {"dim": 1})
+            for index, node in enumerate(nodes):
+                piece = gm.graph.call_function(operator.getitem, (split, index))
+                node.replace_all_uses_with(piece)
+        for node in nodes:
+            gm.graph.erase_node(node)
+        report.changed.append(f"{len(nodes)} convs -> {name}: {', '.join(targets)}")
+    return finish(gm, report)
+
+
+def fused_modules(gm: nn.Module) -> list[tuple[str, FusedConv2d]]:
+    """The FusedConv2d modules of ``gm`` with their paths."""
+    return [(n, m) for n, m in gm.named_modules() if isinstance(m, FusedConv2d)]
+
+
+def original_parameters(gm: nn.Module, grad: bool = False) -> dict[str, torch.Tensor | None]:
+    """Every parameter (or, with ``grad``, its gradient) under its original, unfused name: a fused conv's
+    pieces are slices of its weight and bias, so each original parameter's gradient is recovered exactly."""
+
+    def pick(p: torch.Tensor) -> torch.Tensor | None:
+        return p.grad if grad else p
+
+    fused = dict(fused_modules(gm))
+    out = {n: pick(p) for n, p in gm.named_parameters() if n.rsplit(".", 1)[0] not in fused}
+    for module in fused.values():
+        for source, part in module.pieces():
+            for kind in ("weight", "bias"):
+                tensor = getattr(module, kind)
+                if tensor is not None:
+                    value = pick(tensor)
+                    out[f"{source}.{kind}"] = None if value is None else value[part]
+    return out
+
+
+def to_original_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
+    """``gm.state_dict()`` in the unfused model's layout (loads into the original model)."""
+    state = dict(gm.state_dict())
+    for path, module in fused_modules(gm):
+        weight = state.pop(f"{path}.weight")
+        bias = state.pop(f"{path}.bias", None)
+        for source, part in module.pieces():
+            state[f"{source}.weight"] = weight[part].clone()
+            if bias is not None:
+                state[f"{source}.bias"] = bias[part].clone()
+    return state
+
+
+def from_original_state_dict(gm: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An original-layout state dict turned into ``gm``'s layout (for ``gm.load_state_dict``)."""
+    state = dict(state)
+    for path, module in fused_modules(gm):
+        sources = [s for s, _ in module.pieces()]
+        state[f"{path}.weight"] = torch.cat([state.pop(f"{s}.weight") for s in sources])
+        if module.bias is not None:
+            state[f"{path}.bias"] = torch.cat([state.pop(f"{s}.bias") for s in sources])
+    return state

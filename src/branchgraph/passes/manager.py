@@ -1,0 +1,53 @@
+"""Run passes in order, lint the graph after each, and name the pass (and those before it) on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import fx
+
+from branchgraph.errors import BranchgraphError
+from branchgraph.passes.fold_bn import fold_bn
+from branchgraph.passes.fuse_parallel import fuse_parallel
+from branchgraph.passes.inplace import inplace
+from branchgraph.passes.layout import layout
+from branchgraph.passes.precision import precision
+from branchgraph.passes.prune import prune
+
+Pass = Callable[..., fx.GraphModule]
+PASSES: dict[str, Pass] = {
+    "prune": prune, "fold_bn": fold_bn, "fuse_parallel": fuse_parallel, "inplace": inplace,
+    "layout": layout, "precision": precision,
+}
+# Lossless passes only: precision (bf16/fp16) is opt-in, and on CPUs without bf16 instructions it is slower.
+DEFAULT_PASSES: dict[str, tuple[str, ...]] = {
+    "eval": ("prune", "fold_bn", "fuse_parallel", "inplace", "layout"),
+    "train": ("prune", "fuse_parallel", "inplace", "layout"),
+}
+
+
+class PassError(BranchgraphError):
+    """A pass failed or left a malformed graph."""
+
+
+def resolve(names: Sequence[str] | None, mode: str) -> list[str]:
+    """The pass names to run (the mode's defaults when None); unknown names raise PassError listing the known."""
+    chosen = list(DEFAULT_PASSES[mode] if names is None else names)
+    unknown = [n for n in chosen if n not in PASSES]
+    if unknown:
+        raise PassError(f"unknown pass {', '.join(unknown)}; choose from {', '.join(PASSES)}")
+    return chosen
+
+
+def run_passes(gm: fx.GraphModule, names: Sequence[str], mode: str) -> fx.GraphModule:
+    """Apply ``names`` in order to a copy of ``gm``; ``graph.lint()`` after each."""
+    done: list[str] = []
+    for name in names:
+        try:
+            gm = PASSES[name](gm, mode=mode)
+            gm.graph.lint()
+        except Exception as exc:  # named and re-raised: which pass broke, after which ones
+            after = f" (after {', '.join(done)})" if done else ""
+            raise PassError(f"pass {name} failed{after}: {str(exc).strip().splitlines()[0]}") from exc
+        done.append(name)
+    return gm

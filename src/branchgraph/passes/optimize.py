@@ -1,0 +1,184 @@
+"""``optimize(model, example, passes, mode, verify)``: capture, run passes, and prove the result equal."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from branchgraph.errors import BranchgraphError
+from branchgraph.graph.capture import capture
+from branchgraph.passes.base import PassReport, check_mode, reports
+from branchgraph.passes.fuse_parallel import original_parameters
+from branchgraph.passes.manager import resolve, run_passes
+
+# Relative error = max |got - want| / max |want|, per tensor, worst over tensors.
+# Equivalence is checked in float64, where rounding cannot hide a wrong transformation (BatchNorm over a
+# tiny batch amplifies float64 rounding to ~1e-9; a wrong transformation shows as 1e-3 or more).
+EXACT_TOLERANCE = 1e-7
+# In float32, the optimised model's error against the float64 truth must stay within this, or within
+# FP32_SLACK times the original fp32 model's own error (eager fp32 convolutions on CPU can be 1e-3 off).
+FP32_TOLERANCE = 1e-5
+FP32_SLACK = 2.0
+# bf16 keeps 8 significant bits (fp16 11): a deep net's outputs and gradients move by a few percent.
+REDUCED_PRECISION_TOLERANCE = 0.1
+SGD_LR = 0.1
+FAMILIES = ("outputs", "gradients", "weights_after_step")
+
+
+class VerificationError(BranchgraphError):
+    """The optimised model does not reproduce the original within tolerance."""
+
+
+@dataclass
+class Check:
+    """The worst error over a family of tensors (outputs, gradients or weights after a step)."""
+
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    worst: str = ""
+
+    def add(self, name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+        diff = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
+        scale = want.double().abs().max().item() if want.numel() else 0.0
+        rel = diff / scale if scale > 0 else diff
+        self.max_abs = max(self.max_abs, diff)
+        if rel >= self.max_rel:
+            self.max_rel, self.worst = rel, name
+
+
+@dataclass
+class Verification:
+    """float64 equivalence (optimised vs original) and float32 accuracy of both against the float64 truth."""
+
+    exact: dict[str, Check] = field(default_factory=dict)
+    fp32_original: dict[str, Check] = field(default_factory=dict)
+    fp32_optimised: dict[str, Check] = field(default_factory=dict)
+    reduced_precision: bool = False
+
+    def limit(self, family: str) -> float:
+        """The float32 error the optimised model may have for ``family``."""
+        if self.reduced_precision:
+            return REDUCED_PRECISION_TOLERANCE
+        return max(FP32_TOLERANCE, FP32_SLACK * self.fp32_original[family].max_rel)
+
+    def failures(self) -> list[str]:
+        out = [f"float64 {k} differ by {c.max_rel:.2e} relative at {c.worst} (> {EXACT_TOLERANCE:.0e})"
+               for k, c in self.exact.items() if c.max_rel > EXACT_TOLERANCE]
+        out += [f"float32 {k} are {c.max_rel:.2e} off the float64 truth at {c.worst} (> {self.limit(k):.1e})"
+                for k, c in self.fp32_optimised.items() if c.max_rel > self.limit(k)]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "float64_equivalence": {k: vars(c) for k, c in self.exact.items()},
+            "float32_error_vs_float64": {
+                k: {"original": self.fp32_original[k].max_rel, "optimised": c.max_rel, "limit": self.limit(k),
+                    "worst": c.worst} for k, c in self.fp32_optimised.items()},
+            "tolerances": {"float64_rel": EXACT_TOLERANCE, "float32_rel": FP32_TOLERANCE, "float32_slack": FP32_SLACK,
+                           "reduced_precision_rel": REDUCED_PRECISION_TOLERANCE if self.reduced_precision else None},
+            "ok": not self.failures(),
+        }
+
+
+@dataclass
+class OptimizeReport:
+    """Per pass what changed, and how closely the optimised model reproduces the original."""
+
+    mode: str
+    passes: list[PassReport]
+    verification: Verification | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verification is None or not self.verification.failures()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "passes": [p.to_dict() for p in self.passes],
+                "verification": self.verification.to_dict() if self.verification else None}
+
+
+def _outputs(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for item in value for t in _outputs(item)] if isinstance(value, list | tuple) else []
+
+
+def optimize(
+    model: nn.Module,
+    example: torch.Tensor,
+    passes: Sequence[str] | None = None,
+    mode: str = "train",
+    verify: bool = True,
+    seed: int = 0,
+) -> tuple[fx.GraphModule, OptimizeReport]:
+    """Trace ``model`` (left untouched), apply ``passes`` (the mode's lossless defaults when None) and, with
+    ``verify``, compare against the original on ``example``: outputs; in train mode also every original
+    parameter's gradient and the weights after one SGD step. Raises VerificationError beyond tolerance."""
+    check_mode(mode)
+    names = resolve(passes, mode)
+    reference = copy.deepcopy(model).train(mode == "train")
+    captured = capture(reference, example)
+    if captured.graph_module is None:
+        raise BranchgraphError(f"cannot optimise: {captured.note}")
+    gm = captured.graph_module
+    gm.train(mode == "train")
+    optimised = run_passes(gm, names, mode)
+    optimised.train(mode == "train")
+    report = OptimizeReport(mode, reports(optimised))
+    if verify:
+        report.verification = verify_equal(model, optimised, example, mode, seed, "precision" in names)
+        failures = report.verification.failures()
+        if failures:
+            raise VerificationError(f"passes {', '.join(names)} on {type(model).__name__}: {failures[0]}")
+    return optimised, report
+
+
+def _step(net: nn.Module, example: torch.Tensor, mode: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Outputs; in train mode also every original parameter's gradient and its value after one SGD step."""
+    net.train(mode == "train")
+    if mode == "eval":
+        with torch.no_grad():
+            return {"outputs": {f"output {i}": o for i, o in enumerate(_outputs(net(example)))}}
+    torch.manual_seed(seed)
+    outs = _outputs(net(example))
+    torch.manual_seed(seed + 1)
+    weights = [torch.randn(o.shape).to(o.dtype) for o in outs]
+    sum((o * w).sum() for o, w in zip(outs, weights, strict=True)).backward()
+    grads = {n: g for n, g in original_parameters(net, grad=True).items() if g is not None}
+    torch.optim.SGD(net.parameters(), lr=SGD_LR).step()
+    return {
+        "outputs": {f"output {i}": o.detach() for i, o in enumerate(outs)},
+        "gradients": {n: g.clone() for n, g in grads.items()},
+        "weights_after_step": {n: p.detach().clone() for n, p in original_parameters(net).items()},
+    }
+
+
+def _compare(got: dict[str, dict[str, torch.Tensor]], want: dict[str, dict[str, torch.Tensor]]) -> dict[str, Check]:
+    checks: dict[str, Check] = {}
+    for family, tensors in want.items():
+        missing = sorted(set(tensors) - set(got[family]))
+        if missing:
+            raise VerificationError(f"the optimised model has no {family} for {', '.join(missing[:5])}")
+        check = checks[family] = Check()
+        for name, tensor in tensors.items():
+            check.add(name, got[family][name], tensor)
+    return checks
+
+
+def verify_equal(
+    model: nn.Module, optimised: nn.Module, example: torch.Tensor, mode: str, seed: int = 0,
+    reduced_precision: bool = False,
+) -> Verification:
+    """Run copies of the original and the optimised model in float64 (equivalence) and in float32
+    (accuracy of each against the float64 original), on ``example``."""
+    truth = _step(copy.deepcopy(model).double(), example.double(), mode, seed)
+    result = Verification(reduced_precision=reduced_precision)
+    result.exact = _compare(_step(copy.deepcopy(optimised).double(), example.double(), mode, seed), truth)
+    result.fp32_original = _compare(_step(copy.deepcopy(model).float(), example.float(), mode, seed), truth)
+    result.fp32_optimised = _compare(_step(copy.deepcopy(optimised).float(), example.float(), mode, seed), truth)
+    return result
