@@ -172,6 +172,59 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passes(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Run passes on a registry model, verify the result, optionally export it to ONNX."""
+    import torch
+
+    from branchgraph.graph import parse_input_size
+    from branchgraph.models import create_model, model_info
+    from branchgraph.passes import optimize
+    from branchgraph.passes.export import export_onnx
+
+    size = parse_input_size(args.input) if args.input else model_info(args.model).input_size
+    torch.manual_seed(args.seed)
+    example = torch.randn(args.batch, *size)
+    optimised, report = optimize(create_model(args.model), example, passes=_passes(args.passes), mode=args.mode,
+                                 verify=not args.no_verify, seed=args.seed)
+    data = report.to_dict()
+    if args.onnx:
+        if args.mode != "eval":
+            raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
+        data["onnx"] = str(export_onnx(optimised, example, args.onnx))
+    lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
+    for p in data["passes"]:
+        lines.append(f"  {p['name']:<14} nodes {p['nodes_before']} -> {p['nodes_after']}; "
+                     f"{len(p['changed'])} changes, {len(p['skipped'])} skipped")
+        lines += [f"      {c}" for c in p["changed"][:args.show]]
+    if data["verification"]:
+        v = data["verification"]
+        for family, c in v["float64_equivalence"].items():
+            f32 = v["float32_error_vs_float64"][family]
+            lines.append(f"  {family:<19} float64 max rel diff {c['max_rel']:.1e}; float32 error vs float64: "
+                         f"original {f32['original']:.1e}, optimised {f32['optimised']:.1e}")
+        lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
+    if args.onnx:
+        lines.append(f"  ONNX written to {data['onnx']}")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Eager vs compiled vs optimised vs optimised+compiled, interleaved, medians and ratios."""
+    from branchgraph.bench import bench
+    from branchgraph.graph import parse_input_size
+
+    size = parse_input_size(args.input) if args.input else None
+    result = bench(args.model, args.mode, args.batch, size, rounds=args.rounds, compile=not args.no_compile,
+                   passes=_passes(args.passes))
+    _emit(args, result.to_dict(), result.to_text())
+    return 0
+
+
 def _add_input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size of the measured step (default 1)")
@@ -214,6 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry model name")
     p.add_argument("-o", "--output", required=True, help="output file: .svg, .dot/.gv or .html")
     _add_input_flags(p)
+
+    p = add("optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
+    p.add_argument("model", help="registry model name")
+    p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set); "
+                   "prune, fold_bn, fuse_parallel, inplace, layout, precision")
+    p.add_argument("--mode", choices=("train", "eval"), default="train")
+    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
+    p.add_argument("--batch", type=_positive_int, default=2, help="batch of the verification input (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
+    p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
+    p.add_argument("--show", type=int, default=3, help="changes listed per pass (default 3)")
+
+    p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
+    p.add_argument("model", help="registry model name")
+    p.add_argument("--mode", choices=("train", "eval"), default="eval")
+    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
+    p.add_argument("--batch", type=_positive_int, default=128)
+    p.add_argument("--rounds", type=_positive_int, default=10)
+    p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
 
     p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
