@@ -47,7 +47,7 @@ class _ShapeProp(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as exc:  # re-raised as a user error naming the node's layer
-            target = n.target if n.op == "call_module" else _node_module(n) or n.name
+            target = n.target if n.op == "call_module" else node_module(n) or n.name
             raise layer_failure(self.model, str(target), self.shape, exc) from None
         meta = map_aggregate(result, lambda v: _extract_tensor_metadata(v) if isinstance(v, torch.Tensor) else v)
         if isinstance(result, torch.Tensor) or meta != result:
@@ -55,7 +55,7 @@ class _ShapeProp(fx.Interpreter):
         return result
 
 
-def _node_module(node: fx.Node) -> str:
+def node_module(node: fx.Node) -> str:
     """The innermost module path a node was traced in ('' at the top level)."""
     if node.op == "call_module":
         return str(node.target)
@@ -96,8 +96,3 @@ def capture(model: nn.Module, example: torch.Tensor) -> Capture:
     finally:
         model.train(was_training)
     return Capture(model, gm)
-
-
-def node_module(node: fx.Node) -> str:
-    """Public alias: the module path a node belongs to."""
-    return _node_module(node)

@@ -71,7 +71,8 @@ def _ancestors(node: fx.Node, memo: dict[fx.Node, frozenset[fx.Node]]) -> frozen
     return memo[node]
 
 
-def _common_prefix(paths: list[str]) -> str:
+def common_prefix(paths: list[str]) -> str:
+    """The longest dotted module path all ``paths`` start with ('' when none)."""
     parts = [p.split(".") for p in paths if p]
     if not parts:
         return ""
@@ -104,7 +105,7 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
         block_name = block_path or join.name
         branches = []
         for index, (nodes, modules) in enumerate(zip(branch_nodes, module_lists, strict=True)):
-            prefix = _common_prefix([node_module(n) for n in nodes])
+            prefix = common_prefix([node_module(n) for n in nodes])
             if block_path and prefix.startswith(block_path + "."):
                 below = prefix[len(block_path) + 1:].split(".")[0]
             else:

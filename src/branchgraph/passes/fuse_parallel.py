@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 from torch import fx, nn
 
+from branchgraph.graph.structure import common_prefix
 from branchgraph.passes.base import check_mode, finish, start
 
 
@@ -56,16 +57,6 @@ def _key(node: fx.Node, conv: nn.Conv2d) -> tuple[object, ...] | None:
             conv.bias is not None, conv.weight.dtype, conv.weight.device, conv.weight.requires_grad)
 
 
-def _common_parent(paths: list[str]) -> str:
-    parts = [p.split(".")[:-1] for p in paths]
-    prefix: list[str] = []
-    for column in zip(*parts, strict=False):
-        if len(set(column)) != 1:
-            break
-        prefix.append(column[0])
-    return ".".join(prefix)
-
-
 def fuse_parallel(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = False) -> fx.GraphModule:
     """Fuse every group of >= 2 Conv2d calls reading the same node with equal kernel size, stride, padding,
     dilation, padding mode, bias presence and groups == 1. Grouped convs are skipped (their channel groups
@@ -92,7 +83,7 @@ def fuse_parallel(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = Fa
             continue
         convs = [gm.get_submodule(t) for t in targets]
         fused = FusedConv2d(convs, targets)
-        parent = _common_parent(targets)
+        parent = common_prefix([t.rsplit(".", 1)[0] for t in targets if "." in t])
         name = f"{parent}.fused_conv{counter}" if parent else f"fused_conv{counter}"
         counter += 1
         gm.add_submodule(name, fused)

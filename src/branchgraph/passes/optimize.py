@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,11 +21,16 @@ from branchgraph.passes.manager import resolve, run_passes
 # Equivalence is checked in float64, where rounding cannot hide a wrong transformation (BatchNorm over a
 # tiny batch amplifies float64 rounding to ~1e-9; a wrong transformation shows as 1e-3 or more).
 EXACT_TOLERANCE = 1e-7
-# In float32, the optimised model's error against the float64 truth must stay within this, or within
-# FP32_SLACK times the original fp32 model's own error (eager fp32 convolutions on CPU can be 1e-3 off).
+# In float32, the optimised model's normwise error against the float64 truth must stay within this, or be of
+# the same order as the original fp32 model's own error (at most FP32_SLACK times it). Eager fp32 is itself
+# far from exact: 4e-4 normwise on googlenet-d2l's gradients, and on BatchNorm nets over tiny batches its
+# error varies 3x between identical runs (googlenet-bn, batch 2: 7.5e-3 to 2.3e-2). Normwise, because single
+# tensors whose values nearly cancel have no accurate digits in float32 whichever way they are computed.
 FP32_TOLERANCE = 1e-5
-FP32_SLACK = 2.0
-# bf16 keeps 8 significant bits (fp16 11): a deep net's outputs and gradients move by a few percent.
+FP32_SLACK = 10.0
+# bf16 keeps 8 significant bits: outputs move by a few percent, and BatchNorm nets' gradients at init by up to
+# ~100 % normwise (googlenet-fmnist); so the precision pass must match eager torch.autocast to the same order,
+# or stay within this.
 REDUCED_PRECISION_TOLERANCE = 0.1
 SGD_LR = 0.1
 FAMILIES = ("outputs", "gradients", "weights_after_step")
@@ -36,19 +42,30 @@ class VerificationError(BranchgraphError):
 
 @dataclass
 class Check:
-    """The worst error over a family of tensors (outputs, gradients or weights after a step)."""
+    """Errors over a family of tensors (outputs, gradients or weights after a step): the worst per-tensor
+    relative error, and the normwise relative error of the whole family, ||got - want|| / ||want||."""
 
     max_abs: float = 0.0
     max_rel: float = 0.0
     worst: str = ""
+    norm_rel: float = 0.0
+    _sq_diff: float = field(default=0.0, repr=False)
+    _sq_want: float = field(default=0.0, repr=False)
 
     def add(self, name: str, got: torch.Tensor, want: torch.Tensor) -> None:
-        diff = (got.double() - want.double()).abs().max().item() if want.numel() else 0.0
+        delta = got.double() - want.double()
+        diff = delta.abs().max().item() if want.numel() else 0.0
         scale = want.double().abs().max().item() if want.numel() else 0.0
         rel = diff / scale if scale > 0 else diff
         self.max_abs = max(self.max_abs, diff)
         if rel >= self.max_rel:
             self.max_rel, self.worst = rel, name
+        self._sq_diff += delta.square().sum().item()
+        self._sq_want += want.double().square().sum().item()
+        self.norm_rel = (self._sq_diff / self._sq_want) ** 0.5 if self._sq_want > 0 else self._sq_diff**0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "worst": self.worst, "norm_rel": self.norm_rel}
 
 
 @dataclass
@@ -62,23 +79,22 @@ class Verification:
 
     def limit(self, family: str) -> float:
         """The float32 error the optimised model may have for ``family``."""
-        if self.reduced_precision:
-            return REDUCED_PRECISION_TOLERANCE
-        return max(FP32_TOLERANCE, FP32_SLACK * self.fp32_original[family].max_rel)
+        floor = REDUCED_PRECISION_TOLERANCE if self.reduced_precision else FP32_TOLERANCE
+        return max(floor, FP32_SLACK * self.fp32_original[family].norm_rel)
 
     def failures(self) -> list[str]:
         out = [f"float64 {k} differ by {c.max_rel:.2e} relative at {c.worst} (> {EXACT_TOLERANCE:.0e})"
                for k, c in self.exact.items() if c.max_rel > EXACT_TOLERANCE]
-        out += [f"float32 {k} are {c.max_rel:.2e} off the float64 truth at {c.worst} (> {self.limit(k):.1e})"
-                for k, c in self.fp32_optimised.items() if c.max_rel > self.limit(k)]
+        out += [f"float32 {k} are {c.norm_rel:.2e} off the float64 truth, normwise (> {self.limit(k):.1e})"
+                for k, c in self.fp32_optimised.items() if c.norm_rel > self.limit(k)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "float64_equivalence": {k: vars(c) for k, c in self.exact.items()},
+            "float64_equivalence": {k: c.to_dict() for k, c in self.exact.items()},
             "float32_error_vs_float64": {
-                k: {"original": self.fp32_original[k].max_rel, "optimised": c.max_rel, "limit": self.limit(k),
-                    "worst": c.worst} for k, c in self.fp32_optimised.items()},
+                k: {"original": self.fp32_original[k].norm_rel, "optimised": c.norm_rel, "limit": self.limit(k)}
+                for k, c in self.fp32_optimised.items()},
             "tolerances": {"float64_rel": EXACT_TOLERANCE, "float32_rel": FP32_TOLERANCE, "float32_slack": FP32_SLACK,
                            "reduced_precision_rel": REDUCED_PRECISION_TOLERANCE if self.reduced_precision else None},
             "ok": not self.failures(),
@@ -138,14 +154,19 @@ def optimize(
     return optimised, report
 
 
-def _step(net: nn.Module, example: torch.Tensor, mode: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
-    """Outputs; in train mode also every original parameter's gradient and its value after one SGD step."""
+def _step(
+    net: nn.Module, example: torch.Tensor, mode: str, seed: int, autocast: bool = False
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Outputs; in train mode also every original parameter's gradient and its value after one SGD step.
+    ``autocast`` runs the forward under ``torch.autocast`` (the eager counterpart of the precision pass)."""
     net.train(mode == "train")
+    context = torch.autocast(example.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     if mode == "eval":
-        with torch.no_grad():
-            return {"outputs": {f"output {i}": o for i, o in enumerate(_outputs(net(example)))}}
+        with torch.no_grad(), context:
+            return {"outputs": {f"output {i}": o.float() for i, o in enumerate(_outputs(net(example)))}}
     torch.manual_seed(seed)
-    outs = _outputs(net(example))
+    with context:
+        outs = [o.float() for o in _outputs(net(example))]
     torch.manual_seed(seed + 1)
     weights = [torch.randn(o.shape).to(o.dtype) for o in outs]
     sum((o * w).sum() for o, w in zip(outs, weights, strict=True)).backward()
@@ -175,10 +196,12 @@ def verify_equal(
     reduced_precision: bool = False,
 ) -> Verification:
     """Run copies of the original and the optimised model in float64 (equivalence) and in float32
-    (accuracy of each against the float64 original), on ``example``."""
+    (accuracy of each against the float64 original), on ``example``. With ``reduced_precision`` the original's
+    float32 run is under ``torch.autocast`` (bf16), the eager way to get what the precision pass gives."""
     truth = _step(copy.deepcopy(model).double(), example.double(), mode, seed)
     result = Verification(reduced_precision=reduced_precision)
     result.exact = _compare(_step(copy.deepcopy(optimised).double(), example.double(), mode, seed), truth)
-    result.fp32_original = _compare(_step(copy.deepcopy(model).float(), example.float(), mode, seed), truth)
+    result.fp32_original = _compare(
+        _step(copy.deepcopy(model).float(), example.float(), mode, seed, autocast=reduced_precision), truth)
     result.fp32_optimised = _compare(_step(copy.deepcopy(optimised).float(), example.float(), mode, seed), truth)
     return result
