@@ -3,9 +3,9 @@ ONNX; and random Inception configurations (hypothesis).
 
 Tolerances (see branchgraph.passes.optimize): float64 equivalence of the optimised and original models
 within 1e-7 relative per tensor (observed 1e-12 or better); in float32, the optimised model's normwise error
-against the float64 original within 1e-5 or 10x the original float32 model's own error (the same order: eager
-fp32 is itself 1e-4 to 1e-2 off on these nets); with ``precision`` (bf16), within 0.1 or 10x the error of the
-original model run under eager ``torch.autocast``.
+against the float64 original within 1e-3 or 10x the original float32 model's own error (the same order: eager
+fp32 is itself up to 4e-4 off on googlenet-d2l and 1e-2 on BatchNorm nets over tiny batches); with
+``precision`` (bf16), within 0.1 or 10x the error of the original model run under eager ``torch.autocast``.
 """
 
 from __future__ import annotations

@@ -23,10 +23,12 @@ from branchgraph.passes.manager import resolve, run_passes
 EXACT_TOLERANCE = 1e-7
 # In float32, the optimised model's normwise error against the float64 truth must stay within this, or be of
 # the same order as the original fp32 model's own error (at most FP32_SLACK times it). Eager fp32 is itself
-# far from exact: 4e-4 normwise on googlenet-d2l's gradients, and on BatchNorm nets over tiny batches its
-# error varies 3x between identical runs (googlenet-bn, batch 2: 7.5e-3 to 2.3e-2). Normwise, because single
-# tensors whose values nearly cancel have no accurate digits in float32 whichever way they are computed.
-FP32_TOLERANCE = 1e-5
+# this far from exact: oneDNN's conv-backward kernels differ in accuracy by layout and batch shape (googlenet-d2l
+# gradients, batch 4: NCHW 3.9e-4 off, channels_last 2.5e-6; batch 2: NCHW 2.4e-7, channels_last up to 7e-4),
+# and on BatchNorm nets over tiny batches the error varies 3x between identical runs (googlenet-bn, batch 2:
+# 7.5e-3 to 2.3e-2). Normwise, because single tensors whose values nearly cancel have no accurate digits in
+# float32 whichever way they are computed.
+FP32_TOLERANCE = 1e-3
 FP32_SLACK = 10.0
 # bf16 keeps 8 significant bits: outputs move by a few percent, and BatchNorm nets' gradients at init by up to
 # ~100 % normwise (googlenet-fmnist); so the precision pass must match eager torch.autocast to the same order,
