@@ -48,7 +48,8 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def _runner(net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
+def make_runner(net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
+    """One inference (no grad) or one SGD training step of ``net`` on (x, y), as a closure to time."""
     if mode == "eval":
         def infer() -> None:
             with torch.no_grad():
@@ -80,7 +81,7 @@ def bench(
     if compile:
         nets["compiled"] = torch.compile(copy.deepcopy(model))
         nets["optimised+compiled"] = torch.compile(copy.deepcopy(optimised))
-    runs = {v: _runner(nets[v], x, y, mode) for v in VARIANTS if v in nets}
+    runs = {v: make_runner(nets[v], x, y, mode) for v in VARIANTS if v in nets}
     for _ in range(warmup):
         for run in runs.values():
             run()
