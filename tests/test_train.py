@@ -13,15 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from branchgraph.errors import CheckpointError, ConfigError, TrainingDiverged
+from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.train import build_config, evaluate_checkpoint, resume, train
 from branchgraph.train import trainer as trainer_module
+from branchgraph.train.trainer import Trainer
 from tests.conftest import REPO, run_cli
 
 TINY = {"model_kwargs": {"width": 0.25}, "limit": 256, "batch_size": 64, "epochs": 2, "val_size": 1000}
 # A run long enough to be killed in its second epoch: 16 steps per epoch.
 KILLABLE = ["--model-kwargs", '{"width": 0.25}', "--limit", "512", "--batch-size", "32", "--epochs", "3",
             "--deterministic", "--threads", "1", "--quiet", "--crop-padding", "2", "--hflip"]
+KILLABLE_SETTINGS = {"model_kwargs": {"width": 0.25}, "limit": 512, "batch_size": 32, "epochs": 3,
+                     "deterministic": True, "threads": 1, "crop_padding": 2, "hflip": True}
 TIMING = ("time_s", "images_per_s", "elapsed_s")
 
 
@@ -102,20 +105,50 @@ def test_resume_after_sigkill_is_exact(tmp_path: Path, reference_run: Path) -> N
     _assert_same_run(run, reference_run)
 
 
-def test_ctrl_c_saves_position_and_resumes_exactly(tmp_path: Path, reference_run: Path) -> None:
+def test_ctrl_c_cli_is_one_line_and_resumes_exactly(tmp_path: Path, reference_run: Path) -> None:
+    """SIGINT to the CLI wherever it lands: one line, exit 130, and the resumed run is exact."""
     proc = _start(tmp_path)
     run = _wait_for_epoch(tmp_path, proc)
-    epoch_time = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["time_s"]
-    time.sleep(1.0 + epoch_time / 2)  # past the epoch-end plotting, into the middle of epoch 2
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr.strip().count("\n") == 0 and "Traceback" not in stderr
     assert f"--resume {run}" in stderr
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert (state["epoch"], state["step"] > 0) == (1, True), "Ctrl-C should save the mid-epoch position"
     resumed = run_cli("train", "--resume", str(run), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(run, reference_run)
+
+
+@pytest.fixture()
+def restore_torch_settings():
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+def test_ctrl_c_mid_epoch_saves_the_exact_position(
+    tmp_path: Path, reference_run: Path, monkeypatch: pytest.MonkeyPatch, restore_torch_settings: None
+) -> None:
+    """A real SIGINT delivered during step 6 of epoch 2: the run stops after that step, saves epoch 1 step 6,
+    and resuming ends exactly like the uninterrupted run."""
+    real = Trainer._check_finite
+
+    def interrupt_during_step_6(self: Trainer, loss: torch.Tensor) -> None:
+        real(self, loss)
+        if (self.epoch, self.step) == (1, 5) and not self.stop_requested:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_check_finite", interrupt_during_step_6)
+    config = build_config("fast", overrides={**KILLABLE_SETTINGS, "out_dir": str(tmp_path)})
+    with pytest.raises(Interrupted, match="interrupted at epoch 2 step 6"):
+        train(config, progress=False)
+    monkeypatch.undo()
+    run = next(tmp_path.iterdir())
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (1, 6)
+    assert "Status: interrupted" in (run / "report.md").read_text()
+    resume(run, progress=False)
     _assert_same_run(run, reference_run)
 
 

@@ -225,6 +225,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
+    from branchgraph.train.prune import prune_and_finetune
+
+    r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet)
+    acc, params, macs = r["test_acc"], r["params"], r["macs"]
+    text = (f"pruned {r['pruned_chains']} conv chains by {r['amount']:.0%}: params {params['original']:,} -> "
+            f"{params['pruned']:,}, MACs {macs['original']:,} -> {macs['pruned']:,}\n"
+            f"test accuracy: {acc['original']:.4f} trained, {acc['pruned']:.4f} pruned, {acc['finetuned']:.4f} after "
+            f"{r['epochs']} fine-tuning epoch(s) (run {r['finetune_run_dir']})")
+    _emit(args, r, text)
+    return 0
+
+
 def _add_input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size of the measured step (default 1)")
@@ -279,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
     p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
     p.add_argument("--show", type=int, default=3, help="changes listed per pass (default 3)")
+
+    p = add("prune", cmd_prune, "prune channels of a trained run by magnitude (lossy), then fine-tune")
+    p.add_argument("run", metavar="RUN_DIR", help="run directory made by 'branchgraph train'")
+    p.add_argument("--amount", type=float, default=0.5, help="fraction of prunable channels to remove (0..1)")
+    p.add_argument("--epochs", type=_positive_int, default=1, help="fine-tuning epochs (default 1)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="peak fine-tuning lr (default: run's / 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
     p.add_argument("model", help="registry model name")

@@ -16,10 +16,11 @@ from branchgraph.passes.manager import DEFAULT_PASSES, PASSES, PassError, run_pa
 from branchgraph.passes.optimize import OptimizeReport, Verification, VerificationError, optimize, verify_equal
 from branchgraph.passes.precision import precision
 from branchgraph.passes.prune import prune
+from branchgraph.passes.prune_channels import prune_channels
 
 __all__ = [
     "DEFAULT_PASSES", "PASSES", "FusedConv2d", "OptimizeReport", "PassError", "PassReport", "Verification",
     "VerificationError",
     "fold_bn", "from_original_state_dict", "fuse_parallel", "inplace", "layout", "optimize", "original_parameters",
-    "precision", "prune", "reports", "run_passes", "to_original_state_dict", "verify_equal",
+    "precision", "prune", "prune_channels", "reports", "run_passes", "to_original_state_dict", "verify_equal",
 ]

@@ -135,10 +135,14 @@ def _make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
 
 
 class Trainer:
-    """One training run in one directory; ``run()`` trains to ``config.epochs`` from wherever it stands."""
+    """One training run in one directory; ``run()`` trains to ``config.epochs`` from wherever it stands.
+
+    ``model`` replaces the registry model the config names (a pruned one, say); such a run cannot be resumed
+    from its checkpoint, which is rebuilt from the registry.
+    """
 
     def __init__(self, config: TrainConfig, run_dir: Path | None = None, state: dict[str, Any] | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, model: nn.Module | None = None) -> None:
         self.config = config.validate()
         self.device = resolve_device(config.device)
         self.info = init_distributed(self.device.type)
@@ -167,7 +171,7 @@ class Trainer:
                               rank=self.info.rank, world_size=self.info.world_size)
             for name in ("val", "test") if name in splits
         }
-        self.model = build_model(config).to(self.device)
+        self.model = (model if model is not None else build_model(config)).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self._make_optimizer()
