@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -358,7 +359,7 @@ class Trainer:
         self._write_outputs("running" if self.epoch < self.config.epochs else "finished")
         if self.info.is_main and self.progress:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
-            tqdm.write(json.dumps(shown))
+            tqdm.write(json.dumps(shown), file=sys.stderr)
 
 
 def train(config: TrainConfig, run_dir: Path | None = None, progress: bool = True) -> TrainResult:
