@@ -267,3 +267,12 @@ def test_models_command_json() -> None:
     assert result.returncode == 0
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["googlenet-d2l"]["params"] == 5_977_530 and rows["vgg16"]["params"] == 138_357_544
+
+
+def test_train_json_stdout_is_only_json(tmp_path: Path, data_dir: Path) -> None:
+    """Progress and per-epoch lines go to stderr, so ``--json`` output parses even without ``--quiet``."""
+    result = run_cli("train", "--model-kwargs", '{"width": 0.25}', "--limit", "128", "--batch-size", "64",
+                     "--epochs", "1", "--out-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["epochs_done"] == 1
+    assert '"epoch": 1' in result.stderr
