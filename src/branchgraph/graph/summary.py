@@ -75,8 +75,7 @@ class Summary:
         return {
             "model": self.model, "input_size": list(self.input_size), "batch": self.batch,
             "total": self.total, "peak_bytes": self.peak_bytes, "note": self.note,
-            "modules": [{k: v for k, v in asdict(r).items() if k not in ("backward_macs", "leaf")} | {
-                "backward_macs": r.backward_macs} for r in rows],
+            "modules": [{k: v for k, v in asdict(r).items() if k != "leaf"} for r in rows],
             "branches": [asdict(b) for b in self.branches],
         }
 
