@@ -189,3 +189,20 @@ def test_random_inception_blocks(cin, c1, c2, c3, c4, bn, factorize, size, batch
     assert report.ok
     fused = [m for m in optimised.modules() if isinstance(m, FusedConv2d)]
     assert len(fused) == 1 and fused[0].splits == [c1, c2[0], c3[0]]
+
+
+def test_prune_removes_a_provably_zero_branch_in_eval() -> None:
+    """A branch whose last conv is all zero contributes zeros: the conv becomes zeros and the branch is dead."""
+    model = bg.create_model("googlenet-d2l").eval()
+    with torch.no_grad():
+        conv = model.b3[0].branch3[1].conv
+        conv.weight.zero_()
+        conv.bias.zero_()
+    x = torch.randn(2, 1, 96, 96)
+    optimised, report = optimize(model, x, passes=["prune"], mode="eval")
+    targets = {str(n.target) for n in optimised.graph.nodes if n.op == "call_module"}
+    assert "b3.0.branch3.1.conv" not in targets and "b3.0.branch3.0.conv" not in targets  # the whole branch
+    assert "b3.0.branch2.0.conv" in targets
+    assert report.ok
+    kept, _ = optimize(model, x, passes=["prune"], mode="train")
+    assert "b3.0.branch3.1.conv" in {str(n.target) for n in kept.graph.nodes if n.op == "call_module"}
