@@ -1,0 +1,96 @@
+"""Reversible couplings (RevNet, seed 004) and a sequence that keeps only its final output for backward.
+
+``AdditiveCoupling`` computes y1 = x1 + F(x2), y2 = x2 + G(y1) on the two channel halves and can invert
+itself. ``ReversibleSequence`` runs its couplings without building an autograd graph and, in backward,
+reconstructs each block's input from its output (``inverse``), then recomputes that block with grad: the
+activations kept for backward are one output tensor, whatever the depth. BatchNorm running statistics are
+restored after the inverse and the recomputation, so they are updated once per step, not three times. F and G
+may not contain dropout: the inverse runs them in another order, so their masks could not be replayed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class AdditiveCoupling(nn.Module):
+    """y1 = x1 + F(x2); y2 = x2 + G(y1) over the two halves of the channels; ``inverse`` undoes it."""
+
+    def __init__(self, f: nn.Module, g: nn.Module) -> None:
+        super().__init__()
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) for net in (f, g) for m in net.modules()):
+            raise ValueError("a reversible coupling's F and G cannot contain dropout: its masks cannot be replayed")
+        self.f, self.g = f, g
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=1)
+        y1 = x1 + self.f(x2)
+        y2 = x2 + self.g(y1)
+        return torch.cat((y1, y2), dim=1)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y1, y2 = y.chunk(2, dim=1)
+        x2 = y2 - self.g(y1)
+        x1 = y1 - self.f(x2)
+        return torch.cat((x1, x2), dim=1)
+
+
+def _norm_buffers(block: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) for every normalisation buffer, to undo a recomputation's statistics update."""
+    return [(b, b.clone()) for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in m.buffers()]
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, blocks: nn.ModuleList, *params: torch.Tensor) -> torch.Tensor:
+        ctx.blocks = blocks
+        with torch.no_grad():
+            for block in blocks:
+                x = block(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (y,) = ctx.saved_tensors
+        y = y.detach()
+        for block in reversed(ctx.blocks):
+            saved = _norm_buffers(block)
+            with torch.no_grad():
+                x = block.inverse(y)
+            x.requires_grad_(True)
+            with torch.enable_grad():
+                recomputed = block(x)
+            torch.autograd.backward(recomputed, grad_y)
+            for buffer, copy in saved:  # after backward: BatchNorm's backward checks the buffers' versions
+                buffer.copy_(copy)
+            grad_y, y = x.grad, x.detach()
+        return (grad_y, None, *([None] * len(ctx.needs_input_grad[2:])))
+
+
+class ReversibleSequence(nn.Module):
+    """Couplings applied in order; backward reconstructs activations instead of storing them.
+
+    Parameter gradients are accumulated directly during the reconstruction (they do not flow through this
+    module's outputs), as in RevNet and memcnn's implementations.
+    """
+
+    def __init__(self, blocks: list[AdditiveCoupling]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            for block in self.blocks:
+                x = block(x)
+            return x
+        return _ReversibleFunction.apply(x, self.blocks, *self.parameters())
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        for block in reversed(self.blocks):
+            y = block.inverse(y)
+        return y
