@@ -204,8 +204,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         v = data["verification"]
         for family, c in v["float64_equivalence"].items():
             f32 = v["float32_error_vs_float64"][family]
-            lines.append(f"  {family:<19} float64 max rel diff {c['max_rel']:.1e}; float32 error vs float64: "
-                         f"original {f32['original']:.1e}, optimised {f32['optimised']:.1e}")
+            lines.append(f"  {family:<19} float64 normwise diff {c['norm_rel']:.1e}; float32 normwise error vs "
+                         f"float64: original {f32['original']:.1e}, optimised {f32['optimised']:.1e}")
         lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
     if args.onnx:
         lines.append(f"  ONNX written to {data['onnx']}")
@@ -239,9 +239,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_input_flags(p: argparse.ArgumentParser) -> None:
+def _add_input_flags(
+    p: argparse.ArgumentParser, batch: int = 1, batch_help: str = "batch size of the measured step"
+) -> None:
     p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
-    p.add_argument("--batch", type=_positive_int, default=1, help="batch size of the measured step (default 1)")
+    p.add_argument("--batch", type=_positive_int, default=batch, help=f"{batch_help} (default {batch})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,8 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set); "
                    "prune, fold_bn, fuse_parallel, inplace, layout, precision")
     p.add_argument("--mode", choices=("train", "eval"), default="train")
-    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
-    p.add_argument("--batch", type=_positive_int, default=2, help="batch of the verification input (default 2)")
+    _add_input_flags(p, batch=2, batch_help="batch of the verification input")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
     p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
@@ -304,8 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
     p.add_argument("model", help="registry model name")
     p.add_argument("--mode", choices=("train", "eval"), default="eval")
-    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
-    p.add_argument("--batch", type=_positive_int, default=128)
+    _add_input_flags(p, batch=128, batch_help="batch size of the timed calls")
     p.add_argument("--rounds", type=_positive_int, default=10)
     p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")

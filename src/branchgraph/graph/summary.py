@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -144,20 +145,28 @@ def summary(
                    captured, measured)
 
 
+def _costs(param_modules: Iterable[nn.Module], records: Iterable[LayerRecord]) -> dict[str, int]:
+    """Params (with and without biases) held by ``param_modules``; MACs and saved bytes of ``records``."""
+    counts = [param_counts(m) for m in param_modules]
+    records = list(records)
+    return {
+        "params": sum(c[0] for c in counts), "params_no_bias": sum(c[1] for c in counts),
+        "macs": sum(r.macs for r in records), "backward_macs": sum(r.backward_macs for r in records),
+        "saved_bytes": sum(r.saved_bytes for r in records),
+    }
+
+
 def _module_rows(model: nn.Module, measured: Measurement) -> list[ModuleRow]:
     layers = measured.layers
     rows = []
     for name, module in model.named_modules():
         if not name or name not in layers:
             continue
-        inside = [n for n in layers if n == name or n.startswith(name + ".")]
-        counts = [param_counts(m) for m in module.modules()]
+        inside = [r for n, r in layers.items() if n == name or n.startswith(name + ".")]
         rows.append(ModuleRow(
             name=name, type=type(module).__name__, depth=name.count(".") + 1,
-            output_shape=layers[name].output_shape,
-            params=sum(c[0] for c in counts), params_no_bias=sum(c[1] for c in counts),
-            macs=sum(layers[n].macs for n in inside), backward_macs=sum(layers[n].backward_macs for n in inside),
-            saved_bytes=sum(layers[n].saved_bytes for n in inside), leaf=not list(module.children()),
+            output_shape=layers[name].output_shape, leaf=not list(module.children()),
+            **_costs(module.modules(), inside),
         ))
     return rows
 
@@ -171,16 +180,12 @@ def _branch_rows(
         block_macs = sum(layers[m].macs for b in block.branches for m in b.modules if m in layers)
         for branch in block.branches:
             mods = [m for m in branch.modules if m in layers]
-            counts = [param_counts(model.get_submodule(m)) for m in mods]
             last = nodes.get(branch.nodes[-1]) if branch.nodes else None
             meta = last.meta.get("tensor_meta") if last is not None else None
             shape = list(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-            macs = sum(layers[m].macs for m in mods)
+            costs = _costs((model.get_submodule(m) for m in mods), (layers[m] for m in mods))
             out.append(BranchRow(
                 block=block.name, name=branch.name, modules=mods, output_shape=shape,
-                params=sum(c[0] for c in counts), params_no_bias=sum(c[1] for c in counts), macs=macs,
-                backward_macs=sum(layers[m].backward_macs for m in mods),
-                saved_bytes=sum(layers[m].saved_bytes for m in mods),
-                macs_share=macs / block_macs if block_macs else 0.0,
+                macs_share=costs["macs"] / block_macs if block_macs else 0.0, **costs,
             ))
     return out

@@ -66,8 +66,8 @@ def fuse_parallel(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = Fa
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     groups: dict[tuple[object, ...], list[fx.Node]] = defaultdict(list)
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Conv2d):
-            conv = gm.get_submodule(str(node.target))
+        conv = gm.get_submodule(str(node.target)) if node.op == "call_module" else None
+        if isinstance(conv, nn.Conv2d):
             key = _key(node, conv)
             if key is None:
                 report.skipped.append(f"{node.target}: grouped, already fused or called with extra arguments")

@@ -162,15 +162,16 @@ def _step(
     net: nn.Module, example: torch.Tensor, mode: str, seed: int, autocast: bool = False
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Outputs; in train mode also every original parameter's gradient and its value after one SGD step.
-    ``autocast`` runs the forward under ``torch.autocast`` (the eager counterpart of the precision pass)."""
+    ``autocast`` runs the forward under ``torch.autocast`` (the eager counterpart of the precision pass); outputs
+    come back in the example's dtype, so a float64 run stays float64 throughout."""
     net.train(mode == "train")
     context = torch.autocast(example.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     if mode == "eval":
         with torch.no_grad(), context:
-            return {"outputs": {f"output {i}": o.float() for i, o in enumerate(_outputs(net(example)))}}
+            return {"outputs": {f"output {i}": o.to(example.dtype) for i, o in enumerate(_outputs(net(example)))}}
     torch.manual_seed(seed)
     with context:
-        outs = [o.float() for o in _outputs(net(example))]
+        outs = [o.to(example.dtype) for o in _outputs(net(example))]
     torch.manual_seed(seed + 1)
     weights = [torch.randn(o.shape).to(o.dtype) for o in outs]
     sum((o * w).sum() for o, w in zip(outs, weights, strict=True)).backward()

@@ -50,13 +50,12 @@ def prune_and_finetune(
     pruned_acc = accuracy(pruned)
     size = tuple(example.shape[1:])
     totals = {name: summary(net, size).total for name, net in (("original", model), ("pruned", pruned))}
-    costs = {name: (t["params"], t["macs"]) for name, t in totals.items()}
     tune = dataclasses.replace(config, epochs=epochs, lr=lr or config.lr / 4)
     result = Trainer(tune, model=pruned, progress=progress).run()
     return {
         "run_dir": str(run_dir), "finetune_run_dir": str(result.run_dir), "amount": amount, "epochs": epochs,
         "pruned_chains": len(reports(pruned)[-1].changed),
         "test_acc": {"original": before, "pruned": pruned_acc, "finetuned": result.final["test_acc"]},
-        "params": {"original": costs["original"][0], "pruned": costs["pruned"][0]},
-        "macs": {"original": costs["original"][1], "pruned": costs["pruned"][1]},
+        "params": {name: t["params"] for name, t in totals.items()},
+        "macs": {name: t["macs"] for name, t in totals.items()},
     }
