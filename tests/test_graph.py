@@ -81,3 +81,5 @@ def test_graph_command(tmp_path: Path) -> None:
     assert (tmp_path / "g.svg").stat().st_size > 10_000
     bad = run_cli("graph", "googlenet-fmnist", "-o", str(tmp_path / "g.pdf"))
     assert bad.returncode == 2 and "must be one of" in bad.stderr
+    missing = run_cli("graph", "googlenet-fmnist", "-o", str(tmp_path / "no" / "g.svg"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr

@@ -251,6 +251,7 @@ def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path: Path) -> 
         ("train", "--precision", "fp8"),
         ("train", "--model-kwargs", "{bad json"),
         ("train", "--data-dir", "/nonexistent"),
+        ("train", "--out-dir", "/proc/branchgraph-runs", "--limit", "64"),
         ("train", "--device", "cuda") if not torch.cuda.is_available() else ("train", "--batch-size", "-1"),
         ("bogus-command",),
     ],

@@ -98,10 +98,11 @@ def draw(s: Summary, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix not in FORMATS:
         raise BranchgraphError(f"cannot write {path}: the picture format must be one of {', '.join(FORMATS)}")
+    if not path.parent.is_dir():
+        raise BranchgraphError(f"cannot write {path}: the folder {path.parent} does not exist")
     dot = to_digraph(s)
     if path.suffix in (".dot", ".gv"):
-        path.write_text(dot.source)
-        return path
+        return _write(path, dot.source)
     try:
         svg = dot.pipe(format="svg").decode()
     except graphviz.ExecutableNotFound:
@@ -110,9 +111,15 @@ def draw(s: Summary, path: str | Path) -> Path:
             "or write a .dot file instead"
         ) from None
     if path.suffix == ".svg":
-        path.write_text(svg)
-        return path
-    path.write_text(_html_page(s, svg[svg.index("<svg"):]))
+        return _write(path, svg)
+    return _write(path, _html_page(s, svg[svg.index("<svg"):]))
+
+
+def _write(path: Path, text: str) -> Path:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise BranchgraphError(f"cannot write {path}: {exc.strerror}") from None
     return path
 
 

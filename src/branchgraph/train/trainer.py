@@ -130,7 +130,10 @@ def _make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
         while path.exists():
             n += 1
             path = base.with_name(f"{base.name}-{n}")
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"--out-dir {config.out_dir}: cannot create {path} ({exc.strerror})") from None
         name = str(path)
     return Path(broadcast_str(name, info))
 
