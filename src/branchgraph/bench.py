@@ -4,18 +4,15 @@ interleaved in one process (each round runs every variant once), reported as med
 from __future__ import annotations
 
 import copy
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from branchgraph.models import create_model, model_info
 from branchgraph.passes import optimize
+from branchgraph.timing import make_runner, time_interleaved
 
 VARIANTS = ("eager", "compiled", "optimised", "optimised+compiled")
 
@@ -48,23 +45,6 @@ class BenchResult:
         return "\n".join(lines)
 
 
-def make_runner(net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One inference (no grad) or one SGD training step of ``net`` on (x, y), as a closure to time."""
-    if mode == "eval":
-        def infer() -> None:
-            with torch.no_grad():
-                net(x)
-        return infer
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-
-    def step() -> None:
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
-
-
 def bench(
     name: str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
     rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None,
@@ -82,14 +62,5 @@ def bench(
         nets["compiled"] = torch.compile(copy.deepcopy(model))
         nets["optimised+compiled"] = torch.compile(copy.deepcopy(optimised))
     runs = {v: make_runner(nets[v], x, y, mode) for v in VARIANTS if v in nets}
-    for _ in range(warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {v: [] for v in runs}
-    for _ in range(rounds):
-        for variant, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[variant].append(time.perf_counter() - start)
-    return BenchResult(name, mode, batch, size, rounds, {v: statistics.median(t) for v, t in times.items()},
-                       [p.name for p in report.passes])
+    medians = time_interleaved(runs, rounds, warmup)
+    return BenchResult(name, mode, batch, size, rounds, medians, [p.name for p in report.passes])

@@ -60,12 +60,17 @@ class LayerRecord:
 
 @dataclass
 class Measurement:
-    """Per-module records of one forward+backward, the total saved bytes and the step's peak."""
+    """Per-module records of one forward+backward, the total saved bytes and the step's peak.
+
+    ``forward_bytes`` is the heap the forward left allocated when it returned: what is kept for backward as the
+    allocator sees it, including what saved-tensor hooks cannot see (the inputs a checkpoint holds).
+    """
 
     layers: dict[str, LayerRecord]
     saved_bytes: int
     peak_bytes: int | None
     order: list[str] = field(default_factory=list)
+    forward_bytes: int | None = None
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -150,6 +155,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
                 raise layer_failure(model, stack[-1] if stack else "", tuple(example.shape), exc) from None
             loss = sum(t.float().sum() for t in _tensors(output))
             sample()
+            after_forward = heap_in_use()
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
                 loss.backward()
             sample()
@@ -157,4 +163,5 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
         for h in handles:
             h.remove()
     return Measurement(dict(layers), sum(r.saved_bytes for r in layers.values()),
-                       peak[0] if base is not None else None, order)
+                       peak[0] if base is not None else None, order,
+                       after_forward - base if base is not None and after_forward is not None else None)

@@ -1,5 +1,8 @@
-"""Training memory: reversible couplings (constant activation memory in depth)."""
+"""Training memory: checkpointing planned under a budget, and reversible couplings (constant memory in depth)."""
 
+from branchgraph.memory.checkpoint import CheckpointPlan, Region, apply_plan, parse_budget, plan, remove_plan
+from branchgraph.memory.measure import VariantResult, compare_variants, step_memory, table
 from branchgraph.memory.reversible import AdditiveCoupling, ReversibleSequence
 
-__all__ = ["AdditiveCoupling", "ReversibleSequence"]
+__all__ = ["AdditiveCoupling", "CheckpointPlan", "Region", "ReversibleSequence", "VariantResult", "apply_plan",
+           "compare_variants", "parse_budget", "plan", "remove_plan", "step_memory", "table"]

@@ -2,10 +2,10 @@
 
 ``AdditiveCoupling`` computes y1 = x1 + F(x2), y2 = x2 + G(y1) on the two channel halves and can invert
 itself. ``ReversibleSequence`` runs its couplings without building an autograd graph and, in backward,
-reconstructs each block's input from its output (``inverse``), then recomputes that block with grad: the
-activations kept for backward are one output tensor, whatever the depth. BatchNorm running statistics are
-restored after the inverse and the recomputation, so they are updated once per step, not three times. F and G
-may not contain dropout: the inverse runs them in another order, so their masks could not be replayed.
+reconstructs each block's input from its output while back-propagating through it (RevNet's Algorithm 1: F and
+G run once more each, not twice): the activations kept for backward are one output tensor, whatever the depth.
+BatchNorm running statistics are restored after the recomputation, so they are updated once per step, not twice.
+F and G may not contain dropout: the inverse runs them in another order, so their masks could not be replayed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 
@@ -44,6 +45,33 @@ def _norm_buffers(block: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
             for b in m.buffers()]
 
 
+def _backward_through(net: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recompute ``net(x)`` with grad and back-propagate ``grad`` through it (its parameters' gradients
+    accumulate); returns (output, gradient wrt x). BatchNorm statistics are put back afterwards (after, since
+    BatchNorm's backward checks its buffers' versions)."""
+    saved = _norm_buffers(net)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = net(x)
+        torch.autograd.backward(out, grad)
+    for buffer, copy in saved:
+        buffer.copy_(copy)
+    return out.detach(), x.grad
+
+
+def reverse_step(block: AdditiveCoupling, y: torch.Tensor, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RevNet's Algorithm 1: rebuild a coupling's input from its output while back-propagating through it,
+    running F and G once each. Returns (input, gradient wrt input)."""
+    y1, y2 = y.chunk(2, dim=1)
+    dy1, dy2 = grad_y.chunk(2, dim=1)
+    g, dg = _backward_through(block.g, y1, dy2)
+    dz1 = dy1 + dg  # y1 reaches the loss directly and through y2 = x2 + G(y1)
+    x2 = y2 - g
+    f, df = _backward_through(block.f, x2, dz1)
+    x1 = y1 - f
+    return torch.cat((x1, x2), dim=1), torch.cat((dz1, dy2 + df), dim=1)
+
+
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, blocks: nn.ModuleList, *params: torch.Tensor) -> torch.Tensor:
@@ -59,16 +87,7 @@ class _ReversibleFunction(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         y = y.detach()
         for block in reversed(ctx.blocks):
-            saved = _norm_buffers(block)
-            with torch.no_grad():
-                x = block.inverse(y)
-            x.requires_grad_(True)
-            with torch.enable_grad():
-                recomputed = block(x)
-            torch.autograd.backward(recomputed, grad_y)
-            for buffer, copy in saved:  # after backward: BatchNorm's backward checks the buffers' versions
-                buffer.copy_(copy)
-            grad_y, y = x.grad, x.detach()
+            y, grad_y = reverse_step(block, y, grad_y)
         return (grad_y, None, *([None] * len(ctx.needs_input_grad[2:])))
 
 
@@ -79,12 +98,15 @@ class ReversibleSequence(nn.Module):
     module's outputs), as in RevNet and memcnn's implementations.
     """
 
-    def __init__(self, blocks: list[AdditiveCoupling]) -> None:
+    def __init__(self, blocks: list[AdditiveCoupling], reversible: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.reversible = reversible  # False: plain autograd through the same blocks (the stored-activation twin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() or not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+        # fx traces (and graph passes see) the plain computation: a Proxy has no autograd to save memory for.
+        if isinstance(x, torch.fx.Proxy) or not self.reversible or not torch.is_grad_enabled() or not (
+                x.requires_grad or any(p.requires_grad for p in self.parameters())):
             for block in self.blocks:
                 x = block(x)
             return x

@@ -1,10 +1,10 @@
 """Model zoo: Inception blocks, GoogLeNet variants and VGG16, built through ``create_model``."""
 
-from branchgraph.models import branches, googlenet, vgg
+from branchgraph.models import branches, googlenet, revnet, vgg
 from branchgraph.models.inception import ConvNormAct, Inception
 from branchgraph.models.registry import ModelInfo, create_model, list_models, model_info, register_model
 
 __all__ = [
     "ConvNormAct", "Inception", "ModelInfo", "branches", "create_model", "googlenet", "list_models",
-    "model_info", "register_model", "vgg",
+    "model_info", "register_model", "revnet", "vgg",
 ]
