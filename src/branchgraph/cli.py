@@ -92,6 +92,8 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "val_size": dict(type=int, help="training images held out for validation (fixed split)"),
     "limit": dict(type=_positive_int, help="use only the first N samples of each split"),
     "precision": dict(choices=("fp32", "bf16", "fp16")),
+    "memory_budget": dict(metavar="BUDGET", help="checkpoint activations to fit this budget: a fraction of the "
+                          "plain model's saved bytes (0.25) or a size (300MiB); see 'branchgraph memory'"),
     "device": dict(choices=("auto", "cpu", "cuda")),
     "seed": dict(type=int),
     "threads": dict(type=_positive_int, help="intra-op CPU threads"),
@@ -225,6 +227,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Plan checkpointing under a budget; with --measure, run steps of the plain and planned model to check it."""
+    import torch
+
+    from branchgraph.graph import parse_input_size
+    from branchgraph.memory import compare_variants, plan, table
+    from branchgraph.models import create_model, model_info
+
+    info = model_info(args.model)
+    size = parse_input_size(args.input) if args.input else info.input_size
+    torch.manual_seed(args.seed)
+    model = create_model(args.model)
+    example = torch.randn(args.batch, *size)
+    planned, p = plan(model, example, args.budget, cost=args.cost)
+    data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
+    text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
+    if args.measure or args.rounds:
+        target = torch.randint(0, info.num_classes or 1, (args.batch,))
+        results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
+        data["measured"] = [r.to_dict(results[0]) for r in results]
+        text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)
+    _emit(args, data, text)
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
     from branchgraph.train.prune import prune_and_finetune
@@ -309,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=10)
     p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+
+    p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
+    p.add_argument("model", help="registry model name")
+    p.add_argument("--budget", required=True,
+                   help="fraction of the plain model's saved activations (0.1) or a size (300MiB)")
+    _add_input_flags(p, batch=32, batch_help="training batch size the plan is for")
+    p.add_argument("--cost", choices=("time", "macs"), default="time",
+                   help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")
+    p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model")
+    p.add_argument("--rounds", type=int, default=0, help="also time N interleaved SGD steps of both (default 0)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import re
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -88,7 +90,8 @@ class CheckpointPlan:
     forward_macs: int
     extra_macs: int
     forward_seconds: float  # the profiled forward's time, for the recomputation's share of it
-    extra_seconds: float
+    extra_seconds: float  # recomputed layers' forward time plus the per-region overhead below
+    region_overhead_seconds: float
     largest_recompute_bytes: int  # what recomputing the largest region materialises again during backward
     regions: list[Region] = field(default_factory=list)
 
@@ -127,6 +130,7 @@ class _Profile:
     inputs: dict[str, set[int]]  # module path -> storage indices of its tensor inputs
     macs: dict[str, int]  # leaf module path -> forward MACs (all calls)
     seconds: dict[str, float]  # leaf module path -> forward time measured in the profiling step (all calls)
+    region_overhead: float  # seconds one checkpointed region adds to a training step, whatever it holds
 
 
 def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
@@ -193,7 +197,28 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
             h.remove()
     entries = np.array(sorted(set(pairs)), dtype=np.int64).reshape(-1, 2)
     return _Profile(list(path_index), np.array(sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
-                    inputs, macs, seconds)
+                    inputs, macs, seconds, checkpoint_overhead())
+
+
+@functools.cache
+def checkpoint_overhead(repeats: int = 30) -> float:
+    """Seconds ``torch.utils.checkpoint`` adds per region and step on this machine (its Python machinery, RNG
+    state, recomputation hooks), measured once on a trivial region: median of interleaved timings."""
+    x = torch.ones(8, requires_grad=True)
+
+    def plain() -> None:
+        torch.relu(x).sum().backward()
+
+    def checkpointed() -> None:
+        checkpoint(torch.relu, x, use_reentrant=False, preserve_rng_state=True).sum().backward()
+
+    times: dict[Any, list[float]] = {plain: [], checkpointed: []}
+    for _ in range(repeats):
+        for run, found in times.items():
+            start = time.perf_counter()
+            run()
+            found.append(time.perf_counter() - start)
+    return max(0.0, statistics.median(times[checkpointed]) - statistics.median(times[plain]))
 
 
 def _within(path: str, members: list[str]) -> bool:
@@ -235,8 +260,9 @@ class _Planner:
             self.masks[i] = [_within(p, members) for p in prof.paths]
             self.region_inputs.append(np.array(sorted(prof.inputs.get(members[0], set())), dtype=np.int64))
         self.macs = self.masks.astype(np.int64) @ leaf_macs
-        self.seconds = self.masks.astype(np.float64) @ leaf_seconds
-        # The objective: measured forward time (memory-bound layers cost time but no MACs), or MACs.
+        # The objective: measured forward time plus checkpoint's own per-region overhead (memory-bound layers
+        # cost time but no MACs; at small batches the overhead dominates), or MACs.
+        self.seconds = self.masks.astype(np.float64) @ leaf_seconds + prof.region_overhead
         self.cost = self.seconds if cost == "time" else self.macs.astype(np.float64)
         self.transient = np.array([self._inside_bytes(self.masks[i]) for i in range(len(regions))], dtype=np.int64)
         self.plain = int(prof.sizes[saved_by].sum())
@@ -321,7 +347,8 @@ def plan(
     if cost not in COSTS:
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
     wanted = parse_budget(budget)
-    prof = _profile(copy.deepcopy(model), example)
+    with torch.random.fork_rng(devices=[]):  # the profiling step's dropout must not move the caller's RNG
+        prof = _profile(copy.deepcopy(model), example)
     planner = _Planner(prof, _candidates(model, example, prof), cost)
     budget_bytes = int(wanted * planner.plain) if isinstance(wanted, float) else wanted
     chosen, saved = planner.choose(budget_bytes)
@@ -336,6 +363,7 @@ def plan(
     result = CheckpointPlan(
         list(example.shape), budget_bytes, planner.plain, saved, int(sum(prof.macs.values())),
         int(planner.macs[chosen].sum()), float(sum(prof.seconds.values())), float(planner.seconds[chosen].sum()),
+        prof.region_overhead,
         int(planner.transient[chosen].max()) if chosen else 0, regions,
     )
     target = model if inplace else copy.deepcopy(model)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from branchgraph.errors import ConfigError
+from branchgraph.memory.checkpoint import parse_budget
 from branchgraph.models import list_models, model_info
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -40,6 +41,7 @@ class TrainConfig:
     limit: int | None = None
     precision: str = "fp32"
     channels_last: bool = True
+    memory_budget: str | None = None  # activation checkpointing under this budget (branchgraph.memory.plan)
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -69,6 +71,8 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
         if self.crop_padding < 0 or self.val_size < 0:
             raise ConfigError("--crop-padding and --val-size must be >= 0")
+        if self.memory_budget is not None:
+            parse_budget(self.memory_budget)
         return self
 
     def to_json(self) -> str:

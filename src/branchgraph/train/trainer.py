@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from branchgraph.data import BatchLoader, Preprocess, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
+from branchgraph.memory.checkpoint import CheckpointPlan, plan
 from branchgraph.models import create_model
 from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
 from branchgraph.train.config import TrainConfig
@@ -178,6 +179,12 @@ class Trainer:
         self.model = (model if model is not None else build_model(config)).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.memory_plan: CheckpointPlan | None = None
+        if config.memory_budget is not None:
+            size = config.resize or 28
+            example, _ = _to_device(torch.zeros(config.batch_size // self.info.world_size, 1, size, size),
+                                    torch.zeros(1), self.device, config.channels_last)
+            self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
         self.optimizer = self._make_optimizer()
         total_steps = config.epochs * len(self.train_loader)
         self.scheduler = self._make_scheduler(total_steps)
@@ -265,6 +272,9 @@ class Trainer:
         """
         if self.info.is_main:
             atomic_write_bytes(self.run_dir / "config.json", (self.config.to_json() + "\n").encode())
+            if self.memory_plan is not None:
+                text = json.dumps(self.memory_plan.to_dict(), indent=2, sort_keys=True) + "\n"
+                atomic_write_bytes(self.run_dir / "memory_plan.json", text.encode())
             self._write_outputs("running")
         previous = None
         if threading.current_thread() is threading.main_thread():
