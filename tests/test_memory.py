@@ -1,0 +1,189 @@
+"""Budgeted checkpointing and reversible networks: budgets hold (predicted and measured), gradients, dropout
+masks and BatchNorm statistics equal the plain model's, RevNet memory is flat in depth."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import branchgraph as bg
+from branchgraph.errors import ConfigError
+from branchgraph.memory import parse_budget, plan, remove_plan, step_memory
+from branchgraph.models import model_info
+from tests.conftest import run_cli
+
+
+def _example(name: str, batch: int, seed: int = 0) -> torch.Tensor:
+    c, h, _ = model_info(name).input_size
+    side = min(h, 64)  # the ImageNet-sized models at 64x64: same graph, a fraction of the time
+    torch.manual_seed(seed)
+    return torch.randn(batch, c, side, side)
+
+
+@pytest.mark.parametrize("name", bg.list_models())
+def test_plan_respects_its_budget_on_every_model(name: str) -> None:
+    """Predicted saved bytes fit the budget; the allocator's figure after the forward agrees with the prediction
+    (within 3 % of the plain model's activations, the output and the checkpoint frames' own objects)."""
+    model = bg.create_model(name)
+    x = _example(name, 4)
+    planned, p = plan(model, x, 0.5)
+    assert p.saved_bytes <= p.budget_bytes == int(0.5 * p.plain_saved_bytes)
+    assert p.regions, "a budget of half the activations needs at least one checkpointed region"
+    measured = step_memory(planned, x).forward_bytes
+    plain = step_memory(model, x).forward_bytes
+    assert measured is not None and plain is not None
+    assert abs(measured - p.saved_bytes) <= 0.03 * p.plain_saved_bytes + 64 * 1024, (measured, p.saved_bytes)
+    assert measured < 0.6 * plain
+    assert planned.state_dict().keys() == model.state_dict().keys()
+
+
+def test_lower_budgets_recompute_more_and_the_tightest_budget_is_named() -> None:
+    model, x = bg.create_model("googlenet-d2l"), _example("googlenet-d2l", 4)
+    plans = [plan(model, x, b, cost="macs")[1] for b in (1.0, 0.5, 0.25, 0.1)]
+    assert plans[0].regions == [] and plans[0].extra_macs == 0
+    assert [p.saved_bytes <= p.budget_bytes for p in plans] == [True] * 4
+    assert plans[1].extra_macs <= plans[2].extra_macs <= plans[3].extra_macs
+    with pytest.raises(ConfigError, match=r"cannot be met.*raise the budget to at least"):
+        plan(model, x, 1000)
+
+
+def _step(net: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    inp = x.clone().requires_grad_(True)
+    out = net(inp)
+    logits = out.logits if hasattr(out, "logits") else out
+    (logits * weights).sum().backward()
+    return logits.detach(), inp.grad
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("name", "budget"), [("googlenet-fmnist", 0.25), ("googlenet", 0.1),
+                                              ("googlenet-d2l-bn", 0.25)])
+def test_checkpointed_training_equals_plain(name: str, budget: float, seed: int) -> None:
+    """float64: outputs, input and parameter gradients agree to 1e-10; dropout masks replay (googlenet has
+    dropout); BatchNorm running statistics and batch counters are updated once, bit for bit."""
+    torch.manual_seed(seed)
+    model = bg.create_model(name).double().train()
+    x = _example(name, 3, seed).double()
+    planned, p = plan(model, x, budget)
+    assert p.regions
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) or name == "googlenet"
+    weights = torch.randn(3, model_info(name).num_classes or 1, dtype=torch.float64)
+    torch.manual_seed(seed + 100)
+    out_plain, grad_plain = _step(model, x, weights)
+    torch.manual_seed(seed + 100)
+    out_planned, grad_planned = _step(planned, x, weights)
+    torch.testing.assert_close(out_planned, out_plain, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad_planned, grad_plain, rtol=1e-10, atol=1e-12)
+    for (key, a), b in zip(model.named_parameters(), planned.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12, msg=key)
+    for (key, a), b in zip(model.named_buffers(), planned.buffers(), strict=True):
+        assert torch.equal(a, b), f"{key} differs: running statistics updated other than once"
+
+
+def test_without_the_statistics_guard_batchnorm_would_update_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard is what keeps the statistics equal: with a no-op recompute context they drift."""
+    import contextlib
+
+    from branchgraph.memory import checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "_contexts", lambda modules: (contextlib.nullcontext(), contextlib.nullcontext()))
+    model = bg.create_model("googlenet-fmnist").double().train()
+    x = _example("googlenet-fmnist", 3).double()
+    planned, _ = plan(model, x, 0.25)
+    weights = torch.randn(3, 10, dtype=torch.float64)
+    _step(model, x, weights)
+    _step(planned, x, weights)
+    counts = [(a, b) for (k, a), b in zip(model.named_buffers(), planned.buffers(), strict=True)
+              if k.endswith("num_batches_tracked")]
+    assert any(int(b) == 2 * int(a) for a, b in counts)
+
+
+def test_plan_leaves_the_callers_model_and_rng_alone() -> None:
+    model = bg.create_model("googlenet")
+    before = copy.deepcopy(model.state_dict())
+    x = _example("googlenet", 2)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    planned, _ = plan(model, x, 0.5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model) is type(remove_plan(planned))
+    pickle.dumps(planned)
+
+
+@pytest.mark.parametrize(("text", "value"), [("0.1", 0.1), ("1", 1.0), ("300MiB", 300 * 2**20), ("2G", 2 * 2**30),
+                                             ("5000000", 5_000_000)])
+def test_parse_budget(text: str, value: float) -> None:
+    assert parse_budget(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "1.5", "abc", "3 parsecs"])
+def test_parse_budget_rejects(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_budget(text)
+
+
+def test_cli_memory_json_and_bad_budget() -> None:
+    r = run_cli("memory", "googlenet-fmnist", "--budget", "0.25", "--batch", "4", "--measure", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["plan"]["saved_bytes"] <= data["plan"]["budget_bytes"]
+    assert data["measured"][1]["forward_vs_plain"] < 0.3
+    r = run_cli("memory", "googlenet-fmnist", "--budget", "lots")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "memory budget 'lots'" in r.stderr
+
+
+# Reversible networks
+
+
+def _twins(name: str, units: int) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    rev = bg.create_model(name, units=units) if name.startswith("revnet") else bg.create_model(name)
+    plain_kwargs = {"units": units, "reversible": False} if name.startswith("revnet") else {}
+    plain_name = name if name.startswith("revnet") else f"{name}-plain"
+    plain = bg.create_model(plain_name, **plain_kwargs)
+    plain.load_state_dict(rev.state_dict())
+    return rev, plain
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("name", "units"), [("revnet38", 2), ("revnet164", 2), ("revinception-fmnist", 0)])
+def test_reversible_nets_train_like_their_stored_twins(name: str, units: int, seed: int) -> None:
+    """float64: outputs, input and parameter gradients agree to 1e-8, BatchNorm buffers once (atol 1e-12)."""
+    rev, plain = _twins(name, units)
+    rev, plain = rev.double().train(), plain.double().train()
+    c, h, w = model_info(name).input_size
+    torch.manual_seed(seed)
+    x = torch.randn(3, c, h // 2 if h == 32 else h, w // 2 if w == 32 else w, dtype=torch.float64)
+    weights = torch.randn(3, 10, dtype=torch.float64)
+    out_plain, grad_plain = _step(plain, x, weights)
+    out_rev, grad_rev = _step(rev, x, weights)
+    torch.testing.assert_close(out_rev, out_plain, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad_rev, grad_plain, rtol=1e-8, atol=1e-10)
+    for (key, a), b in zip(plain.named_parameters(), rev.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-10, msg=key)
+    for (key, a), b in zip(plain.named_buffers(), rev.buffers(), strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-12, msg=f"{key} updated other than once")
+
+
+def test_revnet_memory_is_flat_in_depth_and_resnet_is_not() -> None:
+    x = torch.randn(4, 3, 16, 16)
+    kept = {}
+    for units in (2, 8):
+        torch.manual_seed(0)
+        kept["rev", units] = step_memory(bg.create_model("revnet38", units=units), x).forward_bytes
+        kept["res", units] = step_memory(bg.create_model("resnet32", units=2 * units), x).forward_bytes
+    assert kept["rev", 8] <= 1.02 * kept["rev", 2]
+    assert kept["res", 8] > 3 * kept["res", 2]
+
+
+@pytest.mark.parametrize(("name", "millions"), [("resnet32", 0.46), ("revnet38", 0.46), ("resnet110", 1.73),
+                                                ("revnet110", 1.73), ("resnet164", 1.70), ("revnet164", 1.75)])
+def test_twins_match_the_revnet_papers_parameter_counts(name: str, millions: float) -> None:
+    params = sum(p.numel() for p in bg.create_model(name).parameters())
+    assert abs(params / 1e6 - millions) / millions < 0.06, params
