@@ -128,7 +128,6 @@ class _Profile:
     entry_storage: np.ndarray  # (storage, saver module) pairs: storage index ...
     entry_path: np.ndarray  # ... and the saving module's index in ``paths``
     inputs: dict[str, set[int]]  # module path -> storage indices of its tensor inputs
-    outputs: list[int]  # storage indices of the model's outputs: alive while the caller holds them
     macs: dict[str, int]  # leaf module path -> forward MACs (all calls)
     seconds: dict[str, float]  # leaf module path -> forward time measured in the profiling step (all calls)
     region_overhead: float  # seconds one checkpointed region adds to a training step, whatever it holds
@@ -190,7 +189,7 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             try:
-                output = model(example)
+                model(example)
             except Exception as exc:  # re-raised naming the innermost layer that was running
                 raise layer_failure(model, stack[-1] if stack else "", tuple(example.shape), exc) from None
     finally:
@@ -198,8 +197,7 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
             h.remove()
     entries = np.array(sorted(set(pairs)), dtype=np.int64).reshape(-1, 2)
     return _Profile(list(path_index), np.array(sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
-                    inputs, [s for s in map(storage_of, _tensors(output)) if s is not None], macs, seconds,
-                    checkpoint_overhead())
+                    inputs, macs, seconds, checkpoint_overhead())
 
 
 @functools.cache
@@ -257,9 +255,7 @@ class _Planner:
         self.region_inputs: list[np.ndarray] = []
         saved_by = np.zeros(len(prof.sizes), dtype=bool)
         saved_by[prof.entry_storage] = True
-        self.saved_storages = saved_by.copy()
-        self.outputs = np.array(prof.outputs, dtype=np.int64)
-        saved_by[self.outputs] = True  # the plain figure counts the outputs too, as saved() does
+        self.saved_storages = saved_by
         for i, (_, members) in enumerate(regions):
             self.masks[i] = [_within(p, members) for p in prof.paths]
             self.region_inputs.append(np.array(sorted(prof.inputs.get(members[0], set())), dtype=np.int64))
@@ -285,7 +281,6 @@ class _Planner:
         kept[self.prof.entry_storage[~covered[self.prof.entry_path]]] = True
         for i in chosen:
             kept[self.region_inputs[i]] = True
-        kept[self.outputs] = True
         return int(self.prof.sizes[kept].sum())
 
     def _merge(self, chosen: list[int], i: int) -> list[int] | None:

@@ -200,7 +200,9 @@ class RevInceptionNet(nn.Sequential):
                          for _ in range(count)]
             layers[f"b{index + 3}"] = nn.Sequential(*widen, ReversibleSequence(couplings, reversible))
             channels = 2 * half
-        layers["head"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        # Couplings add post-ReLU (non-negative) Inception outputs, so activations drift up with depth:
+        # normalise before pooling, as the pre-activation CIFAR nets do.
+        layers["head"] = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         layers["fc"] = nn.Linear(channels, num_classes)
         super().__init__(layers)
 
