@@ -55,9 +55,11 @@ graphviz:
 		exit 2; \
 	fi
 
-# Long (about 20 minutes here, torch.compile included); figures go to the README's Results table.
+# Long (about 35 minutes here, torch.compile included); figures go to the README's Results table.
 bench: setup data
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_revnet.py
 	$(BIN)/branchgraph bench googlenet-d2l --mode eval --batch 128 --rounds 10
 	$(BIN)/branchgraph bench googlenet-d2l --mode train --batch 128 --rounds 8
 	$(BIN)/python benchmarks/profile_optimised.py

@@ -37,7 +37,10 @@ from tests.conftest import run_cli
 TEST_SIZES = {"googlenet": (3, 64, 64), "googlenet-bn": (3, 64, 64), "googlenet-d2l": (1, 64, 64),
               "googlenet-d2l-bn": (1, 64, 64), "googlenet-d2l-3x3": (1, 64, 64), "googlenet-d2l-asym": (1, 64, 64),
               "branch5x5": (64, 12, 12), "branch3x3x2": (64, 12, 12)}
-SMALL_MODELS = [m for m in bg.list_models() if m != "vgg16"]
+# The deep CIFAR twins repeat resnet32/revnet38's units 3-6x: the default set runs them in the fast suite,
+# each pass alone in the slow one.
+DEEP = ("resnet110", "resnet164", "revnet110", "revnet164")
+SMALL_MODELS = [m for m in bg.list_models() if m != "vgg16" and m not in DEEP]
 
 
 def _example(name: str, batch: int = 2) -> torch.Tensor:
@@ -65,6 +68,15 @@ def test_default_passes_on_every_model(name: str, mode: str) -> None:
 @pytest.mark.parametrize("pass_name", list(PASSES))
 @pytest.mark.parametrize("name", SMALL_MODELS)
 def test_each_pass_on_every_model(name: str, pass_name: str, mode: str) -> None:
+    _, report = _run(name, [pass_name], mode)
+    assert report.ok, report.to_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("pass_name", list(PASSES))
+@pytest.mark.parametrize("name", DEEP)
+def test_each_pass_on_the_deep_twins(name: str, pass_name: str, mode: str) -> None:
     _, report = _run(name, [pass_name], mode)
     assert report.ok, report.to_dict()
 
