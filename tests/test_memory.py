@@ -30,22 +30,24 @@ def _example(name: str, batch: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", bg.list_models())
 def test_plan_respects_its_budget_on_every_model(name: str) -> None:
-    """Predicted saved bytes fit the budget; the allocator's figure after the forward agrees with the prediction
-    within 3 % of the plain model's activations and 32 KiB per region (each checkpoint keeps the RNG state and
-    its own records), plus the model's output (alive while the caller holds it, saved or not; the whole
-    activation of a single-block model)."""
+    """Predicted saved bytes fit the budget, and the bytes the plan saves agree with the allocator's figures
+    (heap left after the forward, planned against plain) within 3 % of the plain activations and 32 KiB per
+    region (each checkpoint keeps the RNG state and its records), plus the model's output (alive while the
+    caller holds it, saved or not). Differences cancel what both runs hold besides activations, such as
+    autograd's graph nodes, which are a quarter of the heap at these tiny test inputs."""
     model = bg.create_model(name)
     x = _example(name, 1 if name == "vgg16" else 2)
     planned, p = plan(model, x, 0.5)
     assert p.saved_bytes <= p.budget_bytes == int(0.5 * p.plain_saved_bytes)
     assert p.regions, "a budget of half the activations needs at least one checkpointed region"
-    measured = step_memory(planned, x).forward_bytes
-    assert measured is not None
+    plain, measured = step_memory(model, x).forward_bytes, step_memory(planned, x).forward_bytes
+    assert measured is not None and plain is not None
     with torch.no_grad():
         output = model.train()(x)
     output_bytes = sum(t.untyped_storage().nbytes() for t in (output if isinstance(output, tuple) else (output,)))
-    tolerance = 0.03 * p.plain_saved_bytes + 32 * 1024 * (len(p.regions) + 2)
-    assert p.saved_bytes - tolerance <= measured <= p.saved_bytes + output_bytes + tolerance, (measured, p.saved_bytes)
+    tolerance = 0.03 * p.plain_saved_bytes + 32 * 1024 * (len(p.regions) + 2) + output_bytes
+    predicted_saving = p.plain_saved_bytes - p.saved_bytes
+    assert abs((plain - measured) - predicted_saving) <= tolerance, (plain - measured, predicted_saving)
     assert planned.state_dict().keys() == model.state_dict().keys()
 
 

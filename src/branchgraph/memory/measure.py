@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +17,15 @@ MIB = 2**20
 
 
 def step_memory(model: nn.Module, example: torch.Tensor) -> Measurement:
-    """One training step of a copy of ``model``, measured after a warm-up step: the first call of some
-    operators (checkpoint's among them) allocates caches once, which is not activation memory."""
+    """One training step of a copy of ``model``, measured after a warm-up step (the first call of some
+    operators, checkpoint's among them, allocates caches once, which is not activation memory) and a
+    garbage collection."""
     net = copy.deepcopy(model).train()
     out = net(example)
     sum(t.float().sum() for t in (out if isinstance(out, tuple) else (out,))).backward()
     net.zero_grad(set_to_none=True)
     del out
+    gc.collect()  # garbage of earlier runs (module cycles) must not be freed inside the measured step
     return measure(net, example)
 
 
