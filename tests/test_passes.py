@@ -36,11 +36,16 @@ from tests.conftest import run_cli
 # Small inputs the models accept (vgg16's classifier needs 224x224).
 TEST_SIZES = {"googlenet": (3, 64, 64), "googlenet-bn": (3, 64, 64), "googlenet-d2l": (1, 64, 64),
               "googlenet-d2l-bn": (1, 64, 64), "googlenet-d2l-3x3": (1, 64, 64), "googlenet-d2l-asym": (1, 64, 64),
-              "branch5x5": (64, 12, 12), "branch3x3x2": (64, 12, 12)}
+              "branch5x5": (64, 12, 12), "branch3x3x2": (64, 12, 12),
+              # The CIFAR nets at 16x16: at 32x32 and batch 4 oneDNN's fp32 conv backward drifts to 5e-4..1.5e-3
+              # off float64 on revnet38, eager and optimised alike, which makes the fp32 bound a coin toss.
+              **{name: (3, 16, 16) for name in ("resnet32", "resnet110", "resnet164", "revnet38", "revnet110",
+                                                "revnet164")}}
 # The deep CIFAR twins repeat resnet32/revnet38's units 3-6x: the default set runs them in the fast suite,
 # each pass alone in the slow one.
 DEEP = ("resnet110", "resnet164", "revnet110", "revnet164")
-SMALL_MODELS = [m for m in bg.list_models() if m != "vgg16" and m not in DEEP]
+# revinception-fmnist-plain traces to the same graph as revinception-fmnist (fx sees the plain computation).
+SMALL_MODELS = [m for m in bg.list_models() if m not in ("vgg16", "revinception-fmnist-plain", *DEEP)]
 
 
 def _example(name: str, batch: int = 2) -> torch.Tensor:
@@ -187,7 +192,7 @@ def test_cli_optimize(tmp_path) -> None:
 channels = st.integers(1, 12)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     cin=channels, c1=channels, c2=st.tuples(channels, channels), c3=st.tuples(channels, channels), c4=channels,
     bn=st.booleans(), factorize=st.sampled_from(["none", "3x3", "asym"]), size=st.integers(3, 9),

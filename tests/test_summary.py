@@ -73,8 +73,9 @@ def _hand_macs(module: nn.Module, out_shape: list[int], in_shape: list[int]) -> 
     raise AssertionError(type(module))
 
 
-@pytest.mark.parametrize("name", bg.list_models())
+@pytest.mark.parametrize("name", [m for m in bg.list_models() if m not in ("resnet110", "resnet164", "revnet110")])
 def test_params_and_macs_agree_with_hand_computation(name: str) -> None:
+    """Every model; of the deep CIFAR twins only revnet164 (the others repeat resnet32's and revnet38's layers)."""
     s = summary(name)
     model = bg.create_model(name)
     checked = 0

@@ -103,6 +103,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     order: list[str] = []
     base = heap_in_use()
     peak = [0]
+    backward = [False]  # saves during backward are recomputations, transient: sampled for the peak only
 
     def sample() -> None:
         if base is not None:
@@ -116,6 +117,14 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     def post_hook(module: nn.Module, args: Any, output: Any) -> None:
         name = stack.pop()
         rec = layers[name]
+        if backward[0]:
+            # A recomputation in backward (checkpoint, reversible block) is not another call of the forward. A
+            # reversible block's forward ran without grad, so its backward MACs are those of this recomputation.
+            ins, outs = list(_tensors(args)), list(_tensors(output))
+            if ins and outs and not list(module.children()) and rec.backward_macs == 0:
+                rec.backward_macs = layer_macs(module, ins[0], outs[0])[1]
+            sample()
+            return
         if rec.calls == 0:
             order.append(name)
         rec.calls += 1
@@ -134,7 +143,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
         ptr = storage.data_ptr()
-        if ptr not in seen and ptr not in param_storages and storage.device.type != "meta":
+        if not backward[0] and ptr not in seen and ptr not in param_storages and storage.device.type != "meta":
             seen.add(ptr)
             layers[stack[-1] if stack else ""].saved_bytes += storage.nbytes()
         sample()
@@ -157,6 +166,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
             sample()
             after_forward = heap_in_use()
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                backward[0] = True
                 loss.backward()
             sample()
     finally:

@@ -76,6 +76,9 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, blocks: nn.ModuleList, *params: torch.Tensor) -> torch.Tensor:
         ctx.blocks = blocks
+        device = x.device.type
+        # backward runs outside the caller's autocast: replay the forward's, or dtypes would not match
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         with torch.no_grad():
             for block in blocks:
                 x = block(x)
@@ -86,8 +89,10 @@ class _ReversibleFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (y,) = ctx.saved_tensors
         y = y.detach()
-        for block in reversed(ctx.blocks):
-            y, grad_y = reverse_step(block, y, grad_y)
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            for block in reversed(ctx.blocks):
+                y, grad_y = reverse_step(block, y, grad_y)
         return (grad_y, None, *([None] * len(ctx.needs_input_grad[2:])))
 
 
