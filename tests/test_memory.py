@@ -183,12 +183,12 @@ def test_reversible_nets_train_like_their_stored_twins(name: str, units: int, se
 def test_revnet_memory_is_flat_in_depth_and_resnet_is_not() -> None:
     x = torch.randn(8, 3, 32, 32)
     kept = {}
-    for units in (2, 8):
+    for units in (2, 6):
         torch.manual_seed(0)
         kept["rev", units] = step_memory(bg.create_model("revnet38", units=units), x).forward_bytes
         kept["res", units] = step_memory(bg.create_model("resnet32", units=2 * units), x).forward_bytes
-    assert kept["rev", 8] <= 1.05 * kept["rev", 2]
-    assert kept["res", 8] > 3 * kept["res", 2]
+    assert kept["rev", 6] <= 1.05 * kept["rev", 2]
+    assert kept["res", 6] > 2.5 * kept["res", 2]
 
 
 @pytest.mark.parametrize(("name", "millions"), [("resnet32", 0.46), ("revnet38", 0.46), ("resnet110", 1.73),
