@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from branchgraph.models.inception import ConvNormAct, Factorize, Inception
+from branchgraph.models.inception import BranchNorm, ConvNormAct, Factorize, Inception
 from branchgraph.models.registry import register_model
 
 # (in_channels, c1, (c2_reduce, c2), (c3_reduce, c3), c4), the paper's Table 1 and seed 003.
@@ -68,7 +68,8 @@ def _scaled_stages(
 
 
 def _inception_chain(
-    specs: Sequence[BlockSpec], names: Sequence[str], in_channels: int, bn: bool, factorize: Factorize
+    specs: Sequence[BlockSpec], names: Sequence[str], in_channels: int, bn: bool, factorize: Factorize,
+    **options: Any,
 ) -> tuple[list[tuple[str, Inception]], int]:
     """Build consecutive Inception blocks, checking each block's in_channels against what precedes it."""
     blocks: list[tuple[str, Inception]] = []
@@ -79,7 +80,7 @@ def _inception_chain(
                 f"Inception block {name!r}: in_channels {cin} does not match the {in_channels} "
                 "channels produced before it"
             )
-        block = Inception(cin, c1, c2, c3, c4, bn=bn, factorize=factorize, name=name)
+        block = Inception(cin, c1, c2, c3, c4, bn=bn, factorize=factorize, name=name, **options)
         blocks.append((name, block))
         in_channels = block.out_channels
     return blocks, in_channels
@@ -106,6 +107,8 @@ class D2LGoogLeNet(nn.Sequential):
         stem: Stem = "d2l",
         width: float = 1.0,
         stages: Sequence[Sequence[BlockSpec]] = GOOGLENET_STAGES,
+        branch_norm: BranchNorm = "none",
+        gates: bool = False,
     ) -> None:
         if len(stages) != 3:
             raise ValueError(f"stages must list the 3 Inception stages b3, b4, b5; got {len(stages)}")
@@ -129,7 +132,8 @@ class D2LGoogLeNet(nn.Sequential):
         stage_modules: list[nn.Sequential] = []
         for index, stage in enumerate(specs):
             names = [f"b{index + 3}.{i}" for i in range(len(stage))]
-            blocks, channels = _inception_chain(stage, names, channels, bn, factorize)
+            blocks, channels = _inception_chain(stage, names, channels, bn, factorize,
+                                                branch_norm=branch_norm, gates=gates)
             tail: list[nn.Module] = (
                 [nn.MaxPool2d(3, stride=2, padding=1)] if index < 2
                 else [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten()]
@@ -237,9 +241,10 @@ def googlenet_d2l(in_channels: int = 1, num_classes: int = 10, factorize: Factor
 
 @register_model("googlenet-d2l-bn", input_size=(1, 96, 96), num_classes=10)
 def googlenet_d2l_bn(in_channels: int = 1, num_classes: int = 10, factorize: Factorize = "none",
-                     width: float = 1.0) -> nn.Module:
+                     width: float = 1.0, branch_norm: BranchNorm = "none", gates: bool = False) -> nn.Module:
     """d2l's GoogLeNet with BatchNorm after every conv (convs without bias)."""
-    return D2LGoogLeNet(in_channels, num_classes, bn=True, factorize=factorize, width=width)
+    return D2LGoogLeNet(in_channels, num_classes, bn=True, factorize=factorize, width=width,
+                        branch_norm=branch_norm, gates=gates)
 
 
 @register_model("googlenet-d2l-3x3", input_size=(1, 96, 96), num_classes=10)
@@ -256,9 +261,10 @@ def googlenet_d2l_asym(in_channels: int = 1, num_classes: int = 10, bn: bool = F
 
 @register_model("googlenet-fmnist", input_size=(1, 28, 28), num_classes=10)
 def googlenet_fmnist(in_channels: int = 1, num_classes: int = 10, width: float = 0.25,
-                     factorize: Factorize = "3x3") -> nn.Module:
+                     factorize: Factorize = "3x3", branch_norm: BranchNorm = "none", gates: bool = False) -> nn.Module:
     """GoogLeNet for native 28x28 input: 3x3 stem, BN, quarter width, 3x3-factorised; maps 28-14-7-4."""
-    return D2LGoogLeNet(in_channels, num_classes, bn=True, factorize=factorize, stem="28px", width=width)
+    return D2LGoogLeNet(in_channels, num_classes, bn=True, factorize=factorize, stem="28px", width=width,
+                        branch_norm=branch_norm, gates=gates)
 
 
 @register_model("googlenet", input_size=(3, 224, 224), num_classes=1000)

@@ -11,6 +11,15 @@ from torch import nn
 
 Factorize = Literal["none", "3x3", "asym"]
 FACTORIZE_CHOICES: tuple[str, ...] = ("none", "3x3", "asym")
+BranchNorm = Literal["none", "batch", "layer"]
+BRANCH_NORM_CHOICES: tuple[str, ...] = ("none", "batch", "layer")
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels at each position of an N x C x H x W map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class ConvNormAct(nn.Sequential):
@@ -51,6 +60,11 @@ class Inception(nn.Module):
 
     ``factorize`` replaces the 5x5 conv of branch 3 by two 3x3 convs ("3x3", seed 002) or by a
     1x5 then a 5x1 conv ("asym"); both keep the 5x5 receptive field.
+
+    ``branch_norm`` normalises each branch's output before the concat (BatchNorm, or LayerNorm over channels),
+    seed 000's remedy for unbalanced branch gradients. ``gates`` scales branch i by 4 * softmax(logits)_i, with
+    learnable logits starting at 0: seed 000's "DynamicInception" done correctly, starting as the plain block
+    (every gate 1, where a bare softmax would shrink the output 4x) and keeping the gates' mean at 1.
     """
 
     def __init__(
@@ -63,6 +77,8 @@ class Inception(nn.Module):
         *,
         bn: bool = False,
         factorize: Factorize = "none",
+        branch_norm: BranchNorm = "none",
+        gates: bool = False,
         name: str = "Inception",
     ) -> None:
         super().__init__()
@@ -93,6 +109,19 @@ class Inception(nn.Module):
         self.branch4 = nn.Sequential(
             nn.MaxPool2d(3, stride=1, padding=1), ConvNormAct(in_channels, c4, 1, bn=bn)
         )
+        if branch_norm not in BRANCH_NORM_CHOICES:
+            raise ValueError(f"Inception block {name!r}: branch_norm must be one of {BRANCH_NORM_CHOICES}, "
+                             f"got {branch_norm!r}")
+        widths = (c1, c2o, c3o, c4)
+        self.norms = None if branch_norm == "none" else nn.ModuleList(
+            nn.BatchNorm2d(c) if branch_norm == "batch" else ChannelLayerNorm(c) for c in widths)
+        self.gate_logits = nn.Parameter(torch.zeros(len(widths))) if gates else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat((self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)), dim=1)
+        outs = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        if self.norms is not None:
+            outs = [norm(out) for norm, out in zip(self.norms, outs, strict=True)]
+        if self.gate_logits is not None:
+            gates = len(outs) * torch.softmax(self.gate_logits, dim=0)
+            outs = [gates[i] * out for i, out in enumerate(outs)]
+        return torch.cat(tuple(outs), dim=1)
