@@ -10,7 +10,7 @@ import torch
 
 import branchgraph as bg
 from branchgraph.errors import ConfigError
-from branchgraph.models import Inception
+from branchgraph.models import Inception, model_info
 from branchgraph.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tests.conftest import run_cli
 
@@ -56,3 +56,47 @@ def test_gates_are_trained_saved_and_restored(tmp_path: Path, data_dir: Path) ->
     model = bg.create_model("googlenet-fmnist", gates=True)
     model.load_state_dict(state)
     assert torch.equal(model.get_submodule("b3.0").gate_logits, gates["b3.0.gate_logits"])
+
+
+INCEPTION_MODELS = [m for m in bg.list_models()
+                    if any(isinstance(x, Inception) for x in bg.create_model(m).modules())]
+SIZES = {"googlenet": (3, 64, 64), "googlenet-bn": (3, 64, 64)}
+
+
+@pytest.mark.parametrize("name", INCEPTION_MODELS)
+def test_fork_gradient_is_the_sum_of_the_branch_contributions(name: str) -> None:
+    """float64, every Inception model: the per-use gradients add up to the fork's (taken in a separate run)
+    within 1e-12 normwise, the shares add up to 1, and every Inception block's four branches are seen."""
+    from branchgraph.analysis import fork_gradients
+
+    c, h, w = model_info(name).input_size
+    size = SIZES.get(name, (c, min(h, 48), min(w, 48)))
+    torch.manual_seed(0)
+    model = bg.create_model(name).double()
+    reports = fork_gradients(model, torch.randn(2, *size, dtype=torch.float64))
+    for r in reports:
+        assert r.sum_error < 1e-12, r
+        assert sum(b.share for b in r.branches) == pytest.approx(1.0, abs=1e-9)
+    seen = {(r.block, b.name) for r in reports for b in r.branches}
+    for block in (n for n, m in model.named_modules() if isinstance(m, Inception)):
+        assert {(block, f"{block}.branch{i}") for i in range(1, 5)} <= seen, block
+
+
+def test_fork_gradient_identity_fails_when_a_use_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check can fail: with one branch's contribution dropped the sum no longer matches."""
+    from branchgraph.analysis import branches
+
+    real = branches._tap
+    monkeypatch.setattr(branches, "_tap", lambda x, key: x.view_as(x) if key.endswith("/0") else real(x, key))
+    torch.manual_seed(0)
+    reports = branches.fork_gradients(bg.create_model("googlenet-fmnist").double(),
+                                      torch.randn(2, 1, 28, 28, dtype=torch.float64))
+    assert all(r.sum_error > 1e-3 for r in reports)
+
+
+def test_cli_branches_json() -> None:
+    r = run_cli("branches", "googlenet-fmnist", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert len(data["forks"]) == 9 and data["max_sum_error"] < 1e-12
+    assert all(f["imbalance"] >= 1 for f in data["forks"])

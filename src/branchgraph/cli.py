@@ -252,6 +252,29 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_branches(args: argparse.Namespace) -> int:
+    """Per block: the fork's gradient, each branch's contribution and share, and the sum identity checked."""
+    import torch
+
+    from branchgraph.analysis import fork_gradients
+    from branchgraph.graph import parse_input_size
+    from branchgraph.models import create_model, model_info
+
+    size = parse_input_size(args.input) if args.input else model_info(args.model).input_size
+    torch.manual_seed(args.seed)
+    model = create_model(args.model).double()
+    reports = fork_gradients(model, torch.randn(args.batch, *size, dtype=torch.float64), seed=args.seed)
+    worst = max((r.sum_error for r in reports), default=0.0)
+    lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
+             f"add up to each fork's within {worst:.1e} (normwise)"]
+    for r in reports:
+        lines.append(f"  {r.block:<28} fork {r.fork:<16} |g| {r.grad_norm:.3e}  imbalance {r.imbalance:6.2f}")
+        lines += [f"      {b.name:<34} |g_i| {b.grad_norm:.3e}  share {b.share:6.1%}" for b in r.branches]
+    _emit(args, {"model": args.model, "input": [args.batch, *size], "max_sum_error": worst,
+                 "forks": [r.to_dict() for r in reports]}, "\n".join(lines))
+    return 0 if worst < 1e-9 else 1
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
     from branchgraph.train.prune import prune_and_finetune
@@ -346,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")
     p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model")
     p.add_argument("--rounds", type=int, default=0, help="also time N interleaved SGD steps of both (default 0)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
+    p.add_argument("model", help="registry model name")
+    _add_input_flags(p, batch=2, batch_help="batch of the measured step")
     p.add_argument("--seed", type=int, default=0)
 
     p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")

@@ -1,0 +1,147 @@
+"""How the parallel branches of each block share the gradient at their fork (seed 000).
+
+Autograd adds the gradients flowing back from every use of a value. ``fork_gradients`` makes each use visible:
+in a copy of the captured graph, every use of a block's fork value gets its own identity view whose gradient is
+recorded, and the fork's total gradient is taken in a separate run of the untouched graph. The sum of the
+branches' contributions must equal that total (the identity is checked, not assumed). Each branch's share is
+<g_i, g> / |g|^2, so the shares add up to 1; the imbalance is the largest branch norm over the smallest.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from branchgraph.errors import BranchgraphError
+from branchgraph.graph.capture import capture
+from branchgraph.graph.structure import Block, find_blocks
+
+_RECORDED: dict[str, torch.Tensor] = {}
+
+
+def _tap(x: torch.Tensor, key: str) -> torch.Tensor:
+    """An identity whose gradient is recorded under ``key``: one use of a value, made visible to autograd."""
+    y = x.view_as(x)
+    if y.requires_grad:
+        y.register_hook(lambda g: _RECORDED.__setitem__(key, g.detach().clone()))
+    return y
+
+
+@dataclass
+class BranchGradient:
+    """One use of a fork value: its gradient's norm and its share of the fork's gradient."""
+
+    name: str
+    grad_norm: float
+    share: float
+
+
+@dataclass
+class ForkGradients:
+    """A block's fork: its total gradient, the branches' contributions and how well they add up."""
+
+    block: str
+    fork: str
+    grad_norm: float
+    sum_error: float  # |sum of contributions - total| / |total|
+    imbalance: float  # largest branch gradient norm / smallest nonzero one
+    branches: list[BranchGradient]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _uses(gm: fx.GraphModule, block: Block) -> list[tuple[fx.Node, str]]:
+    """(user node, branch name) for every use of the block's fork; uses outside the block are 'other'."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    owner = {name: b.name for b in block.branches for name in b.nodes}
+    identity = next((b.name for b in block.branches if not b.nodes), None)
+    uses = []
+    for user in nodes[block.fork].users:
+        if user.name in owner:
+            uses.append((user, owner[user.name]))
+        elif user.name == block.join and identity is not None:
+            uses.append((user, identity))
+        else:
+            uses.append((user, f"{block.name}.other"))
+    return uses
+
+
+def _tapped(gm: fx.GraphModule, taps: dict[str, list[tuple[fx.Node, str]]], per_use: bool) -> fx.GraphModule:
+    """A copy of ``gm`` with a recording identity on each fork (per_use=False) or on each of its uses."""
+    new = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+    nodes = {n.name: n for n in new.graph.nodes}
+    for fork_name, uses in taps.items():
+        fork = nodes[fork_name]
+        if not per_use:
+            with new.graph.inserting_after(fork):
+                tap = new.graph.call_function(_tap, (fork, f"{fork_name}/total"))
+            fork.replace_all_uses_with(tap, delete_user_cb=lambda user, t=tap: user is not t)
+            continue
+        for index, (user, _) in enumerate(uses):
+            target = nodes[user.name]
+            with new.graph.inserting_before(target):
+                tap = new.graph.call_function(_tap, (fork, f"{fork_name}/{index}"))
+            target.replace_input_with(fork, tap)
+    new.graph.lint()
+    new.recompile()
+    return new
+
+
+def _loss(output: Any, weights: torch.Tensor | None, target: torch.Tensor | None) -> torch.Tensor:
+    logits = output.logits if hasattr(output, "logits") else output
+    if target is not None and logits.dim() == 2:
+        return F.cross_entropy(logits, target)
+    assert weights is not None
+    return (logits * weights).sum()
+
+
+def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> list[ForkGradients]:
+    """Per block of ``model`` (captured on ``example``): the fork's gradient in a training step and each branch's
+    contribution to it. The loss is cross-entropy against random labels (a random projection for models without
+    a classifier); the model itself is not touched."""
+    cap = capture(model, example)
+    if cap.graph_module is None:
+        raise BranchgraphError(f"{type(model).__name__}: {cap.note}")
+    gm = cap.graph_module
+    nodes = {n.name: n for n in gm.graph.nodes}
+    # forks that hold one tensor (a chunk's tuple is unpacked by getitem nodes, whose own forks are listed)
+    blocks = [b for b in find_blocks(gm) if isinstance(nodes[b.fork].meta.get("tensor_meta"), TensorMetadata)]
+    taps = {b.fork: _uses(gm, b) for b in blocks}  # the users of a fork; several blocks may share one
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = gm(example)
+    logits = out.logits if hasattr(out, "logits") else out
+    target = torch.randint(0, logits.shape[1], (logits.shape[0],), generator=generator) if logits.dim() == 2 else None
+    weights = torch.randn(logits.shape, generator=generator) if target is None else None
+    recorded = []
+    for per_use in (False, True):
+        net = _tapped(gm, taps, per_use).train()
+        _RECORDED.clear()
+        torch.manual_seed(seed)  # the same dropout masks in both runs
+        _loss(net(example), weights, target).backward()
+        recorded.append(dict(_RECORDED))
+    totals, contributions = recorded
+    reports = []
+    for block in blocks:
+        total = totals.get(f"{block.fork}/total")
+        if total is None:
+            continue  # no gradient reaches this fork (nothing before it requires grad)
+        parts = [(name, contributions.get(f"{block.fork}/{i}", torch.zeros_like(total)))
+                 for i, (_, name) in enumerate(_uses(gm, block))]
+        norm = float(total.norm())
+        summed = torch.stack([g for _, g in parts]).sum(0)
+        denom = float(total.pow(2).sum()) or 1.0
+        branches = [BranchGradient(name, float(g.norm()), float((g * total).sum()) / denom) for name, g in parts]
+        nonzero = [b.grad_norm for b in branches if b.grad_norm > 0]
+        reports.append(ForkGradients(
+            block.name, block.fork, norm, float((summed - total).norm()) / (norm or 1.0),
+            max(nonzero) / min(nonzero) if nonzero else 1.0, branches,
+        ))
+    return reports
