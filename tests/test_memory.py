@@ -28,6 +28,10 @@ def _example(name: str, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, *SIZES.get(name, (c, min(h, 48) if h > 32 else h // 2, min(h, 48) if h > 32 else h // 2)))
 
 
+# Models whose layers repeat another model's (deeper twins, the stored twin): planned, but not measured again.
+REPEATS = ("resnet110", "resnet164", "revnet110", "revinception-fmnist-plain")
+
+
 @pytest.mark.parametrize("name", bg.list_models())
 def test_plan_respects_its_budget_on_every_model(name: str) -> None:
     """Predicted saved bytes fit the budget, and the bytes the plan saves agree with the allocator's figures
@@ -40,6 +44,8 @@ def test_plan_respects_its_budget_on_every_model(name: str) -> None:
     planned, p = plan(model, x, 0.5)
     assert p.saved_bytes <= p.budget_bytes == int(0.5 * p.plain_saved_bytes)
     assert p.regions, "a budget of half the activations needs at least one checkpointed region"
+    if name in REPEATS:
+        return  # its layers are another model's, measured below under that model's name
     plain, measured = step_memory(model, x).forward_bytes, step_memory(planned, x).forward_bytes
     assert measured is not None and plain is not None
     with torch.no_grad():
