@@ -57,8 +57,10 @@ def _run(name: str, passes: list[str] | None, mode: str, batch: int = 2):
     return optimize(bg.create_model(name), _example(name, batch), passes=passes, mode=mode)
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name", [m for m in bg.list_models() if m not in DEEP])
+# vgg16's training-mode run (about 45 s: float64 at 224x224) is in the slow suite; its eval run stays here.
+@pytest.mark.parametrize(("name", "mode"), [
+    pytest.param(name, mode, marks=pytest.mark.slow if (name, mode) == ("vgg16", "train") else ())
+    for name in bg.list_models() if name not in DEEP for mode in ("train", "eval")])
 def test_default_passes_on_every_model(name: str, mode: str) -> None:
     _, report = _run(name, None, mode, batch=1 if name == "vgg16" else 2)
     assert report.ok
