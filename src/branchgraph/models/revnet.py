@@ -12,6 +12,7 @@ stored activations.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,46 +96,49 @@ def _out(channels: int, bottleneck: bool) -> int:
     return channels * 4 if bottleneck else channels
 
 
-def resnet(units: int, widths: tuple[int, int, int], bottleneck: bool, in_channels: int = 3,
-           num_classes: int = 10) -> CifarNet:
-    """A CIFAR ResNet: ``units`` residual units per stage of widths ``widths`` (x4 outputs if bottleneck)."""
+def _cifar_net(units: int, widths: tuple[int, int, int], bottleneck: bool, in_channels: int, num_classes: int,
+               stage: Callable[[int, int, int], list[nn.Module]]) -> CifarNet:
+    """Three stages (stride 1, 2, 2) of ``widths`` (x4 outputs if bottleneck); ``stage(cin, cout, stride)`` builds
+    each stage's units."""
     if units < 1:
         raise ValueError(f"units per stage must be >= 1, got {units}")
     stages: list[nn.Module] = []
     cin = widths[0]
     for index, width in enumerate(widths):
         cout = _out(width, bottleneck)
-        stride = 1 if index == 0 else 2
-        blocks = [ResidualUnit(cin, cout, stride, bottleneck)]
-        blocks += [ResidualUnit(cout, cout, 1, bottleneck) for _ in range(units - 1)]
-        stages.append(nn.Sequential(*blocks))
+        stages.append(nn.Sequential(*stage(cin, cout, 1 if index == 0 else 2)))
         cin = cout
     return CifarNet(stages, widths[0], cin, in_channels, num_classes)
+
+
+def resnet(units: int, widths: tuple[int, int, int], bottleneck: bool, in_channels: int = 3,
+           num_classes: int = 10) -> CifarNet:
+    """A CIFAR ResNet: ``units`` residual units per stage of widths ``widths`` (x4 outputs if bottleneck)."""
+
+    def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [ResidualUnit(cin, cout, stride, bottleneck),
+                *(ResidualUnit(cout, cout, 1, bottleneck) for _ in range(units - 1))]
+
+    return _cifar_net(units, widths, bottleneck, in_channels, num_classes, stage)
 
 
 def revnet(units: int, widths: tuple[int, int, int], bottleneck: bool, in_channels: int = 3,
            num_classes: int = 10, reversible: bool = True) -> CifarNet:
     """A CIFAR RevNet: per stage, ``units`` couplings on ``widths`` channels (split in halves); a stage that
     changes shape starts with a stored (non-reversible) coupling."""
-    if units < 1:
-        raise ValueError(f"units per stage must be >= 1, got {units}")
-    stages: list[nn.Module] = []
-    cin = widths[0]
-    for index, width in enumerate(widths):
-        cout = _out(width, bottleneck)
-        stride = 1 if index == 0 else 2
+
+    def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
         half = cout // 2
+        reshapes = cin != cout or stride != 1
         couplings = [AdditiveCoupling(residual_function(half, half, 1, bottleneck),
                                       residual_function(half, half, 1, bottleneck))
-                     for _ in range(units - (0 if cin == cout and stride == 1 else 1))]
-        stage: list[nn.Module] = []
-        if cin != cout or stride != 1:
-            stage.append(DownsamplingCoupling(cin, cout, stride, bottleneck))
+                     for _ in range(units - int(reshapes))]
+        layers: list[nn.Module] = [DownsamplingCoupling(cin, cout, stride, bottleneck)] if reshapes else []
         if couplings:
-            stage.append(ReversibleSequence(couplings, reversible))
-        stages.append(nn.Sequential(*stage))
-        cin = cout
-    return CifarNet(stages, widths[0], cin, in_channels, num_classes)
+            layers.append(ReversibleSequence(couplings, reversible))
+        return layers
+
+    return _cifar_net(units, widths, bottleneck, in_channels, num_classes, stage)
 
 
 @register_model("resnet32", input_size=(3, 32, 32), num_classes=10)
