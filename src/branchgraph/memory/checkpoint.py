@@ -24,7 +24,6 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -39,6 +38,7 @@ from branchgraph.graph.capture import capture, layer_failure
 from branchgraph.graph.cost import layer_macs
 from branchgraph.graph.memory import _tensors
 from branchgraph.graph.structure import find_blocks
+from branchgraph.memory.reversible import statistics_frozen
 
 MIB = 2**20
 COSTS = ("time", "macs")
@@ -381,25 +381,8 @@ def plan(
     return apply_plan(target, result), result
 
 
-@contextlib.contextmanager
-def _statistics_frozen(modules: list[nn.Module]) -> Iterator[None]:
-    """BatchNorm momentum 0 (running statistics unchanged, bit for bit) and batch counters restored."""
-    norms = [m for module in modules for m in module.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    state = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, count in state:
-            m.momentum = momentum
-            if count is not None:
-                m.num_batches_tracked.copy_(count)
-
-
 def _contexts(modules: list[nn.Module]) -> tuple[contextlib.AbstractContextManager[None], ...]:
-    return contextlib.nullcontext(), _statistics_frozen(modules)
+    return contextlib.nullcontext(), statistics_frozen(modules)
 
 
 def _wants_checkpoint(module: nn.Module, args: tuple[Any, ...]) -> bool:

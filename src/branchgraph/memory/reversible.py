@@ -4,12 +4,14 @@
 itself. ``ReversibleSequence`` runs its couplings without building an autograd graph and, in backward,
 reconstructs each block's input from its output while back-propagating through it (RevNet's Algorithm 1: F and
 G run once more each, not twice): the activations kept for backward are one output tensor, whatever the depth.
-BatchNorm running statistics are restored after the recomputation, so they are updated once per step, not twice.
+BatchNorm running statistics are frozen during the recomputation, so they are updated once per step, not twice.
 F and G may not contain dropout: the inverse runs them in another order, so their masks could not be replayed.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -39,23 +41,31 @@ class AdditiveCoupling(nn.Module):
         return torch.cat((x1, x2), dim=1)
 
 
-def _norm_buffers(block: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(buffer, copy) for every normalisation buffer, to undo a recomputation's statistics update."""
-    return [(b, b.clone()) for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in m.buffers()]
+@contextlib.contextmanager
+def statistics_frozen(modules: list[nn.Module]) -> Iterator[None]:
+    """For a recomputation: BatchNorm momentum 0 (running statistics unchanged, bit for bit) and batch counters
+    restored, so that the statistics are updated once per step, by the original forward."""
+    norms = [m for module in modules for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    state = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in state:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def _backward_through(net: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recompute ``net(x)`` with grad and back-propagate ``grad`` through it (its parameters' gradients
-    accumulate); returns (output, gradient wrt x). BatchNorm statistics are put back afterwards (after, since
-    BatchNorm's backward checks its buffers' versions)."""
-    saved = _norm_buffers(net)
+    """Recompute ``net(x)`` with grad (statistics frozen) and back-propagate ``grad`` through it (its parameters'
+    gradients accumulate); returns (output, gradient wrt x)."""
     x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), statistics_frozen([net]):
         out = net(x)
-        torch.autograd.backward(out, grad)
-    for buffer, copy in saved:
-        buffer.copy_(copy)
+    torch.autograd.backward(out, grad)
     return out.detach(), x.grad
 
 
