@@ -66,6 +66,11 @@ def test_lower_budgets_recompute_more_down_to_the_whole_model() -> None:
     assert plans[4].extra_macs == plans[4].forward_macs  # 1000 bytes: only the input may stay, all is recomputed
 
 
+def _assert_same_gradients(reference: nn.Module, other: nn.Module, rtol: float, atol: float) -> None:
+    for (key, a), b in zip(reference.named_parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=rtol, atol=atol, msg=key)
+
+
 def _step(net: nn.Module, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     inp = x.clone().requires_grad_(True)
     out = net(inp)
@@ -93,8 +98,7 @@ def test_checkpointed_training_equals_plain(name: str, budget: float, seed: int)
     out_planned, grad_planned = _step(planned, x, weights)
     torch.testing.assert_close(out_planned, out_plain, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad_planned, grad_plain, rtol=1e-10, atol=1e-12)
-    for (key, a), b in zip(model.named_parameters(), planned.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12, msg=key)
+    _assert_same_gradients(model, planned, rtol=1e-10, atol=1e-12)
     for (key, a), b in zip(model.named_buffers(), planned.buffers(), strict=True):
         assert torch.equal(a, b), f"{key} differs: running statistics updated other than once"
 
@@ -180,8 +184,7 @@ def test_reversible_nets_train_like_their_stored_twins(name: str, units: int, se
     out_rev, grad_rev = _step(rev, x, weights)
     torch.testing.assert_close(out_rev, out_plain, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad_rev, grad_plain, rtol=1e-8, atol=1e-10)
-    for (key, a), b in zip(plain.named_parameters(), rev.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-10, msg=key)
+    _assert_same_gradients(plain, rev, rtol=1e-8, atol=1e-10)
     for (key, a), b in zip(plain.named_buffers(), rev.buffers(), strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-12, msg=f"{key} updated other than once")
 
