@@ -115,11 +115,9 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
     blocks = [b for b in find_blocks(gm) if isinstance(nodes[b.fork].meta.get("tensor_meta"), TensorMetadata)]
     taps = {b.fork: _uses(gm, b) for b in blocks}  # the users of a fork; several blocks may share one
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        out = gm(example)
-    logits = out.logits if hasattr(out, "logits") else out
-    target = torch.randint(0, logits.shape[1], (logits.shape[0],), generator=generator) if logits.dim() == 2 else None
-    weights = torch.randn(logits.shape, generator=generator) if target is None else None
+    shape = next(n for n in gm.graph.nodes if n.op == "output").meta["tensor_meta"].shape  # the capture's eval run
+    target = torch.randint(0, shape[1], (shape[0],), generator=generator) if len(shape) == 2 else None
+    weights = torch.randn(shape, generator=generator) if target is None else None
     recorded = []
     for per_use in (False, True):
         net = _tapped(gm, taps, per_use).train()
