@@ -45,9 +45,16 @@ def test_invalid_branch_norm_is_named() -> None:
         bg.create_model("googlenet-fmnist", branch_norm="group")
 
 
-def test_gates_are_trained_saved_and_restored(tmp_path: Path, data_dir: Path) -> None:
-    r = run_cli("train", "--model", "googlenet-fmnist", "--model-kwargs", '{"gates": true}', "--epochs", "1",
-                "--limit", "256", "--batch-size", "64", "--out-dir", str(tmp_path), "--quiet", "--json")
+def test_gates_are_trained_saved_and_restored_and_branch_stats_leave_training_unchanged(
+        tmp_path: Path, data_dir: Path) -> None:
+    """A gated run with --branch-stats: the gates learn and are checkpointed, the statistics are written (jsonl,
+    epoch metrics, heatmap, gate values), and the run's losses equal those of the same run without statistics."""
+    from branchgraph.train import build_config, train
+
+    args = {"model_kwargs": {"gates": True}, "epochs": 1, "limit": 256, "batch_size": 64, "val_size": 64,
+            "out_dir": str(tmp_path)}
+    r = run_cli("train", "--model-kwargs", '{"gates": true}', "--epochs", "1", "--limit", "256", "--batch-size",
+                "64", "--val-size", "64", "--branch-stats", "2", "--out-dir", str(tmp_path), "--quiet", "--json")
     assert r.returncode == 0, r.stderr
     run_dir = Path(json.loads(r.stdout)["run_dir"])
     state = load_checkpoint(run_dir / CHECKPOINT_NAME)["model"]
@@ -57,6 +64,100 @@ def test_gates_are_trained_saved_and_restored(tmp_path: Path, data_dir: Path) ->
     model.load_state_dict(state)
     assert torch.equal(model.get_submodule("b3.0").gate_logits, gates["b3.0.gate_logits"])
 
+    records = [json.loads(line) for line in (run_dir / "branch_stats.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in records] == [0, 2]  # 192 training images / 64 = 3 steps, every 2nd
+    assert all(len(r["blocks"]) == 9 and len(r["blocks"]["b3.0"]["gates"]) == 4 for r in records)
+    assert (run_dir / "branch_stats.png").stat().st_size > 10_000
+    metrics = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["branch_imbalance_max"] >= metrics["branch_imbalance"] >= 1
+    plain = train(build_config(overrides=args), progress=False).final
+    for key in ("train_loss", "train_acc", "val_loss", "test_loss", "test_acc"):
+        assert metrics[key] == plain[key], key
+
+
+def _record(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, scale: float = 1.0) -> dict:
+    from branchgraph.analysis.branch_stats import BranchStats
+
+    stats = BranchStats(model)
+    with stats.recording():
+        (torch.nn.functional.cross_entropy(model(x), target) * scale).backward()
+    return stats.collect(scale)
+
+
+def test_branch_stats_agree_with_fork_gradients_and_autograd() -> None:
+    """float64: the hooks' input-gradient norms and shares equal fork_gradients' (fx taps, a different mechanism);
+    each branch's output gradient is its slice of the gradient at the concat; parameter norms are the grads'."""
+    from branchgraph.analysis import fork_gradients
+
+    torch.manual_seed(0)
+    model = bg.create_model("googlenet-fmnist").double().train()
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    target = torch.randint(0, 10, (2,), generator=torch.Generator().manual_seed(0))
+    reference = {r.block: r for r in fork_gradients(model, x, seed=0)}
+    joins: dict[str, torch.Tensor] = {}
+
+    def keep(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        out.retain_grad()
+        joins["b4.2"] = out
+
+    block = model.get_submodule("b4.2")
+    block.register_forward_hook(keep)
+    blocks = _record(model, x, target)
+    assert list(blocks) == list(reference)
+    for name, record in blocks.items():
+        ref = reference[name]
+        assert record["imbalance"] == pytest.approx(ref.imbalance, rel=1e-10)
+        for b, mine in zip(ref.branches, record["branches"].values(), strict=True):
+            assert mine["input_grad"] == pytest.approx(b.grad_norm, rel=1e-10)
+            assert mine["share"] == pytest.approx(b.share, rel=1e-9, abs=1e-12)
+    grad = joins["b4.2"].grad
+    assert grad is not None
+    widths = [out.shape[1] for out in (branch(torch.zeros(1, block.in_channels, 4, 4, dtype=torch.float64))
+                                      for _, branch in block.branches())]
+    for (name, branch), part in zip(block.branches(), grad.split(widths, dim=1), strict=True):
+        stats = blocks["b4.2"]["branches"][name]
+        assert stats["output_grad"] == pytest.approx(float(part.norm()), rel=1e-12)
+        params = torch.cat([p.grad.flatten() for p in branch.parameters()])
+        assert stats["param_grad"] == pytest.approx(float(params.norm()), rel=1e-12)
+
+
+def test_branch_stats_leave_no_hooks_and_undo_the_loss_scale() -> None:
+    """Off means untouched: no hook stays on any module after a recorded step. A scaled loss (fp16's GradScaler)
+    gives the same statistics once collect divides by the scale."""
+    torch.manual_seed(0)
+    model = bg.create_model("googlenet-fmnist", gates=True, branch_norm="layer").double()
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    target = torch.tensor([1, 7])
+    plain = _record(model, x, target)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    model.zero_grad()
+    scaled = _record(model, x, target, scale=1024.0)
+    for name, record in plain.items():
+        assert record["gates"] == scaled[name]["gates"] == [1.0] * 4
+        for branch, values in record["branches"].items():
+            for key, value in values.items():
+                assert scaled[name]["branches"][branch][key] == pytest.approx(value, rel=1e-12), (name, branch, key)
+
+
+def test_branch_stats_through_reversible_and_checkpointed_blocks() -> None:
+    """Blocks whose forward is recomputed in backward (reversible couplings; a memory plan) are recorded too."""
+    from branchgraph.memory import plan
+
+    torch.manual_seed(0)
+    x, target = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    for model in (bg.create_model("revinception-fmnist"),
+                  plan(bg.create_model("googlenet-fmnist"), x, 0.25)[0]):
+        blocks = _record(model.train(), x, target)
+        assert blocks and all(b["branches"]["branch2"]["input_grad"] > 0 for b in blocks.values())
+        assert all(sum(s["share"] for s in b["branches"].values()) == pytest.approx(1.0, abs=1e-4)
+                   for b in blocks.values())
+
+
+def test_branch_stats_need_an_inception_model(tmp_path: Path, data_dir: Path) -> None:
+    r = run_cli("train", "--model", "resnet32", "--limit", "128", "--branch-stats", "--out-dir", str(tmp_path))
+    assert r.returncode == 2 and "no Inception blocks" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("train", "--branch-stats", "0", "--out-dir", str(tmp_path))
+    assert r.returncode == 2 and "--branch-stats" in r.stderr
 
 INCEPTION_MODELS = [m for m in bg.list_models()
                     if any(isinstance(x, Inception) for x in bg.create_model(m).modules())]

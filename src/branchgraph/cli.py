@@ -94,6 +94,9 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "precision": dict(choices=("fp32", "bf16", "fp16")),
     "memory_budget": dict(metavar="BUDGET", help="checkpoint activations to fit this budget: a fraction of the "
                           "plain model's saved bytes (0.25) or a size (300MiB); see 'branchgraph memory'"),
+    "branch_stats": dict(type=_positive_int, nargs="?", const=10, metavar="K",
+                         help="record per-branch gradient statistics every K steps (default 10) into "
+                         "branch_stats.jsonl, the epoch metrics and a heatmap branch_stats.png"),
     "device": dict(choices=("auto", "cpu", "cuda")),
     "seed": dict(type=int),
     "threads": dict(type=_positive_int, help="intra-op CPU threads"),

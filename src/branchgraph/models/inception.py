@@ -117,6 +117,16 @@ class Inception(nn.Module):
             nn.BatchNorm2d(c) if branch_norm == "batch" else ChannelLayerNorm(c) for c in widths)
         self.gate_logits = nn.Parameter(torch.zeros(len(widths))) if gates else None
 
+    def branches(self) -> list[tuple[str, nn.Module]]:
+        """The four branches in concat order, by attribute name."""
+        return [("branch1", self.branch1), ("branch2", self.branch2), ("branch3", self.branch3),
+                ("branch4", self.branch4)]
+
+    def gate_values(self) -> torch.Tensor:
+        """The branch weights 4 * softmax(logits) (detached); the block must have ``gates``."""
+        assert self.gate_logits is not None
+        return (len(self.gate_logits) * torch.softmax(self.gate_logits.detach().float(), dim=0)).cpu()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
         if self.norms is not None:

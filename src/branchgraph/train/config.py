@@ -42,6 +42,7 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = True
     memory_budget: str | None = None  # activation checkpointing under this budget (branchgraph.memory.plan)
+    branch_stats: int | None = None  # record per-branch gradient statistics every this many steps
     device: str = "auto"
     seed: int = 0
     deterministic: bool = False
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ConfigError("--crop-padding and --val-size must be >= 0")
         if self.memory_budget is not None:
             parse_budget(self.memory_budget)
+        if self.branch_stats is not None and not (isinstance(self.branch_stats, int) and self.branch_stats > 0):
+            raise ConfigError(f"--branch-stats must be a positive number of steps; got {self.branch_stats!r}")
         return self
 
     def to_json(self) -> str:

@@ -1,4 +1,4 @@
-"""What a run leaves beside its checkpoint: loss/accuracy curves (PNG) and a short markdown report."""
+"""What a run leaves beside its checkpoint: loss/accuracy curves (PNG), branch heatmaps and a markdown report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.ticker import MaxNLocator
 
 from branchgraph.train.checkpoint import atomic_write_bytes
@@ -32,10 +34,50 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+BRANCH_PANELS = (
+    ("share", "share of the fork's input gradient (white: an equal share)", "RdBu_r", False),
+    ("input_grad", "log10 |contribution to the fork's gradient|", "viridis", True),
+    ("param_grad", "log10 |gradient of the branch's parameters|", "viridis", True),
+    ("output_grad", "log10 |gradient at the branch's output|", "viridis", True),
+)
+
+
+def plot_branch_stats(records: list[dict[str, Any]], path: Path) -> None:
+    """Heatmaps of the recorded branch statistics: one row per block x branch, one column per recorded step."""
+    blocks = list(records[0]["blocks"])
+    rows = [(b, br) for b in blocks for br in records[0]["blocks"][b]["branches"]]
+    steps = [r["global_step"] for r in records]
+    fig, axes = plt.subplots(1, len(BRANCH_PANELS), figsize=(5 * len(BRANCH_PANELS), 2 + 0.22 * len(rows)),
+                             sharey=True, squeeze=False)
+    for ax, (key, title, cmap, log) in zip(axes[0], BRANCH_PANELS, strict=True):
+        data = np.array([[r["blocks"][b]["branches"][br][key] for r in records] for b, br in rows], dtype=float)
+        if log:
+            data = np.log10(np.where(data > 0, data, np.nan))
+            image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest")
+        else:
+            even = 1 / len(records[0]["blocks"][blocks[0]]["branches"])
+            norm = TwoSlopeNorm(even, vmin=min(-even, float(data.min())), vmax=max(1.0, float(data.max())))
+            image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest", norm=norm)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+        ax.set_title(title, fontsize=9)
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
+        ax.set_xlabel("training step")
+        for edge in range(1, len(blocks)):
+            ax.axhline(edge * len(rows) / len(blocks) - 0.5, color="white", linewidth=0.8)
+    axes[0][0].set_yticks(range(len(rows)), [f"{b} {br}" for b, br in rows], fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
 
 
 def write_report(path: Path, config: dict[str, Any], metrics: list[dict[str, Any]], status: str) -> None:

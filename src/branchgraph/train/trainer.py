@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
 from branchgraph.data import BatchLoader, Preprocess, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.memory.checkpoint import CheckpointPlan, plan
@@ -26,7 +27,7 @@ from branchgraph.models import create_model
 from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
-from branchgraph.train.report import plot_curves, write_report
+from branchgraph.train.report import plot_branch_stats, plot_curves, write_report
 
 AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers
 TIMING_KEYS = ("time_s", "images_per_s", "elapsed_s")
@@ -185,6 +186,8 @@ class Trainer:
             example, _ = _to_device(torch.zeros(config.batch_size // self.info.world_size, 1, size, size),
                                     torch.zeros(1), self.device, config.channels_last)
             self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
+        self.branch_stats = BranchStats(self.model) if config.branch_stats else None
+        self.branch_records: list[dict[str, Any]] = []
         self.optimizer = self._make_optimizer()
         total_steps = config.epochs * len(self.train_loader)
         self.scheduler = self._make_scheduler(total_steps)
@@ -229,6 +232,7 @@ class Trainer:
             "epoch_sums": self.epoch_sums.clone(),
             "metrics": self.metrics,
             "elapsed": self.elapsed,
+            "branch_records": self.branch_records,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -243,6 +247,7 @@ class Trainer:
             self.epoch_sums = state["epoch_sums"].clone()
             self.metrics = list(state["metrics"])
             self.elapsed = float(state["elapsed"])
+            self.branch_records = list(state.get("branch_records", []))
             torch.set_rng_state(state["rng"])
             if state["cuda_rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -261,6 +266,11 @@ class Trainer:
         atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
         if self.metrics:
             plot_curves(self.metrics, self.run_dir / "curves.png")
+        if self.branch_stats is not None:
+            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.branch_records)
+            atomic_write_bytes(self.run_dir / "branch_stats.jsonl", lines.encode())
+            if self.branch_records:
+                plot_branch_stats(self.branch_records, self.run_dir / "branch_stats.png")
         write_report(self.run_dir / "report.md", asdict(self.config), self.metrics, status)
 
     def run(self) -> TrainResult:
@@ -312,11 +322,18 @@ class Trainer:
                    disable=not (self.progress and self.info.is_main), leave=False, dynamic_ncols=True)
         for x, y in loader.batches(start):
             x, y = _to_device(x, y, self.device, c.channels_last)
-            with autocast_for(c, self.device):
-                loss, logits = compute_loss(self.ddp_model(x), y, c.label_smoothing)
-            self._check_finite(loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            global_step = self.epoch * len(loader) + self.step
+            stats = self.branch_stats if global_step % (c.branch_stats or 1) == 0 else None
+            with stats.recording() if stats is not None else nullcontext():
+                with autocast_for(c, self.device):
+                    loss, logits = compute_loss(self.ddp_model(x), y, c.label_smoothing)
+                self._check_finite(loss)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+            if stats is not None:
+                scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+                self.branch_records.append({"epoch": self.epoch + 1, "step": self.step + 1, "global_step": global_step,
+                                            "loss": loss.item(), "blocks": stats.collect(scale)})
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -362,6 +379,7 @@ class Trainer:
             record[f"{name}_loss"], record[f"{name}_acc"] = evaluate(
                 self.model, eval_loader, self.config, self.device, self.info
             )
+        record.update(epoch_summary([r for r in self.branch_records if r["epoch"] == self.epoch + 1]))
         self.elapsed += train_time
         record.update(time_s=round(train_time, 2), images_per_s=round(images / max(train_time, 1e-9), 1),
                       elapsed_s=round(self.elapsed, 2))
