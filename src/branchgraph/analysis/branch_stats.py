@@ -36,7 +36,29 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([_wide(t).norm() for t in tensors])) if tensors else torch.zeros(())
+    """The norm of all of ``tensors`` together, with one fused kernel per dtype (as clip_grad_norm_ does)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([_wide(n) for n in torch._foreach_norm(tensors)]))
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A 1-D view of a dense tensor in its memory order (channels_last included), a copy only when not dense."""
+    dense = t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+    return t.as_strided((t.numel(),), (1,)) if dense else t.reshape(-1)
+
+
+def _gram(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The matrix of dot products <t_i, t_j> on flat views (no copy; vecdot is a parallel reduction, unlike dot)."""
+    if len({t.stride() for t in tensors}) > 1:
+        tensors = [t.contiguous() for t in tensors]
+    flat = [_flat(t) for t in tensors]
+    n = len(flat)
+    gram = torch.empty(n, n, dtype=flat[0].dtype, device=flat[0].device)
+    for i in range(n):
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = torch.linalg.vecdot(flat[i], flat[j])
+    return gram
 
 
 class BranchStats:
@@ -82,7 +104,7 @@ class BranchStats:
             out.register_hook(partial(self._output_grad, block, index))
 
     def _output_grad(self, block: str, index: int, grad: torch.Tensor) -> None:
-        self._outputs[block, index] = _wide(grad).norm()
+        self._outputs[block, index] = _gram([_wide(grad)])[0, 0].sqrt()
 
     def _input_grad(self, block: str, index: int, grad: torch.Tensor) -> None:
         """Keep the branches' contributions until all have arrived, then reduce them to norms and shares."""
@@ -91,11 +113,10 @@ class BranchStats:
         count = len(dict(self.blocks)[block].branches())
         if len(parts) < count:
             return
-        grads = torch.stack([parts[i] for i in range(count)])
-        total = grads.sum(0)
-        energy = total.pow(2).sum()
-        shares = (grads * total).flatten(1).sum(1) / torch.where(energy > 0, energy, torch.ones_like(energy))
-        self._fork[block] = (grads.flatten(1).norm(dim=1), shares)
+        gram = _gram([parts[i] for i in range(count)])  # <g_i, g_j>: one pass over the gradients
+        energy = gram.sum()  # |sum of g_i|^2
+        shares = gram.sum(1) / torch.where(energy > 0, energy, torch.ones_like(energy))
+        self._fork[block] = (gram.diagonal().clamp_min(0).sqrt(), shares)
         del self._inputs[block]
 
     def collect(self, loss_scale: float = 1.0) -> dict[str, Any]:
