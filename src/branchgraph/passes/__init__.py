@@ -14,13 +14,16 @@ from branchgraph.passes.inplace import inplace
 from branchgraph.passes.layout import layout
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES, PassError, run_passes
 from branchgraph.passes.optimize import OptimizeReport, Verification, VerificationError, optimize, verify_equal
+from branchgraph.passes.parallel import ParallelBranches, parallel
 from branchgraph.passes.precision import precision
 from branchgraph.passes.prune import prune
 from branchgraph.passes.prune_channels import prune_channels
 
 __all__ = [
-    "DEFAULT_PASSES", "PASSES", "FusedConv2d", "OptimizeReport", "PassError", "PassReport", "Verification",
+    "DEFAULT_PASSES", "PASSES", "FusedConv2d", "OptimizeReport", "ParallelBranches", "PassError", "PassReport",
+    "Verification",
     "VerificationError",
     "fold_bn", "from_original_state_dict", "fuse_parallel", "inplace", "layout", "optimize", "original_parameters",
-    "precision", "prune", "prune_channels", "reports", "run_passes", "to_original_state_dict", "verify_equal",
+    "parallel", "precision", "prune", "prune_channels", "reports", "run_passes", "to_original_state_dict",
+    "verify_equal",
 ]

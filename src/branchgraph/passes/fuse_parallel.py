@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from branchgraph.graph.structure import common_prefix
 from branchgraph.passes.base import check_mode, finish, start
+from branchgraph.passes.parallel import unwrap_name
 
 
 class FusedConv2d(nn.Conv2d):
@@ -113,7 +114,7 @@ def original_parameters(gm: nn.Module, grad: bool = False) -> dict[str, torch.Te
         return p.grad if grad else p
 
     fused = dict(fused_modules(gm))
-    out = {n: pick(p) for n, p in gm.named_parameters() if n.rsplit(".", 1)[0] not in fused}
+    out = {unwrap_name(n): pick(p) for n, p in gm.named_parameters() if n.rsplit(".", 1)[0] not in fused}
     for module in fused.values():
         for source, part in module.pieces():
             for kind in ("weight", "bias"):
@@ -126,7 +127,7 @@ def original_parameters(gm: nn.Module, grad: bool = False) -> dict[str, torch.Te
 
 def to_original_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
     """``gm.state_dict()`` in the unfused model's layout (loads into the original model)."""
-    state = dict(gm.state_dict())
+    state = {unwrap_name(k): v for k, v in gm.state_dict().items()}
     for path, module in fused_modules(gm):
         weight = state.pop(f"{path}.weight")
         bias = state.pop(f"{path}.bias", None)
@@ -145,4 +146,7 @@ def from_original_state_dict(gm: nn.Module, state: dict[str, torch.Tensor]) -> d
         state[f"{path}.weight"] = torch.cat([state.pop(f"{s}.weight") for s in sources])
         if module.bias is not None:
             state[f"{path}.bias"] = torch.cat([state.pop(f"{s}.bias") for s in sources])
+    for key in gm.state_dict():
+        if unwrap_name(key) != key and unwrap_name(key) in state:
+            state[key] = state.pop(unwrap_name(key))
     return state

@@ -11,13 +11,14 @@ from branchgraph.passes.fold_bn import fold_bn
 from branchgraph.passes.fuse_parallel import fuse_parallel
 from branchgraph.passes.inplace import inplace
 from branchgraph.passes.layout import layout
+from branchgraph.passes.parallel import parallel
 from branchgraph.passes.precision import precision
 from branchgraph.passes.prune import prune
 
 Pass = Callable[..., fx.GraphModule]
 PASSES: dict[str, Pass] = {
     "prune": prune, "fold_bn": fold_bn, "fuse_parallel": fuse_parallel, "inplace": inplace,
-    "layout": layout, "precision": precision,
+    "layout": layout, "precision": precision, "parallel": parallel,
 }
 # Lossless passes only: precision (bf16/fp16) is opt-in, and on CPUs without bf16 instructions it is slower.
 DEFAULT_PASSES: dict[str, tuple[str, ...]] = {
@@ -36,6 +37,8 @@ def resolve(names: Sequence[str] | None, mode: str) -> list[str]:
     unknown = [n for n in chosen if n not in PASSES]
     if unknown:
         raise PassError(f"unknown pass {', '.join(unknown)}; choose from {', '.join(PASSES)}")
+    if "parallel" in chosen[:-1]:
+        raise PassError("pass parallel must come last: the passes after it would not see inside its branches")
     return chosen
 
 
