@@ -21,6 +21,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _positive_ints(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(part) for part in text.split(","))
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -224,6 +228,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from branchgraph.graph import parse_input_size
 
     size = parse_input_size(args.input) if args.input else None
+    if args.parallel:
+        from branchgraph.bench import bench_parallel
+        from branchgraph.train.trainer import resolve_device
+
+        device = str(resolve_device(args.device))
+        parallel_result = bench_parallel(args.model, args.mode, args.batches, size, rounds=args.rounds,
+                                         workers=args.workers, device=device)
+        _emit(args, parallel_result.to_dict(), parallel_result.to_text())
+        return 0
     result = bench(args.model, args.mode, args.batch, size, rounds=args.rounds, compile=not args.no_compile,
                    passes=_passes(args.passes))
     _emit(args, result.to_dict(), result.to_text())
@@ -362,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=10)
     p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    p.add_argument("--parallel", action="store_true",
+                   help="instead: the model's branches run one after another vs concurrently, at each of --batches")
+    p.add_argument("--batches", type=_positive_ints, default=(1, 8, 32, 128),
+                   help="comma-separated batch sizes for --parallel (default 1,8,32,128)")
+    p.add_argument("--workers", type=_positive_int, help="threads per block for --parallel on CPU (default: one per "
+                   "branch)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device for --parallel")
 
     p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
     p.add_argument("model", help="registry model name")

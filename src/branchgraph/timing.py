@@ -12,11 +12,14 @@ from torch import nn
 
 
 def make_runner(net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
-    """One inference (no grad) or one SGD training step of ``net`` on (x, y), as a closure to time."""
+    """One inference (no grad) or one SGD training step of ``net`` on (x, y), as a closure to time (on CUDA it
+    waits for the device, so the time is the work's, not the launch's)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     if mode == "eval":
         def infer() -> None:
             with torch.no_grad():
                 net(x)
+            sync()
         return infer
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
 
@@ -25,6 +28,7 @@ def make_runner(net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sync()
     return step
 
 
