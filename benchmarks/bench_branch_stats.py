@@ -1,8 +1,10 @@
-"""Overhead of --branch-stats on a training step: off, recorder built but not armed, and armed on every step.
+"""Overhead of --branch-stats on a training step, and the step time of the branch options.
 
-googlenet-fmnist (the default training model, channels_last as the trainer runs it) at batch 128, 28x28: three
-copies with the same weights, their SGD steps interleaved in this process; medians and ratios to "off". A run
-with --branch-stats K arms the recorder on one step in K, so its overhead is the armed ratio's excess over K.
+googlenet-fmnist (the default training model, channels_last as the trainer runs it) at batch 128, 28x28, SGD
+steps interleaved in this process; medians and ratios. First the statistics: off, recorder built but not armed,
+and armed on every step (three copies with the same weights). A run with --branch-stats K arms the recorder on one
+step in K, so its overhead is the armed ratio's excess over K. Then the README experiment's variants: plain,
+gated, BatchNorm and LayerNorm per branch.
 Run: python benchmarks/bench_branch_stats.py [--batch 128] [--rounds 20] [--json out.json]
 """
 
@@ -61,11 +63,22 @@ def main() -> None:
     for name, seconds in medians.items():
         print(f"  {name:<6} {seconds * 1e3:8.1f} ms  {seconds / medians['off']:.3f}x off")
     excess = medians["armed"] / medians["off"] - 1
-    print(f"  --branch-stats 1: +{excess:.1%} per step; --branch-stats 10: +{excess / 10:.2%}")
+    print(f"  --branch-stats 1: +{excess:.1%} per step; --branch-stats 10: +{excess / 10:.2%}", flush=True)
+    options = {"plain": {}, "gated": {"gates": True}, "batch-norm": {"branch_norm": "batch"},
+               "layer-norm": {"branch_norm": "layer"}}
+    variants = {}
+    for name, kwargs in options.items():
+        torch.manual_seed(0)
+        net = create_model(args.model, **kwargs).to(memory_format=torch.channels_last).train()
+        variants[name] = _step(net, x, y, None, False)
+    steps = time_interleaved(variants, args.rounds, warmup=2)
+    print("branch options, training step:")
+    for name, seconds in steps.items():
+        print(f"  {name:<10} {seconds * 1e3:8.1f} ms  {seconds / steps['plain']:.3f}x plain")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "batch": args.batch, "rounds": args.rounds,
-                       "median_s": medians}, f, indent=2)
+                       "median_s": medians, "options_median_s": steps}, f, indent=2)
 
 
 if __name__ == "__main__":

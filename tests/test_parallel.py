@@ -133,3 +133,13 @@ def test_cli_bench_parallel_json() -> None:
     assert all(b["sequential_ms"] > 0 and b["parallel_ms"] > 0 for b in data["batches"].values())
     r = run_cli("bench", "googlenet-fmnist", "--parallel", "--batches", "1,0")
     assert r.returncode == 2 and "--batches" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tracing_sees_every_branch() -> None:
+    """Tracers (jit.trace, hence ONNX export; torch.compile) record one thread: under them the branches run in order,
+    so the traced graph computes the model on new inputs too."""
+    gm = parallel(_captured()).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(gm, torch.randn(2, 1, 28, 28))
+        x = torch.randn(3, 1, 28, 28)
+        torch.testing.assert_close(traced(x), gm(x), rtol=1e-6, atol=1e-6)

@@ -130,6 +130,9 @@ class ParallelBranches(nn.Module):
         return [list(branch.parameters()) for branch in self.branches]
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # tracers record one thread: run in order
+            return tuple(branch(*(args[j] for j in index)) for branch, index in zip(self.branches, self.inputs,
+                                                                                  strict=True))
         device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
         if device.type == "cuda":
             return self._streams(args, device)
