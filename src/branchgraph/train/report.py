@@ -108,4 +108,8 @@ def write_report(path: Path, config: dict[str, Any], metrics: list[dict[str, Any
             cells = [f"{m[c]:.4g}" if isinstance(m[c], float) else str(m[c]) for c in columns]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "![curves](curves.png)", ""]
+        if "branch_imbalance" in last:
+            lines += [f"Branch statistics every {config['branch_stats']} steps: mean imbalance "
+                      f"{last['branch_imbalance']:.2f}, worst block {last['branch_imbalance_max']:.2f} in the last "
+                      "epoch (`branch_stats.jsonl`).", "", "![branch statistics](branch_stats.png)", ""]
     atomic_write_bytes(path, "\n".join(lines).encode())
