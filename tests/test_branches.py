@@ -154,10 +154,12 @@ def test_branch_stats_through_reversible_and_checkpointed_blocks() -> None:
 
 
 def test_branch_stats_need_an_inception_model(tmp_path: Path, data_dir: Path) -> None:
+    from branchgraph.train import TrainConfig
+
     r = run_cli("train", "--model", "resnet32", "--limit", "128", "--branch-stats", "--out-dir", str(tmp_path))
     assert r.returncode == 2 and "no Inception blocks" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("train", "--branch-stats", "0", "--out-dir", str(tmp_path))
-    assert r.returncode == 2 and "--branch-stats" in r.stderr
+    with pytest.raises(ConfigError, match="--branch-stats must be a positive number"):
+        TrainConfig(branch_stats=0).validate()
 
 INCEPTION_MODELS = [m for m in bg.list_models()
                     if any(isinstance(x, Inception) for x in bg.create_model(m).modules())]

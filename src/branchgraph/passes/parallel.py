@@ -244,9 +244,10 @@ def parallel(gm: fx.GraphModule, *, mode: str = "train", workers: int | None = N
         if reason:
             report.skipped.append(f"{block.name}: {reason}")
             continue
-        externals = list(dict.fromkeys(n for r in regions for n in _externals(r)))
-        pieces = [_extract(gm, r, [n for n in externals if n in set(_externals(r))]) for r in regions]
-        inputs = [[externals.index(n) for n in _externals(r)] for r in regions]
+        own = [list(_externals(r)) for r in regions]
+        externals = list(dict.fromkeys(n for nodes in own for n in nodes))
+        pieces = [_extract(gm, r, nodes) for r, nodes in zip(regions, own, strict=True)]
+        inputs = [[externals.index(n) for n in nodes] for nodes in own]
         inside = {n for r in regions for n in r}
         users = [u for _, exit_node in pieces for u in exit_node.users if u not in inside]
         first_user = min(users, key=order.__getitem__)
