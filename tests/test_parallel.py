@@ -125,8 +125,7 @@ def test_parallel_must_be_the_last_pass() -> None:
 
 
 def test_cli_bench_parallel_json() -> None:
-    r = run_cli("bench", "googlenet-fmnist", "--parallel", "--batches", "1,2", "--rounds", "1", "--mode", "train",
-                "--json")
+    r = run_cli("bench", "googlenet-fmnist", "--parallel", "--batches", "1,2", "--rounds", "1", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["device"] == "cpu" and set(data["batches"]) == {"1", "2"}
