@@ -108,12 +108,12 @@ def bench_parallel(
     classes = model_info(name).num_classes or 1
     sequential = capture(model, torch.randn(1, *size, device=device)).graph_module
     assert sequential is not None  # every registry model traces
-    concurrent = parallel(sequential, mode=mode, workers=workers)
+    nets = {"sequential": sequential.train(mode == "train"),
+            "parallel": parallel(sequential, mode=mode, workers=workers).train(mode == "train")}
     medians = {}
     for batch in batches:
         x = torch.randn(batch, *size, device=device)
         y = torch.randint(0, classes, (batch,), device=device)
-        nets = {"sequential": sequential.train(mode == "train"), "parallel": concurrent.train(mode == "train")}
         medians[batch] = time_interleaved({v: make_runner(n, x, y, mode) for v, n in nets.items()}, rounds, warmup)
     label = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     return ParallelBenchResult(name, mode, label, size, rounds, workers, medians)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from branchgraph.analysis.branches import imbalance
 from branchgraph.errors import ConfigError
 from branchgraph.models.inception import Inception
 
@@ -70,6 +71,7 @@ class BranchStats:
         ]
         if not self.blocks:
             raise ConfigError(f"model {type(model).__name__} has no Inception blocks; branch statistics need one")
+        self._counts = {name: len(block.branches()) for name, block in self.blocks}
         self._inputs: dict[str, dict[int, torch.Tensor]] = {}
         self._outputs: dict[tuple[str, int], torch.Tensor] = {}
         self._fork: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -110,7 +112,7 @@ class BranchStats:
         """Keep the branches' contributions until all have arrived, then reduce them to norms and shares."""
         parts = self._inputs.setdefault(block, {})
         parts[index] = _wide(grad)
-        count = len(dict(self.blocks)[block].branches())
+        count = self._counts[block]
         if len(parts) < count:
             return
         gram = _gram([parts[i] for i in range(count)])  # <g_i, g_j>: one pass over the gradients
@@ -132,9 +134,8 @@ class BranchStats:
         values = [t.tolist() for t in reduced]  # one device sync for the whole step
         blocks: dict[str, Any] = {}
         for (name, block), rows in zip(self.blocks, values, strict=True):
-            norms = [row[2] for row in rows if row[2] > 0]
             record: dict[str, Any] = {
-                "imbalance": max(norms) / min(norms) if norms else 1.0,
+                "imbalance": imbalance([row[2] for row in rows]),
                 "branches": {branch: dict(zip(BRANCH_FIELDS, row, strict=True))
                              for (branch, _), row in zip(block.branches(), rows, strict=True)},
             }

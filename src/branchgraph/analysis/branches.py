@@ -57,6 +57,12 @@ class ForkGradients:
         return asdict(self)
 
 
+def imbalance(norms: list[float]) -> float:
+    """The largest branch gradient norm over the smallest nonzero one (1 when no branch gets a gradient)."""
+    nonzero = [n for n in norms if n > 0]
+    return max(nonzero) / min(nonzero) if nonzero else 1.0
+
+
 def _uses(gm: fx.GraphModule, block: Block) -> list[tuple[fx.Node, str]]:
     """(user node, branch name) for every use of the block's fork; uses outside the block are 'other'."""
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -137,9 +143,8 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
         summed = torch.stack([g for _, g in parts]).sum(0)
         denom = float(total.pow(2).sum()) or 1.0
         branches = [BranchGradient(name, float(g.norm()), float((g * total).sum()) / denom) for name, g in parts]
-        nonzero = [b.grad_norm for b in branches if b.grad_norm > 0]
         reports.append(ForkGradients(
             block.name, block.fork, norm, float((summed - total).norm()) / (norm or 1.0),
-            max(nonzero) / min(nonzero) if nonzero else 1.0, branches,
+            imbalance([b.grad_norm for b in branches]), branches,
         ))
     return reports

@@ -122,16 +122,20 @@ class Inception(nn.Module):
         return [("branch1", self.branch1), ("branch2", self.branch2), ("branch3", self.branch3),
                 ("branch4", self.branch4)]
 
-    def gate_values(self) -> torch.Tensor:
-        """The branch weights 4 * softmax(logits) (detached); the block must have ``gates``."""
+    def gates(self) -> torch.Tensor:
+        """The branch weights 4 * softmax(logits); the block must have ``gates``."""
         assert self.gate_logits is not None
-        return (len(self.gate_logits) * torch.softmax(self.gate_logits.detach().float(), dim=0)).cpu()
+        return len(self.branches()) * torch.softmax(self.gate_logits, dim=0)
+
+    def gate_values(self) -> torch.Tensor:
+        """The branch weights, detached, as float32 on the CPU (for reports)."""
+        return self.gates().detach().float().cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+        outs = [branch(x) for _, branch in self.branches()]
         if self.norms is not None:
             outs = [norm(out) for norm, out in zip(self.norms, outs, strict=True)]
         if self.gate_logits is not None:
-            gates = len(outs) * torch.softmax(self.gate_logits, dim=0)
+            gates = self.gates()
             outs = [gates[i] * out for i, out in enumerate(outs)]
         return torch.cat(tuple(outs), dim=1)
