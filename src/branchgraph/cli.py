@@ -214,7 +214,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         for family, c in v["float64_equivalence"].items():
             f32 = v["float32_error_vs_float64"][family]
             lines.append(f"  {family:<19} float64 normwise diff {c['norm_rel']:.1e}; float32 normwise error vs "
-                         f"float64: original {f32['original']:.1e}, optimised {f32['optimised']:.1e}")
+                         f"float64: original {f32['original']:.1e} (worst of {len(f32['original_variants'])} "
+                         f"run(s)), optimised {f32['optimised']:.1e} (limit {f32['limit']:.1e})")
         lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
     if args.onnx:
         lines.append(f"  ONNX written to {data['onnx']}")

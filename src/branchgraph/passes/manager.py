@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 from torch import fx
@@ -43,11 +44,13 @@ def resolve(names: Sequence[str] | None, mode: str) -> list[str]:
 
 
 def run_passes(gm: fx.GraphModule, names: Sequence[str], mode: str) -> fx.GraphModule:
-    """Apply ``names`` in order to a copy of ``gm``; ``graph.lint()`` after each."""
+    """Apply ``names`` in order to one copy of ``gm`` (each pass works on it in place: a deep copy per pass
+    cost more than the passes themselves); ``graph.lint()`` after each."""
     done: list[str] = []
+    gm = copy.deepcopy(gm)
     for name in names:
         try:
-            gm = PASSES[name](gm, mode=mode)
+            gm = PASSES[name](gm, mode=mode, inplace=True)
             gm.graph.lint()
         except Exception as exc:  # named and re-raised: which pass broke, after which ones
             after = f" (after {', '.join(done)})" if done else ""

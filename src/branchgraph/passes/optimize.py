@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,25 @@ from branchgraph.passes.manager import resolve, run_passes
 # less, while a wrong one shows as 1e-3 or more. Normwise, because a gradient that is zero in exact arithmetic
 # (a one-channel conv before BatchNorm) is pure rounding noise in both models, even in float64.
 EXACT_TOLERANCE = 1e-7
-# In float32, the optimised model's normwise error against the float64 truth must stay within this, or be of
-# the same order as the original fp32 model's own error (at most FP32_SLACK times it). Eager fp32 is itself
-# this far from exact: oneDNN's conv-backward kernels differ in accuracy by layout and batch shape (googlenet-d2l
-# gradients, batch 4: NCHW 3.9e-4 off, channels_last 2.5e-6; batch 2: NCHW 2.4e-7, channels_last up to 7e-4),
-# and on BatchNorm nets over tiny batches the error varies 3x between identical runs (googlenet-bn, batch 2:
-# 7.5e-3 to 2.3e-2). Normwise, because single tensors whose values nearly cancel have no accurate digits in
-# float32 whichever way they are computed.
+# In float32 there is no single right answer: the bound is measured, on this machine, for this model. The
+# original model is run in float32 under variants a correct implementation may differ by (memory layout, thread
+# count, inputs and weights moved by one float32 ulp); the worst of their normwise errors against the float64
+# truth is the model's own float32 error here, and the optimised model may be FP32_SLACK times that, or
+# FP32_TOLERANCE, whichever is larger. A fixed bound cannot work: oneDNN's kernels differ in accuracy by layout,
+# batch shape and processor (googlenet-d2l gradients at batch 4: NCHW 3.9e-4 off, channels_last 2.5e-6), and
+# BatchNorm nets over tiny batches are so ill-conditioned that eager's own error spans 1e-3..3e-2 between
+# processors and thread counts (googlenet-bn, batch 2). README, "Verification", has the measurements.
 FP32_TOLERANCE = 1e-3
 FP32_SLACK = 10.0
+# The float32 variants (name, channels_last, other thread count, ulp-perturbed). The first is plain eager; the
+# others run only when the optimised model's error exceeds the bound the first alone gives (the bound can only
+# grow with more variants, so the verdict is the same and a passing check costs one float32 run).
+FP32_VARIANTS: tuple[tuple[str, bool, bool, bool], ...] = (
+    ("eager", False, False, False),
+    ("channels_last, other threads", True, True, False),
+    ("ulp-perturbed, other threads", False, True, True),
+    ("ulp-perturbed, channels_last", True, False, True),
+)
 # bf16 keeps 8 significant bits: outputs move by a few percent, and BatchNorm nets' gradients at init by up to
 # ~100 % normwise (googlenet-fmnist); so the precision pass must match eager torch.autocast to the same order,
 # or stay within this.
@@ -74,17 +84,22 @@ class Check:
 
 @dataclass
 class Verification:
-    """float64 equivalence (optimised vs original) and float32 accuracy of both against the float64 truth."""
+    """float64 equivalence (optimised vs original) and float32 accuracy against the float64 truth: the
+    optimised model's, and the original's under each float32 variant that was run (``FP32_VARIANTS``)."""
 
     exact: dict[str, Check] = field(default_factory=dict)
-    fp32_original: dict[str, Check] = field(default_factory=dict)
+    fp32_original: dict[str, dict[str, Check]] = field(default_factory=dict)
     fp32_optimised: dict[str, Check] = field(default_factory=dict)
     reduced_precision: bool = False
+
+    def original_error(self, family: str) -> float:
+        """The original model's own float32 error for ``family``: the worst over the variants run."""
+        return max(checks[family].norm_rel for checks in self.fp32_original.values())
 
     def limit(self, family: str) -> float:
         """The float32 error the optimised model may have for ``family``."""
         floor = REDUCED_PRECISION_TOLERANCE if self.reduced_precision else FP32_TOLERANCE
-        return max(floor, FP32_SLACK * self.fp32_original[family].norm_rel)
+        return max(floor, FP32_SLACK * self.original_error(family))
 
     def failures(self) -> list[str]:
         out = [f"float64 {k} differ by {c.norm_rel:.2e} normwise (worst tensor {c.worst}) (> {EXACT_TOLERANCE:.0e})"
@@ -97,7 +112,8 @@ class Verification:
         return {
             "float64_equivalence": {k: c.to_dict() for k, c in self.exact.items()},
             "float32_error_vs_float64": {
-                k: {"original": self.fp32_original[k].norm_rel, "optimised": c.norm_rel, "limit": self.limit(k)}
+                k: {"original": self.original_error(k), "optimised": c.norm_rel, "limit": self.limit(k),
+                    "original_variants": {v: checks[k].norm_rel for v, checks in self.fp32_original.items()}}
                 for k, c in self.fp32_optimised.items()},
             "tolerances": {"float64_rel": EXACT_TOLERANCE, "float32_rel": FP32_TOLERANCE, "float32_slack": FP32_SLACK,
                            "reduced_precision_rel": REDUCED_PRECISION_TOLERANCE if self.reduced_precision else None},
@@ -166,6 +182,45 @@ def optimize(
     return optimised, report
 
 
+@contextlib.contextmanager
+def _threads(other: bool) -> Iterator[None]:
+    """With ``other``, run on a different intra-op thread count (1, or 2 where there is only 1)."""
+    before = torch.get_num_threads()
+    if other:
+        torch.set_num_threads(1 if before > 1 else 2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _perturb(net: nn.Module, example: torch.Tensor, seed: int) -> torch.Tensor:
+    """Move every parameter and the input by about one float32 ulp (relative 2**-23 x a normal draw), in place
+    for the parameters; the input comes back perturbed. A correct float32 run of either is equally right."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    eps = torch.finfo(torch.float32).eps
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1 + eps * torch.randn(p.shape, generator=gen).to(p.dtype))
+    return example * (1 + eps * torch.randn(example.shape, generator=gen).to(example.dtype))
+
+
+def _fp32_variant(
+    model: nn.Module, example: torch.Tensor, mode: str, seed: int, variant: tuple[str, bool, bool, bool],
+    autocast: bool,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """One float32 run of a copy of the original ``model`` under ``variant`` (see ``FP32_VARIANTS``)."""
+    _, channels_last, other_threads, perturbed = variant
+    net, x = copy.deepcopy(model).float(), example.float()
+    if perturbed:
+        x = _perturb(net, x, seed)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    with _threads(other_threads):
+        return _step(net, x, mode, seed, autocast=autocast)
+
+
 def _step(
     net: nn.Module, example: torch.Tensor, mode: str, seed: int, autocast: bool = False
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -209,14 +264,18 @@ def verify_equal(
     reduced_precision: bool = False, optimised64: nn.Module | None = None,
 ) -> Verification:
     """Run copies of the original and the optimised model in float64 (equivalence) and in float32
-    (accuracy of each against the float64 original), on ``example``. With ``reduced_precision`` the original's
-    float32 run is under ``torch.autocast`` (bf16), the eager way to get what the precision pass gives.
+    (accuracy of each against the float64 original), on ``example``; the original's float32 variants run until
+    the optimised model is within the bound or all have run. With ``reduced_precision`` the original's float32
+    runs are under ``torch.autocast`` (bf16), the eager way to get what the precision pass gives.
     ``optimised64`` is the same passes applied to a float64 copy (else ``optimised`` is cast to float64)."""
     truth = _step(copy.deepcopy(model).double(), example.double(), mode, seed)
     result = Verification(reduced_precision=reduced_precision)
     exact = copy.deepcopy(optimised64 if optimised64 is not None else optimised).double()
     result.exact = _compare(_step(exact, example.double(), mode, seed), truth)
-    result.fp32_original = _compare(
-        _step(copy.deepcopy(model).float(), example.float(), mode, seed, autocast=reduced_precision), truth)
     result.fp32_optimised = _compare(_step(copy.deepcopy(optimised).float(), example.float(), mode, seed), truth)
+    for variant in FP32_VARIANTS:
+        run = _fp32_variant(model, example, mode, seed, variant, reduced_precision)
+        result.fp32_original[variant[0]] = _compare(run, truth)
+        if all(c.norm_rel <= result.limit(k) for k, c in result.fp32_optimised.items()):
+            break
     return result
