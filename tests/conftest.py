@@ -16,6 +16,14 @@ from branchgraph.data.fashion_mnist import FILES, resolve_data_dir
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tuning cache of the test session's own (the CLI subprocesses inherit it), never the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["BRANCHGRAPH_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The installed dataset; its absence is a set-up error (``make test`` installs it), not a skip."""

@@ -50,8 +50,15 @@ def test_train_api_writes_every_output(tmp_path: Path, data_dir: Path) -> None:
     result = train(config, progress=False)
     run = result.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl", "report.md"]
-    assert json.loads((run / "config.json").read_text()) == json.loads(config.to_json())
+        "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl", "report.md", "tuning.json"]
+    # precision "auto" and channels_last None are resolved by measurement; the saved settings are the resolved ones
+    assert (config.precision, config.channels_last) == ("auto", None)
+    resolved = result.config
+    assert resolved.precision in ("fp32", "bf16") and isinstance(resolved.channels_last, bool)
+    assert json.loads((run / "config.json").read_text()) == json.loads(resolved.to_json())
+    tuning = json.loads((run / "tuning.json").read_text())
+    assert tuning["chosen"]["precision"] == resolved.precision
+    assert tuning["chosen"]["channels_last"] == resolved.channels_last
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     expected = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "images_per_s", "world_size"}
@@ -249,6 +256,7 @@ def test_resume_refuses_changed_settings_and_bad_checkpoints(tmp_path: Path) -> 
         ("train", "--no-such-flag"),
         ("train", "--model", "resnet9"),
         ("train", "--precision", "fp8"),
+        ("train", "--precision", "bogus"),
         ("train", "--model-kwargs", "{bad json"),
         ("train", "--data-dir", "/nonexistent"),
         ("train", "--out-dir", "/proc/branchgraph-runs", "--limit", "64"),

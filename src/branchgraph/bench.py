@@ -1,5 +1,6 @@
-"""``branchgraph bench``: eager fp32, torch.compile, branchgraph-optimised and optimised+compiled, timed
-interleaved in one process (each round runs every variant once), reported as medians and ratios to eager.
+"""``branchgraph bench``: eager fp32, torch.compile, branchgraph-optimised and optimised+compiled (and, with
+tuning, the measured best and it compiled), timed interleaved in one process (each round runs every variant
+once), reported as medians, ratios to eager, and GFLOP/s against the machine's matmul peak.
 ``--parallel`` instead times the captured model with its branches run one after another and concurrently."""
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from branchgraph.graph import capture
+from branchgraph.graph import capture, measure
+from branchgraph.hardware import describe_text, matmul_peak
 from branchgraph.models import create_model, model_info
 from branchgraph.passes import optimize, parallel
+from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
+from branchgraph.tune import DTYPES, TuneResult, build_candidate
+from branchgraph.tune import tune as tune_choice
 
-VARIANTS = ("eager", "compiled", "optimised", "optimised+compiled")
+VARIANTS = ("eager", "compiled", "optimised", "optimised+compiled", "tuned", "tuned+compiled")
 
 
 @dataclass
 class BenchResult:
-    """Median seconds per call of each variant, and its speed-up over eager."""
+    """Median seconds per call of each variant, its speed-up over eager, and its achieved GFLOP/s against this
+    machine's measured matmul peak for the variant's precision (the roofline)."""
 
     model: str
     mode: str
@@ -30,42 +36,84 @@ class BenchResult:
     rounds: int
     median_s: dict[str, float]
     passes: list[str]
+    gflop_per_call: float
+    precision: dict[str, str]
+    peak_gflops: dict[str, float]
+    machine: str
+    tuning: TuneResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
         eager = self.median_s["eager"]
         return {"model": self.model, "mode": self.mode, "batch": self.batch, "input_size": list(self.input_size),
                 "rounds": self.rounds, "passes": self.passes, "threads": torch.get_num_threads(),
-                "variants": {v: {"median_ms": 1000 * t, "speedup_vs_eager": eager / t}
-                             for v, t in self.median_s.items()}}
+                "machine": self.machine, "gflop_per_call": self.gflop_per_call, "peak_gflops": self.peak_gflops,
+                "variants": {v: {"median_ms": 1000 * t, "speedup_vs_eager": eager / t, "precision": self.precision[v],
+                                 "gflops": self.gflop_per_call / t,
+                                 "fraction_of_peak": self.gflop_per_call / t / self.peak_gflops[self.precision[v]]}
+                             for v, t in self.median_s.items()},
+                "tuning": self.tuning.to_dict() if self.tuning else None}
 
     def to_text(self) -> str:
         d = self.to_dict()
+        peaks = ", ".join(f"{p} {g:.0f}" for p, g in self.peak_gflops.items())
         lines = [f"{self.model} {self.mode}, batch {self.batch}, input {list(self.input_size)}, {self.rounds} "
-                 f"interleaved rounds, {d['threads']} threads; passes: {', '.join(self.passes)}",
-                 f"{'variant':<22} {'median ms':>10} {'vs eager':>9}"]
-        lines += [f"{v:<22} {r['median_ms']:>10.1f} {r['speedup_vs_eager']:>8.2f}x" for v, r in d["variants"].items()]
+                 f"interleaved rounds; passes: {', '.join(self.passes)}",
+                 f"machine: {self.machine}",
+                 f"roofline: {self.gflop_per_call:.1f} GFLOP per call; measured matmul peak GFLOP/s: {peaks}",
+                 f"{'variant':<20} {'median ms':>10} {'vs eager':>9} {'GFLOP/s':>8} {'of peak':>8}"]
+        lines += [f"{v:<20} {r['median_ms']:>10.1f} {r['speedup_vs_eager']:>8.2f}x {r['gflops']:>8.1f} "
+                  f"{r['fraction_of_peak']:>7.0%} {r['precision']}" for v, r in d["variants"].items()]
+        if self.tuning is not None:
+            lines.append(self.tuning.to_text())
         return "\n".join(lines)
+
+
+def step_gflop(model: nn.Module, example: torch.Tensor, mode: str) -> float:
+    """GFLOP of one call on ``example``'s batch: 2 FLOPs per multiply-accumulate of the forward (eval), or of
+    the forward and backward (train), counted per layer on one sample (``branchgraph.graph.measure``)."""
+    layers = measure(copy.deepcopy(model).train(), example[:1]).layers.values()
+    macs = sum(r.macs + (r.backward_macs if mode == "train" else 0) for r in layers)
+    return 2 * macs * example.shape[0] / 1e9
 
 
 def bench(
     name: str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
-    rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None,
+    rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None, tune: bool = False,
+    seed: int = 0,
 ) -> BenchResult:
-    """Time the variants of registry model ``name`` (``compile=False`` leaves out the two compiled ones)."""
+    """Time the variants of registry model ``name`` (``compile=False`` leaves out the compiled ones); ``tune``
+    adds the variant ``branchgraph.tune`` picks among precisions, layouts and {eager, ``passes``}."""
     size = tuple(input_size or model_info(name).input_size)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(name).train(mode == "train")
     x = torch.randn(batch, *size)
     classes = model_info(name).num_classes or 1
     y = torch.randint(0, classes, (batch,))
-    optimised, report = optimize(model, x[:2], passes=passes, mode=mode, verify=False)
+    names = resolve(passes, mode)
+    optimised, report = optimize(model, x[:2], passes=names, mode=mode, verify=False)
+    reduced = "bf16" if "precision" in names else "fp32"
     nets: dict[str, nn.Module] = {"eager": model, "optimised": optimised}
+    precision = {"eager": "fp32", "compiled": "fp32", "optimised": reduced, "optimised+compiled": reduced}
+    inputs = dict.fromkeys(VARIANTS, x)
+    autocast: dict[str, torch.dtype | None] = dict.fromkeys(VARIANTS)
+    tuning = None
+    if tune:
+        tuning = tune_choice(model, x, y, mode, pass_sets=(None, names))
+        nets["tuned"], inputs["tuned"] = build_candidate(model, x, mode, tuning.chosen)
+        precision["tuned"] = precision["tuned+compiled"] = tuning.chosen.precision
+        if tuning.chosen.passes is None and tuning.chosen.precision != "fp32":
+            autocast["tuned"] = autocast["tuned+compiled"] = DTYPES[tuning.chosen.precision]
+        inputs["tuned+compiled"] = inputs["tuned"]
     if compile:
         nets["compiled"] = torch.compile(copy.deepcopy(model))
         nets["optimised+compiled"] = torch.compile(copy.deepcopy(optimised))
-    runs = {v: make_runner(nets[v], x, y, mode) for v in VARIANTS if v in nets}
+        if tune:
+            nets["tuned+compiled"] = torch.compile(copy.deepcopy(nets["tuned"]))
+    runs = {v: make_runner(nets[v], inputs[v], y, mode, autocast=autocast[v]) for v in VARIANTS if v in nets}
     medians = time_interleaved(runs, rounds, warmup)
-    return BenchResult(name, mode, batch, size, rounds, medians, [p.name for p in report.passes])
+    peaks = {p: matmul_peak(DTYPES[p]) for p in dict.fromkeys(precision[v] for v in medians)}
+    return BenchResult(name, mode, batch, size, rounds, medians, [p.name for p in report.passes],
+                       step_gflop(model, x, mode), {v: precision[v] for v in medians}, peaks, describe_text(), tuning)
 
 
 @dataclass

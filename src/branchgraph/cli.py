@@ -95,7 +95,10 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "crop_padding": dict(type=int, help="random-crop augmentation with this zero padding"),
     "val_size": dict(type=int, help="training images held out for validation (fixed split)"),
     "limit": dict(type=_positive_int, help="use only the first N samples of each split"),
-    "precision": dict(choices=("fp32", "bf16", "fp16")),
+    "precision": dict(choices=("auto", "fp32", "bf16", "fp16"),
+                      help="arithmetic precision; auto (the default) times fp32 and, where the processor has native "
+                      "bf16, bf16 on this machine, with both memory layouts unless --[no-]channels-last is given, "
+                      "and keeps the fastest (cached per machine, model and input)"),
     "memory_budget": dict(metavar="BUDGET", help="checkpoint activations to fit this budget: a fraction of the "
                           "plain model's saved bytes (0.25) or a size (300MiB); see 'branchgraph memory'"),
     "branch_stats": dict(type=_positive_int, nargs="?", const=10, metavar="K",
@@ -196,15 +199,30 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     size = parse_input_size(args.input) if args.input else model_info(args.model).input_size
     torch.manual_seed(args.seed)
+    model = create_model(args.model)
     example = torch.randn(args.batch, *size)
-    optimised, report = optimize(create_model(args.model), example, passes=_passes(args.passes), mode=args.mode,
-                                 verify=not args.no_verify, seed=args.seed)
+    passes, tuning = _passes(args.passes), None
+    if args.tune:
+        from branchgraph.passes.manager import resolve
+        from branchgraph.tune import tune
+
+        generator = torch.Generator().manual_seed(args.seed)
+        tuning = tune(model, torch.randn(args.tune_batch, *size, generator=generator),
+                      torch.randint(0, model_info(args.model).num_classes or 1, (args.tune_batch,),
+                                    generator=generator),
+                      args.mode, pass_sets=((), resolve(passes, args.mode)))
+        passes = tuning.chosen.pass_list()
+    optimised, report = optimize(model, example, passes=passes, mode=args.mode, verify=not args.no_verify,
+                                 seed=args.seed)
     data = report.to_dict()
+    data["tuning"] = tuning.to_dict() if tuning else None
     if args.onnx:
         if args.mode != "eval":
             raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
         data["onnx"] = str(export_onnx(optimised, example, args.onnx))
     lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
+    if tuning:
+        lines.append(tuning.to_text())
     for p in data["passes"]:
         lines.append(f"  {p['name']:<14} nodes {p['nodes_before']} -> {p['nodes_after']}; "
                      f"{len(p['changed'])} changes, {len(p['skipped'])} skipped")
@@ -224,7 +242,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Eager vs compiled vs optimised vs optimised+compiled, interleaved, medians and ratios."""
+    """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
     from branchgraph.bench import bench
     from branchgraph.graph import parse_input_size
 
@@ -239,7 +257,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _emit(args, parallel_result.to_dict(), parallel_result.to_text())
         return 0
     result = bench(args.model, args.mode, args.batch, size, rounds=args.rounds, compile=not args.no_compile,
-                   passes=_passes(args.passes))
+                   passes=_passes(args.passes), tune=args.tune, seed=args.seed)
     _emit(args, result.to_dict(), result.to_text())
     return 0
 
@@ -359,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_flags(p, batch=2, batch_help="batch of the verification input")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
+    p.add_argument("--tune", action="store_true", help="choose precision (bf16 only where native), layout and "
+                   "the pass set by timing each on this machine at --tune-batch; cached per machine and model")
+    p.add_argument("--tune-batch", type=_positive_int, default=128, help="batch size the --tune timings use "
+                   "(default 128)")
     p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
     p.add_argument("--show", type=int, default=3, help="changes listed per pass (default 3)")
 
@@ -376,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=10)
     p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    p.add_argument("--tune", action="store_true", help="add the variant chosen by timing precisions (bf16 only "
+                   "where native), layouts and {eager, --passes} on this machine (and it compiled)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's weights and the timed batch")
     p.add_argument("--parallel", action="store_true",
                    help="instead: the model's branches run one after another vs concurrently, at each of --batches")
     p.add_argument("--batches", type=_positive_ints, default=(1, 8, 32, 128),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -11,20 +12,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def make_runner(net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str) -> Callable[[], None]:
+def make_runner(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, autocast: torch.dtype | None = None
+) -> Callable[[], None]:
     """One inference (no grad) or one SGD training step of ``net`` on (x, y), as a closure to time (on CUDA it
-    waits for the device, so the time is the work's, not the launch's)."""
+    waits for the device, so the time is the work's, not the launch's); ``autocast`` runs the forward under
+    ``torch.autocast`` to that dtype."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+
+    def context() -> contextlib.AbstractContextManager[object]:
+        return torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+
     if mode == "eval":
         def infer() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), context():
                 net(x)
             sync()
         return infer
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
 
     def step() -> None:
-        loss = F.cross_entropy(net(x), y)
+        with context():
+            out = net(x)
+        loss = F.cross_entropy((out[0] if isinstance(out, tuple) else out).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -14,7 +14,7 @@ from branchgraph.models import list_models, model_info
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -39,8 +39,8 @@ class TrainConfig:
     hflip: bool = False
     val_size: int = 5000
     limit: int | None = None
-    precision: str = "fp32"
-    channels_last: bool = True
+    precision: str = "auto"  # "auto": timed on this machine (branchgraph.tune), resolved before training
+    channels_last: bool | None = None  # None: timed with "auto" precision, else True
     memory_budget: str | None = None  # activation checkpointing under this budget (branchgraph.memory.plan)
     branch_stats: int | None = None  # record per-branch gradient statistics every this many steps
     device: str = "auto"

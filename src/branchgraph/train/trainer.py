@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -28,6 +29,7 @@ from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, lo
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
 from branchgraph.train.report import plot_branch_stats, plot_curves, write_report
+from branchgraph.tune import tune
 
 AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers
 TIMING_KEYS = ("time_s", "images_per_s", "elapsed_s")
@@ -178,6 +180,17 @@ class Trainer:
             for name in ("val", "test") if name in splits
         }
         self.model = (model if model is not None else build_model(config)).to(self.device)
+        self.branch_stats = BranchStats(self.model) if config.branch_stats else None
+        self.progress = progress
+        self.tuning: dict[str, Any] | None = None
+        if state is None and config.deterministic:
+            # A deterministic run must not depend on timings: no measurement, fp32 and channels_last unless given.
+            self.config = dataclasses.replace(
+                config, precision="fp32" if config.precision == "auto" else config.precision,
+                channels_last=True if config.channels_last is None else config.channels_last)
+        elif state is None and (config.precision == "auto" or config.channels_last is None):
+            self._tune()
+        config = self.config
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_plan: CheckpointPlan | None = None
@@ -186,7 +199,6 @@ class Trainer:
             example, _ = _to_device(torch.zeros(config.batch_size // self.info.world_size, 1, size, size),
                                     torch.zeros(1), self.device, config.channels_last)
             self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
-        self.branch_stats = BranchStats(self.model) if config.branch_stats else None
         self.branch_records: list[dict[str, Any]] = []
         self.optimizer = self._make_optimizer()
         total_steps = config.epochs * len(self.train_loader)
@@ -199,12 +211,38 @@ class Trainer:
         if state is not None:
             self._load_state(state)
         self.run_dir = run_dir if run_dir is not None else _make_run_dir(config, self.info)
-        self.progress = progress
         self.ddp_model: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda"
                                     else None)
             if self.info.enabled else self.model
         )
+
+    def _tune(self) -> None:
+        """Resolve precision "auto" and channels_last None by timing a few steps of each candidate on this
+        machine (rank 0 measures, the others take its choice); the global RNG is left as it was, so a cached
+        choice and a fresh measurement train alike."""
+        c = self.config
+        size = c.resize or 28
+        precisions = None if c.precision == "auto" else (c.precision,)
+        layouts = (False, True) if c.channels_last is None else (c.channels_last,)
+        choice = ""
+        if self.info.is_main:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                gen = torch.Generator().manual_seed(c.seed)
+                batch = c.batch_size // self.info.world_size
+                example = torch.randn(batch, 1, size, size, generator=gen).to(self.device)
+                target = torch.randint(0, 10, (batch,), generator=gen).to(self.device)
+                try:
+                    result = tune(self.model, example, target, "train", layouts=layouts, precisions=precisions)
+                except RuntimeError as exc:
+                    raise ConfigError(f"model {c.model} does not take Fashion-MNIST's 1x{size}x{size} input: "
+                                      f"{str(exc).strip().splitlines()[0]}") from None
+            self.tuning = result.to_dict()
+            choice = json.dumps(self.tuning["chosen"])
+            if self.progress:
+                tqdm.write(result.to_text(), file=sys.stderr)
+        chosen = json.loads(broadcast_str(choice, self.info))
+        self.config = dataclasses.replace(c, precision=chosen["precision"], channels_last=chosen["channels_last"])
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -282,6 +320,9 @@ class Trainer:
         """
         if self.info.is_main:
             atomic_write_bytes(self.run_dir / "config.json", (self.config.to_json() + "\n").encode())
+            if self.tuning is not None:
+                text = json.dumps(self.tuning, indent=2, sort_keys=True) + "\n"
+                atomic_write_bytes(self.run_dir / "tuning.json", text.encode())
             if self.memory_plan is not None:
                 text = json.dumps(self.memory_plan.to_dict(), indent=2, sort_keys=True) + "\n"
                 atomic_write_bytes(self.run_dir / "memory_plan.json", text.encode())
