@@ -1,26 +1,26 @@
-"""Training-step throughput by precision and memory layout, variants interleaved in one process.
+"""Training-step throughput by precision and memory layout, variants interleaved in one process, and what
+``--precision auto`` (branchgraph.tune) picks on this machine.
 
     python benchmarks/bench_train.py [--model googlenet-fmnist] [--batch 128] [--rounds 15] [--json]
 
 Each round times one optimiser step of every variant in turn, so machine noise hits all of them alike;
-the table gives the median step time and its ratio to fp32 NCHW.
+the table gives the median step time and its ratio to fp32 NCHW. bf16 rows run even where bf16 is emulated,
+to show why the tuner leaves it out there.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import platform
-import statistics
-import time
-from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 import branchgraph as bg
+from branchgraph.hardware import describe, describe_text
 from branchgraph.models import model_info
+from branchgraph.timing import make_runner, time_interleaved
+from branchgraph.tune import tune
 
 VARIANTS = {
     "fp32 NCHW": (False, False),
@@ -28,29 +28,6 @@ VARIANTS = {
     "bf16 autocast NCHW": (True, False),
     "bf16 autocast channels_last": (True, True),
 }
-
-
-def make_step(name: str, batch: int, bf16: bool, channels_last: bool, seed: int = 0) -> Callable[[], float]:
-    """A closure running one SGD step of a fresh model in the given precision and layout."""
-    torch.manual_seed(seed)
-    model = bg.create_model(name).train()
-    x = torch.randn(batch, *model_info(name).input_size)
-    y = torch.randint(0, model_info(name).num_classes, (batch,))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step() -> float:
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - start
-
-    return step
 
 
 def main() -> None:
@@ -61,32 +38,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    steps = {v: make_step(args.model, args.batch, *flags) for v, flags in VARIANTS.items()}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(args.rounds):
-        for variant, step in steps.items():
-            times[variant].append(step())
-    base = statistics.median(times["fp32 NCHW"])
-    rows = [
-        {"variant": v, "median_ms": 1000 * statistics.median(t), "images_per_s": args.batch / statistics.median(t),
-         "speedup_vs_fp32_nchw": base / statistics.median(t)}
-        for v, t in times.items()
-    ]
-    machine = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "processor": platform.processor() or platform.machine()}
+    torch.manual_seed(0)
+    model = bg.create_model(args.model).train()
+    x = torch.randn(args.batch, *model_info(args.model).input_size)
+    y = torch.randint(0, model_info(args.model).num_classes or 1, (args.batch,))
+    runs = {}
+    for variant, (bf16, channels_last) in VARIANTS.items():
+        net, xv = copy.deepcopy(model), x
+        if channels_last:
+            net, xv = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        runs[variant] = make_runner(net, xv, y, "train", autocast=torch.bfloat16 if bf16 else None)
+    medians = time_interleaved(runs, args.rounds, args.warmup)
+    base = medians["fp32 NCHW"]
+    rows = [{"variant": v, "median_ms": 1000 * t, "images_per_s": args.batch / t, "speedup_vs_fp32_nchw": base / t}
+            for v, t in medians.items()]
+    chosen = tune(model, x, y, "train", cache=False).chosen.name
     if args.json:
-        print(json.dumps({"model": args.model, "batch": args.batch, "rounds": args.rounds, "machine": machine,
-                          "results": rows}, indent=2))
+        print(json.dumps({"model": args.model, "batch": args.batch, "rounds": args.rounds, "machine": describe(),
+                          "results": rows, "auto_chooses": chosen}, indent=2))
         return
-    print(f"{args.model}, batch {args.batch}, {args.rounds} interleaved rounds, torch {machine['torch']}, "
-          f"{machine['threads']} threads, CPU capability {machine['cpu_capability']}")
+    print(f"{args.model}, batch {args.batch}, {args.rounds} interleaved rounds on {describe_text()}")
     print(f"{'variant':<30} {'median ms':>10} {'img/s':>8} {'vs fp32 NCHW':>13}")
     for r in rows:
         speedup = r["speedup_vs_fp32_nchw"]
         print(f"{r['variant']:<30} {r['median_ms']:>10.1f} {r['images_per_s']:>8.0f} {speedup:>12.2f}x")
+    print(f"--precision auto chooses here: {chosen}")
 
 
 if __name__ == "__main__":

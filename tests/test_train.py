@@ -69,6 +69,10 @@ def test_train_api_writes_every_output(tmp_path: Path, data_dir: Path) -> None:
     again = evaluate_checkpoint(run)
     assert again["accuracy"] == pytest.approx(metrics[-1]["test_acc"])
     assert again["samples"] == 256
+    bf16 = evaluate_checkpoint(run, precision="bf16")  # inference in another precision than the run's
+    assert bf16["precision"] == "bf16" and abs(bf16["accuracy"] - again["accuracy"]) <= 0.05
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        evaluate_checkpoint(run, precision="auto")
 
 
 @pytest.fixture(scope="module")

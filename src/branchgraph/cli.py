@@ -133,7 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(config, progress=not args.quiet)
     final = result.final
     text = (f"run {result.run_dir}: {len(result.metrics)} epochs, "
-            f"test accuracy {final.get('test_acc', float('nan')):.4f}, {final.get('elapsed_s', 0):.0f} s of training")
+            f"test accuracy {final.get('test_acc', float('nan')):.4f}, {final.get('elapsed_s', 0):.0f} s of training"
+            f" in {result.config.precision}, {'channels_last' if result.config.channels_last else 'NCHW'}"
+            + (f" (auto: {result.tuning['reason']})" if result.tuning else ""))
     _emit(args, result.to_dict(), text)
     return 0
 
@@ -142,9 +144,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's checkpoint on a split."""
     from branchgraph.train import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit)
+    result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit,
+                                 precision=args.precision)
     text = (f"{result['model']} after {result['epochs_trained']} epochs: {result['split']} accuracy "
-            f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples)")
+            f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples, "
+            f"{result['precision']})")
     _emit(args, result, text)
     return 0
 
@@ -430,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=_positive_int, default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="run inference in this precision instead of the run's own")
     return parser
 
 

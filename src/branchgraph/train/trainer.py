@@ -26,7 +26,7 @@ from branchgraph.errors import CheckpointError, ConfigError, Interrupted, Traini
 from branchgraph.memory.checkpoint import CheckpointPlan, plan
 from branchgraph.models import create_model
 from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
-from branchgraph.train.config import TrainConfig
+from branchgraph.train.config import PRECISIONS, TrainConfig
 from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
 from branchgraph.train.report import plot_branch_stats, plot_curves, write_report
 from branchgraph.tune import tune
@@ -42,13 +42,16 @@ class TrainResult:
     run_dir: Path
     metrics: list[dict[str, Any]]
     config: TrainConfig
+    tuning: dict[str, Any] | None = None  # what precision "auto" measured and chose (None: nothing measured)
 
     @property
     def final(self) -> dict[str, Any]:
         return self.metrics[-1] if self.metrics else {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "final": self.final, "epochs_done": len(self.metrics)}
+        return {"run_dir": str(self.run_dir), "final": self.final, "epochs_done": len(self.metrics),
+                "precision": self.config.precision, "channels_last": self.config.channels_last,
+                "tuning": self.tuning}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -211,6 +214,8 @@ class Trainer:
         if state is not None:
             self._load_state(state)
         self.run_dir = run_dir if run_dir is not None else _make_run_dir(config, self.info)
+        if self.tuning is not None and self.progress:
+            tqdm.write(self.tuning["text"], file=sys.stderr)
         self.ddp_model: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[self.info.local_rank] if self.device.type == "cuda"
                                     else None)
@@ -237,10 +242,8 @@ class Trainer:
                 except RuntimeError as exc:
                     raise ConfigError(f"model {c.model} does not take Fashion-MNIST's 1x{size}x{size} input: "
                                       f"{str(exc).strip().splitlines()[0]}") from None
-            self.tuning = result.to_dict()
+            self.tuning = result.to_dict() | {"text": result.to_text()}
             choice = json.dumps(self.tuning["chosen"])
-            if self.progress:
-                tqdm.write(result.to_text(), file=sys.stderr)
         chosen = json.loads(broadcast_str(choice, self.info))
         self.config = dataclasses.replace(c, precision=chosen["precision"], channels_last=chosen["channels_last"])
 
@@ -347,7 +350,7 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             shutdown(self.info)
-        return TrainResult(self.run_dir, self.metrics, self.config)
+        return TrainResult(self.run_dir, self.metrics, self.config, self.tuning)
 
     def _request_stop(self, signum: int, frame: object) -> None:
         if self.stop_requested:
@@ -454,16 +457,22 @@ def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None
 
 
 def evaluate_checkpoint(
-    path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None
+    path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train').
 
-    By default the run's own ``limit`` applies, so the figure matches its metrics; pass ``limit`` to change it.
+    By default the run's own ``limit`` and precision apply, so the figure matches its metrics; pass ``limit``
+    or ``precision`` ('fp32', 'bf16', 'fp16') to change them (bf16 inference of an fp32-trained run, say).
     """
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(dict(state["config"]))
     if data_dir is not None:
         config.data_dir = data_dir
+    if precision is not None:
+        if precision not in PRECISIONS or precision == "auto":
+            raise ConfigError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
+        config.precision = precision
     splits = load_fashion_mnist(config.data_dir, config.val_size, limit if limit is not None else config.limit)
     if split not in splits:
         raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
@@ -480,4 +489,4 @@ def evaluate_checkpoint(
     loader = BatchLoader(splits[split], 500, build_preprocess(config, False), train=False)
     loss, acc = evaluate(model, loader, config, device, DistInfo())
     return {"model": config.model, "split": split, "samples": len(splits[split]), "loss": loss, "accuracy": acc,
-            "epochs_trained": int(state["epoch"])}
+            "epochs_trained": int(state["epoch"]), "precision": config.precision}
