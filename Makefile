@@ -17,8 +17,8 @@ test: setup data graphviz
 # The suite in a random order, then again on another processor class's kernels (oneDNN limited to SSE4.1,
 # ATen's default ISA): what a fixed order or one CPU would hide. Not in CI, which keeps the default order.
 test-portable: setup data graphviz
-	$(BIN)/python -m pytest -q --random-order-bucket=global
-	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q --random-order-bucket=global
+	$(BIN)/python -m pytest -q --random-order-bucket=module
+	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q --random-order-bucket=module
 
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
