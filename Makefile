@@ -14,11 +14,13 @@ test: setup data graphviz
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
-# The suite in a random order, then again on another processor class's kernels (oneDNN limited to SSE4.1,
-# ATen's default ISA): what a fixed order or one CPU would hide. Not in CI, which keeps the default order.
+# The suite in a random order, then the verification-heavy tests again on another processor class's kernels
+# (oneDNN limited to SSE4.1, ATen's default ISA; the whole suite takes over an hour that way): what a fixed order or one
+# CPU would hide. Not in CI, which keeps the default order.
 test-portable: setup data graphviz
 	$(BIN)/python -m pytest -q --random-order-bucket=module
-	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q --random-order-bucket=module
+	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q --random-order-bucket=module \
+		tests/test_passes.py tests/test_branches.py tests/test_parallel.py tests/test_tune.py
 
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
