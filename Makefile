@@ -69,7 +69,7 @@ bench: setup data
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_revnet.py
 	$(BIN)/python benchmarks/bench_branch_stats.py
-	$(BIN)/branchgraph bench googlenet-d2l --mode eval --batch 128 --rounds 10
+	$(BIN)/branchgraph bench googlenet-d2l --mode eval --batch 128 --rounds 10 --tune
 	$(BIN)/branchgraph bench googlenet-d2l --mode train --batch 128 --rounds 8
 	$(BIN)/python benchmarks/profile_optimised.py
 
