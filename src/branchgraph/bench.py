@@ -101,8 +101,7 @@ def bench(
         tuning = tune_choice(model, x, y, mode, pass_sets=(None, names))
         nets["tuned"], inputs["tuned"] = build_candidate(model, x, mode, tuning.chosen)
         precision["tuned"] = precision["tuned+compiled"] = tuning.chosen.precision
-        if tuning.chosen.passes is None and tuning.chosen.precision != "fp32":
-            autocast["tuned"] = autocast["tuned+compiled"] = DTYPES[tuning.chosen.precision]
+        autocast["tuned"] = autocast["tuned+compiled"] = tuning.chosen.autocast
         inputs["tuned+compiled"] = inputs["tuned"]
     if compile:
         nets["compiled"] = torch.compile(copy.deepcopy(model))

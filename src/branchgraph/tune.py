@@ -4,6 +4,7 @@ cached per (processor, torch, model, input shape, mode) in the user's cache dire
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -49,6 +50,12 @@ class Candidate:
     def name(self) -> str:
         text = f"{self.precision} {'channels_last' if self.channels_last else 'NCHW'}"
         return text if self.passes is None else f"{text} + passes {','.join(self.passes) or 'none'}"
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The dtype to run the forward under ``torch.autocast``: eager reduced precision only (with passes,
+        the ``precision`` pass puts autocast into the graph)."""
+        return DTYPES[self.precision] if self.precision != "fp32" and self.passes is None else None
 
     def pass_list(self) -> list[str]:
         """The passes that give this candidate on a captured graph (layout and precision as passes, last but
@@ -151,8 +158,7 @@ def build_candidate(
 
 def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
     """The main output of one forward, in float32, under the candidate's autocast when eager."""
-    reduced = cand.precision != "fp32" and cand.passes is None
-    context = torch.autocast(x.device.type, dtype=DTYPES[cand.precision]) if reduced else torch.no_grad()
+    context = torch.autocast(x.device.type, dtype=cand.autocast) if cand.autocast else contextlib.nullcontext()
     with torch.no_grad(), context:
         out = net(x)
     return (out[0] if isinstance(out, tuple) else out).float()
@@ -240,8 +246,7 @@ def tune(
             if not err <= tolerance:
                 rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {tolerance:g})"
                 continue
-        autocast = DTYPES[cand.precision] if cand.precision != "fp32" and cand.passes is None else None
-        runs[cand.name] = make_runner(net, x, y, mode, autocast=autocast)
+        runs[cand.name] = make_runner(net, x, y, mode, autocast=cand.autocast)
     medians = time_interleaved(runs, rounds, warmup)
     by_name = {c.name: c for c in found}
     chosen = by_name[min(medians, key=medians.__getitem__)]
