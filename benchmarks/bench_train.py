@@ -11,7 +11,6 @@ to show why the tuner leaves it out there.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 
 import torch
@@ -20,13 +19,13 @@ import branchgraph as bg
 from branchgraph.hardware import describe, describe_text
 from branchgraph.models import model_info
 from branchgraph.timing import make_runner, time_interleaved
-from branchgraph.tune import tune
+from branchgraph.tune import Candidate, build_candidate, tune
 
 VARIANTS = {
-    "fp32 NCHW": (False, False),
-    "fp32 channels_last": (False, True),
-    "bf16 autocast NCHW": (True, False),
-    "bf16 autocast channels_last": (True, True),
+    "fp32 NCHW": Candidate("fp32", False),
+    "fp32 channels_last": Candidate("fp32", True),
+    "bf16 autocast NCHW": Candidate("bf16", False),
+    "bf16 autocast channels_last": Candidate("bf16", True),
 }
 
 
@@ -43,11 +42,9 @@ def main() -> None:
     x = torch.randn(args.batch, *model_info(args.model).input_size)
     y = torch.randint(0, model_info(args.model).num_classes or 1, (args.batch,))
     runs = {}
-    for variant, (bf16, channels_last) in VARIANTS.items():
-        net, xv = copy.deepcopy(model), x
-        if channels_last:
-            net, xv = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        runs[variant] = make_runner(net, xv, y, "train", autocast=torch.bfloat16 if bf16 else None)
+    for variant, cand in VARIANTS.items():
+        net, xv = build_candidate(model, x, "train", cand)
+        runs[variant] = make_runner(net, xv, y, "train", autocast=cand.autocast)
     medians = time_interleaved(runs, args.rounds, args.warmup)
     base = medians["fp32 NCHW"]
     rows = [{"variant": v, "median_ms": 1000 * t, "images_per_s": args.batch / t, "speedup_vs_fp32_nchw": base / t}
