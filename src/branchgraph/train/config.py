@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from branchgraph.errors import ConfigError
-from branchgraph.memory.checkpoint import parse_budget
+from branchgraph.memory.budget import parse_budget
 from branchgraph.models import list_models, model_info
 
 OPTIMIZERS = ("sgd", "adamw")

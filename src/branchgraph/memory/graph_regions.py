@@ -1,0 +1,308 @@
+"""Checkpoint regions found in the captured fx graph, whatever the module nesting.
+
+The graph's compute nodes (call_module/call_function/call_method) in order are the *units*. A *cut point* is a
+unit after which a single value is live (all data flows through it: the joins between blocks, every layer of a
+chain). Candidate regions are the ranges between any two cut points, and every short range of units (a branch,
+a BatchNorm+ReLU before a convolution): a range's inputs are the values defined before it and used in it.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from branchgraph.graph.capture import layer_failure, node_module
+from branchgraph.graph.cost import layer_macs
+from branchgraph.graph.memory import _tensors
+from branchgraph.memory import saving_ops
+from branchgraph.memory.planner import Problem, Region, Saves
+
+COMPUTE = ("call_module", "call_function", "call_method")
+SHORT = 12  # longest non-cut range considered, in units (an Inception branch, a norm-act-conv chain)
+MAX_SPAN = 64  # most cut-to-cut intervals one range spans (besides the whole graph): deep nets stay quick
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ior,
+                      operator.iand}
+
+
+def units_of(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op in COMPUTE]
+
+
+def mutates(gm: fx.GraphModule, node: fx.Node, value: fx.Node) -> bool:
+    """Whether ``node`` may change ``value`` in place (an in-place op with ``value`` as its first argument)."""
+    if not node.args or node.args[0] is not value:
+        return False
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).startswith("_")
+    return bool(node.kwargs.get("inplace")) or node.target in _INPLACE_FUNCTIONS
+
+
+@dataclass
+class GraphProfile:
+    """One profiled training forward of a traced graph: per unit, what it saved, read, computed and cost."""
+
+    names: list[str]  # unit node names, in order
+    modules: list[str]  # innermost module path of each unit
+    saves: Saves
+    out_storages: list[list[int]]  # per unit: storages of its tensor outputs
+    pre_saves: np.ndarray  # unit saves only its inputs and parameters: recomputation stops before running it
+    seconds: np.ndarray
+    macs: np.ndarray
+    value_users: list[list[int]]  # per unit: the units that read its output (len(units) for the graph output)
+    args: list[list[int]]  # per unit: the units whose outputs it reads (-1 for a placeholder)
+    inplace_args: list[list[int]]  # per unit: the units whose outputs it may change in place
+    element: np.ndarray  # per storage: bytes per element
+    integer: np.ndarray  # per storage: holds integers (indices)
+    widths: list[int]  # per unit: its first tensor input's last dimension
+    in_bytes: list[int]  # per unit: bytes of its first tensor input
+
+    @property
+    def saving(self) -> np.ndarray:
+        """Per unit: whether it saved any storage for backward."""
+        found = np.zeros(len(self.names), dtype=bool)
+        found[self.saves.entry_unit] = True
+        return found
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph recording, per unit, the storages autograd saves, outputs, time and MACs."""
+
+    def __init__(self, gm: fx.GraphModule, excluded: set[int]) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False
+        self.excluded = excluded
+        self.index: dict[int, int] = {}
+        self.sizes: list[int] = []
+        self.keep: list[torch.Tensor] = []  # held so that no storage address is reused while profiling
+        self.pairs: list[tuple[int, int]] = []
+        self.position = {n: i for i, n in enumerate(units_of(gm))}
+        count = len(self.position)
+        self.current = -1
+        self.outs: list[list[int]] = [[] for _ in range(count)]
+        self.ins: list[set[int]] = [set() for _ in range(count)]
+        self.seconds = np.zeros(count)
+        self.element: list[int] = []
+        self.integer: list[bool] = []
+        self.widths = [0] * count
+        self.in_bytes = [0] * count
+        self.macs = np.zeros(count, dtype=np.int64)
+
+    def storage_of(self, t: torch.Tensor) -> int | None:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in self.excluded or storage.device.type == "meta":
+            return None
+        if ptr not in self.index:
+            self.index[ptr] = len(self.sizes)
+            self.sizes.append(storage.nbytes())
+            self.element.append(t.element_size())
+            self.integer.append(not (t.is_floating_point() or t.is_complex()))
+            self.keep.append(t)
+        return self.index[ptr]
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        sid = self.storage_of(t)
+        if sid is not None and self.current >= 0:
+            self.pairs.append((sid, self.current))
+        return t
+
+    def run_node(self, n: fx.Node) -> Any:
+        k = self.position.get(n, -1)
+        self.current = k
+        if k < 0:
+            return super().run_node(n)
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        inputs = list(_tensors((args, kwargs)))
+        self.ins[k] = {s for s in map(self.storage_of, inputs) if s is not None}
+        if inputs:
+            self.widths[k] = inputs[0].shape[-1] if inputs[0].dim() else 1
+            self.in_bytes[k] = inputs[0].numel() * inputs[0].element_size()
+        start = time.perf_counter()
+        result = getattr(self, n.op)(n.target, args, kwargs)
+        self.seconds[k] = time.perf_counter() - start
+        outs = list(_tensors(result))
+        self.outs[k] = [s for s in map(self.storage_of, outs) if s is not None]
+        if n.op == "call_module" and inputs and outs:
+            module = self.module.get_submodule(str(n.target))
+            if not list(module.children()):
+                self.macs[k] = layer_macs(module, inputs[0], outs[0])[0]
+        return result
+
+
+def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -> GraphProfile:
+    """One warm-up and one recorded training forward of ``gm`` (whose parameters are ``model``'s)."""
+    excluded = {t.untyped_storage().data_ptr() for t in (*gm.parameters(), *gm.buffers(), example)}
+    gm.train()
+    recorder = _Recorder(gm, excluded)
+    try:
+        fx.Interpreter(gm).run(example)  # warm-up: the timed run must not pay first-call costs
+        with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
+            recorder.run(example)
+    except Exception as exc:  # re-raised naming the layer whose node failed
+        node = next((n for n, k in recorder.position.items() if k == recorder.current), None)
+        raise layer_failure(model, node_module(node) if node else "", tuple(example.shape), exc) from None
+    units = units_of(gm)
+    pairs = np.array(sorted(set(recorder.pairs)), dtype=np.int64).reshape(-1, 2)
+    saved_by: list[set[int]] = [set() for _ in units]
+    for s, k in pairs:
+        saved_by[k].add(int(s))
+    position = recorder.position
+    users = [[position.get(u, len(units)) for u in n.users] for n in units]
+    args = [[position.get(a, -1) for a in n.all_input_nodes if a.op != "get_attr"] for n in units]
+    inplace = [[position.get(a, -1) for a in n.all_input_nodes if mutates(gm, n, a)] for n in units]
+    return GraphProfile(
+        [n.name for n in units], [node_module(n) for n in units],
+        Saves(np.array(recorder.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
+        np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
+        recorder.seconds, recorder.macs, users, args, inplace, np.array(recorder.element, dtype=np.int64),
+        np.array(recorder.integer, dtype=bool), recorder.widths, recorder.in_bytes)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Units [start, stop) run as one checkpointed region, and the units whose outputs are its inputs."""
+
+    start: int
+    stop: int
+    inputs: tuple[int, ...]
+
+
+def cut_points(prof: GraphProfile) -> list[int]:
+    """Units after which exactly one value is live (-1: before the first unit, when one input is read)."""
+    count = len(prof.names)
+    last = {k: max(users, default=k) for k, users in enumerate(prof.value_users)}
+    last[-1] = max((k for k, readers in enumerate(prof.args) if -1 in readers), default=-1)
+    diff = np.zeros(count + 2, dtype=np.int64)  # diff[k + 1]: change of the values live just after unit k
+    for value, end in last.items():
+        if end > value:
+            diff[value + 1] += 1
+            diff[min(end, count) + 1] -= 1
+    live = np.cumsum(diff)
+    return [k for k in range(-1, count - 1) if live[k + 1] == 1]
+
+
+def _inputs(prof: GraphProfile, start: int, stop: int) -> tuple[int, ...] | None:
+    """The values a range reads from before it (units, -1 for the graph input); None if it changes one."""
+    found: dict[int, None] = {}
+    for k in range(start, stop):
+        outside = [a for a in prof.args[k] if a < start]
+        if any(a in outside for a in prof.inplace_args[k]):
+            return None
+        found.update(dict.fromkeys(outside))
+    return tuple(found)
+
+
+def candidate_ranges(prof: GraphProfile) -> list[Range]:
+    """Ranges between any two cut points, and every range of at most SHORT units that saves something."""
+    saves_any = prof.saving
+    found: dict[tuple[int, int], Range] = {}
+    cuts = cut_points(prof)
+    ends = [*cuts[1:], len(prof.names) - 1] if cuts else []
+    spans = [(a, b) for i, a in enumerate(cuts) for b in ends[i:i + MAX_SPAN]]
+    for a, b in [*spans, (-1, len(prof.names) - 1)]:
+            inputs = _inputs(prof, a + 1, b + 1)
+            if inputs is not None and saves_any[a + 1:b + 1].any():
+                found[a + 1, b + 1] = Range(a + 1, b + 1, inputs)
+    for start in range(len(prof.names)):
+        for stop in range(start + 1, min(start + SHORT, len(prof.names)) + 1):
+            if (start, stop) in found or not saves_any[start:stop].any():
+                continue
+            inputs = _inputs(prof, start, stop)
+            if inputs is None:
+                break  # longer ranges from here change the same input
+            found[start, stop] = Range(start, stop, inputs)
+    return list(found.values())
+
+
+def range_storages(prof: GraphProfile, rng: Range) -> np.ndarray:
+    """Storages of a range's inputs (what checkpointing it keeps alive)."""
+    return np.array(sorted({s for a in rng.inputs if a >= 0 for s in prof.out_storages[a]}), dtype=np.int64)
+
+
+def range_seconds(prof: GraphProfile, rng: Range) -> float:
+    """Recomputation time of a range: its units up to the last that saves something; that last one is skipped
+    when it saves only its inputs (non-reentrant checkpoint stops as soon as every saved tensor is back)."""
+    saving = np.flatnonzero(prof.saving[rng.start:rng.stop])
+    if not len(saving):
+        return 0.0
+    last = rng.start + int(saving[-1])
+    return float(prof.seconds[rng.start:last].sum() + (0.0 if prof.pre_saves[last] else prof.seconds[last]))
+
+
+def trace(model: nn.Module) -> fx.GraphModule | None:
+    """``model`` traced by torch.fx, sharing its modules; None where fx cannot trace it."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception:  # any tracing failure means: plan on module regions instead
+        return None
+
+
+@dataclass
+class SavingOption:
+    """Unit ``unit`` replaced by its saving op: storages ``storages`` shrink to ``sizes``, at ``seconds``."""
+
+    unit: int
+    kind: str
+    storages: np.ndarray
+    sizes: np.ndarray
+    seconds: float
+
+
+def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, float]) -> list[SavingOption]:
+    """Where an exact saving op shrinks what is kept: each max pool's int64 indices (to 1-2 byte offsets), and
+    each ReLU output no other unit keeps (to a 1-byte mask); priced by ``rates`` (seconds per input byte)."""
+    only: dict[int, list[int]] = {}
+    for s, k in zip(prof.saves.entry_storage.tolist(), prof.saves.entry_unit.tolist(), strict=True):
+        only.setdefault(s, []).append(k)
+    found = []
+    for k, node in enumerate(units_of(gm)):
+        kind = saving_ops.kind(gm, node)
+        mine = [s for s, savers in only.items() if savers == [k]]
+        if kind == "relu":
+            mine = [s for s in mine if not prof.integer[s] and s in prof.out_storages[k]]
+            sizes = [prof.saves.sizes[s] // prof.element[s] for s in mine]
+        elif kind == "max_pool":
+            mine = [s for s in mine if prof.integer[s]]
+            shrink = 8 // saving_ops.offset_bytes(gm, node, prof.widths[k])
+            sizes = [prof.saves.sizes[s] // shrink for s in mine]
+        if kind is None or not mine:
+            continue
+        found.append(SavingOption(k, kind, np.array(mine, dtype=np.int64), np.array(sizes, dtype=np.int64),
+                                  rates[kind] * prof.in_bytes[k]))
+    return found
+
+
+def apply_saving_ops(gm: fx.GraphModule, units: list[int]) -> fx.GraphModule:
+    """Replace the listed units of ``gm`` (in place) by their saving ops; unit positions stay the same."""
+    nodes = units_of(gm)
+    for k in units:
+        saving_ops.replace(gm, nodes[k])
+    gm.recompile()
+    return gm
+
+
+def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOption]) -> Problem:
+    """The planner's choice from a graph profile: candidate ranges (input storages, recompute time) and the
+    saving options (storages they shrink, their overhead)."""
+    ranges = candidate_ranges(prof)
+    masks = np.zeros((len(ranges) + len(options), len(prof.names)), dtype=bool)
+    for i, r in enumerate(ranges):
+        masks[i, r.start:r.stop] = True
+    regions = [Region(prof.modules[r.start], "graph", r.start, r.stop, prof.names[r.start], prof.names[r.stop - 1])
+               for r in ranges]
+    regions += [Region(prof.modules[o.unit], "saving", o.unit, o.unit + 1, prof.names[o.unit], o.kind)
+                for o in options]
+    seconds = np.array([range_seconds(prof, r) + overhead for r in ranges] + [o.seconds for o in options])
+    inputs = [range_storages(prof, r) for r in ranges] + [np.zeros(0, dtype=np.int64) for _ in options]
+    shrinks: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ranges)
+    shrinks += [(o.storages, o.sizes) for o in options]
+    return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
+                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks)

@@ -1,0 +1,200 @@
+"""Which regions to recompute: predicted kept bytes, recomputation and peak of sets of regions, and a greedy choice.
+
+A *unit* is what the profile attributes saved tensors to (a graph node, or a module); a region is a set of units
+(a contiguous range). Checkpointing regions drops every storage saved only by units inside them and keeps the
+regions' inputs instead. A region may instead *shrink* storages (an exact saving op standing in for a unit): it
+covers no units and costs its measured overhead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Region:
+    """What one checkpoint recomputes: module ``path`` whole ("module"), its children [start, stop) (an
+    nn.Sequential's "segment"), or units [start, stop) of the traced graph ("graph", nodes first..last)."""
+
+    path: str
+    kind: str
+    start: int | None = None
+    stop: int | None = None
+    first: str = ""
+    last: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.kind == "graph":
+            return self.first if self.first == self.last else f"{self.first} .. {self.last}"
+        base = self.path or "<model>"
+        return base if self.start is None else f"{base}[{self.start}:{self.stop}]"
+
+
+@dataclass
+class Saves:
+    """Which storages one training forward saved for backward, and which unit saved each (pairs)."""
+
+    sizes: np.ndarray  # bytes per storage
+    entry_storage: np.ndarray  # (storage, unit) pairs: storage index ...
+    entry_unit: np.ndarray  # ... and the saving unit's index
+
+    def total(self) -> int:
+        """Bytes of every saved storage, each once."""
+        return int(self.sizes[np.unique(self.entry_storage)].sum())
+
+
+@dataclass
+class Problem:
+    """What the planner chooses from: the profile's saves, and per candidate region its units (mask), input
+    storages, recomputation time and MACs; and the whole forward's time and MACs."""
+
+    saves: Saves
+    regions: list[Region]
+    masks: np.ndarray  # (region, unit) bool
+    inputs: list[np.ndarray]
+    seconds: np.ndarray
+    macs: np.ndarray
+    forward_seconds: float
+    forward_macs: int
+    shrinks: list[tuple[np.ndarray, np.ndarray] | None] | None = None  # per region: (storages, smaller sizes)
+
+
+class Planner:
+    """Predicted saved bytes, recompute cost and transient bytes of sets of regions, from one profile."""
+
+    def __init__(self, saves: Saves, masks: np.ndarray, inputs: list[np.ndarray], cost: np.ndarray,
+                 shrinks: list[tuple[np.ndarray, np.ndarray] | None] | None = None) -> None:
+        self.saves, self.masks, self.inputs, self.cost = saves, masks, inputs, cost
+        self.shrinks = shrinks or [None] * len(masks)
+        self.saved_storages = np.zeros(len(saves.sizes), dtype=bool)
+        self.saved_storages[saves.entry_storage] = True
+        self.plain = saves.total()
+        self.transient = np.array([self._inside_bytes(m) for m in masks], dtype=np.int64)
+
+    def _inside_bytes(self, mask: np.ndarray) -> int:
+        """Bytes of storages saved only by units inside ``mask``: what recomputing it materialises again."""
+        outside = np.zeros(len(self.saves.sizes), dtype=bool)
+        outside[self.saves.entry_storage[~mask[self.saves.entry_unit]]] = True
+        return int(self.saves.sizes[self.saved_storages & ~outside].sum())
+
+    def saved(self, chosen: list[int]) -> int:
+        covered = np.zeros(self.masks.shape[1], dtype=bool)
+        for i in chosen:
+            covered |= self.masks[i]
+        kept = np.zeros(len(self.saves.sizes), dtype=bool)
+        kept[self.saves.entry_storage[~covered[self.saves.entry_unit]]] = True
+        for i in chosen:
+            kept[self.inputs[i]] = True
+        sizes = self.saves.sizes
+        shrinks = [self.shrinks[i] for i in chosen if self.shrinks[i] is not None]
+        if shrinks:
+            sizes = sizes.copy()
+            for storages, smaller in shrinks:
+                sizes[storages] = smaller
+        return int(sizes[kept].sum())
+
+    def _merge(self, chosen: list[int], i: int) -> list[int] | None:
+        """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly."""
+        mask = self.masks[i]
+        result = []
+        for j in chosen:
+            other = self.masks[j]
+            if not (mask & other).any():
+                result.append(j)
+            elif (other & ~mask).any():
+                return None  # i is inside j, or they overlap partly
+        return [*result, i]
+
+    def choose(self, budget: int, limit: int | None = None) -> tuple[list[int], int]:
+        """The cheapest plan found whose regions each materialise at most ``limit`` bytes again (default: the
+        budget); where no such plan fits, the limit doubles until one does (or no limit is left)."""
+        limit = budget if limit is None else limit
+        while True:
+            chosen, saved = self._choose(budget, limit)
+            if saved <= budget or limit >= self.plain:
+                return chosen, saved
+            limit *= 2
+
+    def peak(self, chosen: list[int], grad: int) -> int:
+        """Predicted peak of a step: the kept bytes at the forward's end, or, recomputing a region in backward,
+        what is still kept from before it plus its recomputation plus ``grad`` (gradient buffers)."""
+        covered = np.zeros(self.masks.shape[1], dtype=bool)
+        for i in chosen:
+            covered |= self.masks[i]
+        first = np.full(len(self.saves.sizes), np.iinfo(np.int64).max)
+        outside = ~covered[self.saves.entry_unit]
+        np.minimum.at(first, self.saves.entry_storage[outside], self.saves.entry_unit[outside])
+        sizes = self.saves.sizes.copy()
+        for i in chosen:
+            start = int(np.argmax(self.masks[i])) if self.masks[i].any() else None
+            if start is not None:
+                first[self.inputs[i]] = np.minimum(first[self.inputs[i]], start)
+            if self.shrinks[i] is not None:
+                storages, smaller = self.shrinks[i]
+                sizes[storages] = smaller
+        found = int(sizes[first < np.iinfo(np.int64).max].sum())
+        for i in chosen:
+            if self.masks[i].any():
+                stop = int(np.flatnonzero(self.masks[i])[-1]) + 1
+                found = max(found, int(sizes[first < stop].sum()) + int(self.transient[i]) + grad)
+        return found
+
+    def choose_peak(self, peak: int, grad: int) -> tuple[list[int], int] | None:
+        """The cheapest plan found whose predicted peak (``peak()``) fits: tries limits on one region's
+        recomputation, each with the kept budget that leaves room for it; None if none fits."""
+        best: tuple[float, list[int], int] | None = None
+        for limit in self._limits(peak):
+            for budget in {peak - limit - grad, peak - limit}:
+                chosen, saved = self._choose(budget, limit)
+                if self.peak(chosen, grad) > peak:
+                    continue
+                cost = float(self.cost[chosen].sum())
+                if best is None or cost < best[0]:
+                    best = (cost, chosen, saved)
+        return None if best is None else (best[1], best[2])
+
+    def smallest_peak(self, grad: int) -> int:
+        """The least predicted peak any limit on one region's recomputation gives (``choose_peak``'s floor)."""
+        return min(self.peak(self._choose(0, limit)[0], grad) for limit in self._limits(self.plain + 1))
+
+    def _limits(self, below: int, count: int = 16) -> list[int]:
+        """Up to ``count`` limits on one region's recomputation, spread geometrically over the regions' values."""
+        values = np.unique(self.transient[(self.transient > 0) & (self.transient < below)])
+        if len(values) > count:
+            picks = np.searchsorted(values, np.geomspace(values[0], values[-1], count))
+            values = values[np.unique(np.minimum(picks, len(values) - 1))]
+        return [0, *map(int, values)]
+
+    def _choose(self, budget: int, limit: int) -> tuple[list[int], int]:
+        """Greedy by bytes freed per unit of recompute cost until the budget holds, then drop unneeded regions.
+
+        Lazy greedy: a region's score from an earlier state is kept in a heap and re-evaluated only when it
+        reaches the top (what a region frees only shrinks as others are chosen), so deep nets with thousands
+        of candidate regions plan in seconds."""
+        chosen: list[int] = []
+        saved = self.plain
+        heap = [(-math.inf, i) for i in range(len(self.masks)) if self.transient[i] <= limit]
+        heapq.heapify(heap)
+        while saved > budget and heap:
+            _, i = heapq.heappop(heap)
+            merged = self._merge(chosen, i)
+            if merged is None:
+                continue  # inside or across a chosen region; chosen regions only grow, so for good
+            freed = saved - self.saved(merged)
+            if freed <= 0:
+                continue
+            score = freed / max(float(self.cost[merged].sum() - self.cost[chosen].sum()), 1e-12)
+            if heap and score < -heap[0][0]:
+                heapq.heappush(heap, (-score, i))
+                continue
+            chosen, saved = merged, saved - freed
+        for i in sorted(chosen, key=lambda j: -self.cost[j]):
+            rest = [j for j in chosen if j != i]
+            if self.saved(rest) <= budget:
+                chosen = rest
+        return chosen, self.saved(chosen)
