@@ -5,12 +5,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.cost import layer_macs
@@ -84,6 +85,20 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
+class _AfterEveryOp(TorchDispatchMode):
+    """Calls ``callback`` after every aten operator, forward and backward (recomputations inside checkpoints
+    included, which saved-tensor hooks do not see)."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        super().__init__()
+        self.callback = callback
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.callback()
+        return out
+
+
 def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     """Run one training-mode forward+backward of ``model`` on ``example`` and record, per module path:
     output shapes, MACs, and the bytes of the tensors autograd saved while that module ran innermost.
@@ -91,7 +106,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     Saved tensors are seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once,
     for the first module that saved it; parameters and the input batch (and views of them) are left out. The peak is the
     heap in use above the starting point, sampled at every pack and unpack of a saved tensor and at every
-    module boundary. The model's own state is untouched: the caller passes a copy.
+    module boundary and after every operator. The model's own state is untouched: the caller passes a copy.
     """
     layers: dict[str, LayerRecord] = defaultdict(LayerRecord)
     names = {m: n for n, m in model.named_modules()}
@@ -157,7 +172,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     handles += [m.register_forward_hook(post_hook) for m in model.modules()]
     model.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), _AfterEveryOp(sample):
             try:
                 output = model(example)
             except Exception as exc:  # re-raised naming the innermost layer that was running

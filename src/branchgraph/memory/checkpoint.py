@@ -53,6 +53,7 @@ class CheckpointPlan:
     region_overhead_seconds: float
     largest_recompute_bytes: int  # what recomputing the largest region materialises again during backward
     predicted_peak_bytes: int
+    plain_peak_bytes: int  # the plain step's predicted peak
     regions: list[Region] = field(default_factory=list)
     method: str = "graph"  # "graph": regions of the fx graph; "modules": module regions (fx could not trace)
     saving_ops: list[int] = field(default_factory=list)  # graph units replaced by exact saving ops
@@ -61,11 +62,6 @@ class CheckpointPlan:
     peak_budget_bytes: int | None = None
     note: str | None = None
 
-    @property
-    def plain_peak_bytes(self) -> int:
-        """The plain step's predicted peak: everything it saves, at the forward's end."""
-        return self.plain_saved_bytes
-
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["regions"] = [{"name": r.name, **asdict(r)} for r in self.regions]
@@ -73,7 +69,6 @@ class CheckpointPlan:
         data["extra_forward_macs_fraction"] = self.extra_macs / self.forward_macs if self.forward_macs else 0.0
         data["extra_forward_time_fraction"] = (self.extra_seconds / self.forward_seconds if self.forward_seconds
                                                else 0.0)
-        data["plain_peak_bytes"] = self.plain_peak_bytes
         return data
 
     def to_text(self) -> str:
@@ -117,10 +112,9 @@ def checkpoint_overhead(repeats: int = 30) -> float:
     return max(0.0, statistics.median(times[checkpointed]) - statistics.median(times[plain]))
 
 
-def _grad_bytes(model: nn.Module, sizes: np.ndarray) -> int:
-    """Gradient buffers of a step besides activations: the parameters' and the largest activation's."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return int(params + (sizes.max() if len(sizes) else 0))
+def _grad_bytes(model: nn.Module) -> int:
+    """The parameters' gradient buffers."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def _traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Problem | None:
@@ -162,8 +156,10 @@ def plan(
         else:
             problem = found
     plain = problem.saves.total()
-    grad = _grad_bytes(model, problem.saves.sizes)
-    scale = plain
+    grad = _grad_bytes(model)
+    in_flight = int(problem.saves.sizes.max()) if len(problem.saves.sizes) else 0
+    plain_peak = Planner(problem.saves, problem.masks[:0], [], problem.seconds[:0]).peak([], grad, in_flight)
+    scale = plain if peak is None else plain_peak
     wanted_bytes = int(wanted * scale) if isinstance(wanted, float) else int(wanted)
     planner = Planner(problem.saves, problem.masks, problem.inputs,
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks)
@@ -172,22 +168,22 @@ def plan(
     elif peak is None:
         chosen, saved = planner.choose(wanted_bytes)
     else:
-        found_peak = planner.choose_peak(wanted_bytes, grad)
+        found_peak = planner.choose_peak(wanted_bytes, grad, in_flight)
         if found_peak is None:
-            least = planner.smallest_peak(grad)
+            least = planner.smallest_peak(grad, in_flight)
             raise ConfigError(
                 f"peak budget {wanted_bytes / MIB:.1f} MiB cannot be met at input {list(example.shape)}: the "
                 f"smallest predicted peak is {least / MIB:.1f} MiB ({least / scale:.1%} of plain); ask for at "
                 "least that, or a smaller batch")
         chosen, saved = found_peak
-    chosen = sorted(chosen)
+    chosen = sorted(chosen, key=lambda i: (problem.regions[i].start or 0, i))
     ranges = [i for i in chosen if problem.regions[i].kind != "saving"]
     saving = [problem.regions[i] for i in chosen if problem.regions[i].kind == "saving"]
     result = CheckpointPlan(
-        list(example.shape), wanted_bytes if peak is None else max(0, wanted_bytes - grad), plain, saved,
+        list(example.shape), wanted_bytes if peak is None else saved, plain, saved,
         problem.forward_macs, int(problem.macs[chosen].sum()), problem.forward_seconds,
         float(problem.seconds[chosen].sum()), checkpoint_overhead(),
-        int(planner.transient[chosen].max()) if chosen else 0, planner.peak(chosen, grad),
+        int(planner.transient[chosen].max()) if chosen else 0, planner.peak(chosen, grad, in_flight), plain_peak,
         [problem.regions[i] for i in ranges],
         "modules" if found is None else "graph", sorted(int(r.start or 0) for r in saving),
         [f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)], grad,

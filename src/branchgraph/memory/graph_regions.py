@@ -21,7 +21,7 @@ from branchgraph.graph.capture import layer_failure, node_module
 from branchgraph.graph.cost import layer_macs
 from branchgraph.graph.memory import _tensors
 from branchgraph.memory import saving_ops
-from branchgraph.memory.planner import Problem, Region, Saves
+from branchgraph.memory.planner import Problem, Region, Saves, Shrink
 
 COMPUTE = ("call_module", "call_function", "call_method")
 SHORT = 12  # longest non-cut range considered, in units (an Inception branch, a norm-act-conv chain)
@@ -247,12 +247,12 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
 
 @dataclass
 class SavingOption:
-    """Unit ``unit`` replaced by its saving op: storages ``storages`` shrink to ``sizes``, at ``seconds``."""
+    """Unit ``unit`` replaced by its saving op: it keeps ``added`` bytes instead of ``storages``, at ``seconds``."""
 
     unit: int
     kind: str
-    storages: np.ndarray
-    sizes: np.ndarray
+    storages: list[int]
+    added: int
     seconds: float
 
 
@@ -275,8 +275,7 @@ def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, floa
             sizes = [prof.saves.sizes[s] // shrink for s in mine]
         if kind is None or not mine:
             continue
-        found.append(SavingOption(k, kind, np.array(mine, dtype=np.int64), np.array(sizes, dtype=np.int64),
-                                  rates[kind] * prof.in_bytes[k]))
+        found.append(SavingOption(k, kind, mine, int(sum(sizes)), rates[kind] * prof.in_bytes[k]))
     return found
 
 
@@ -302,7 +301,9 @@ def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOptio
                 for o in options]
     seconds = np.array([range_seconds(prof, r) + overhead for r in ranges] + [o.seconds for o in options])
     inputs = [range_storages(prof, r) for r in ranges] + [np.zeros(0, dtype=np.int64) for _ in options]
-    shrinks: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ranges)
-    shrinks += [(o.storages, o.sizes) for o in options]
+    shrinks: list[Shrink | None] = [None] * len(ranges)
+    for o in options:
+        entries = np.flatnonzero((prof.saves.entry_unit == o.unit) & np.isin(prof.saves.entry_storage, o.storages))
+        shrinks.append(Shrink(o.unit, entries, o.added))
     return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
                    float(prof.seconds.sum()), int(prof.macs.sum()), shrinks)

@@ -49,6 +49,16 @@ class Saves:
 
 
 @dataclass
+class Shrink:
+    """A saving op at ``unit``: the (storage, unit) entries ``entries`` are no longer saved; ``added`` bytes
+    (its mask or offsets) are saved by the unit instead, unless a checkpointed region covers it."""
+
+    unit: int
+    entries: np.ndarray
+    added: int
+
+
+@dataclass
 class Problem:
     """What the planner chooses from: the profile's saves, and per candidate region its units (mask), input
     storages, recomputation time and MACs; and the whole forward's time and MACs."""
@@ -61,14 +71,14 @@ class Problem:
     macs: np.ndarray
     forward_seconds: float
     forward_macs: int
-    shrinks: list[tuple[np.ndarray, np.ndarray] | None] | None = None  # per region: (storages, smaller sizes)
+    shrinks: list[Shrink | None] | None = None  # per region: what its saving op keeps instead
 
 
 class Planner:
     """Predicted saved bytes, recompute cost and transient bytes of sets of regions, from one profile."""
 
     def __init__(self, saves: Saves, masks: np.ndarray, inputs: list[np.ndarray], cost: np.ndarray,
-                 shrinks: list[tuple[np.ndarray, np.ndarray] | None] | None = None) -> None:
+                 shrinks: list[Shrink | None] | None = None) -> None:
         self.saves, self.masks, self.inputs, self.cost = saves, masks, inputs, cost
         self.shrinks = shrinks or [None] * len(masks)
         self.saved_storages = np.zeros(len(saves.sizes), dtype=bool)
@@ -82,21 +92,28 @@ class Planner:
         outside[self.saves.entry_storage[~mask[self.saves.entry_unit]]] = True
         return int(self.saves.sizes[self.saved_storages & ~outside].sum())
 
-    def saved(self, chosen: list[int]) -> int:
+    def _state(self, chosen: list[int]) -> tuple[np.ndarray, np.ndarray, list[Shrink]]:
+        """(units covered by chosen regions, entries still saved, chosen saving ops outside the regions)."""
         covered = np.zeros(self.masks.shape[1], dtype=bool)
         for i in chosen:
             covered |= self.masks[i]
+        active = ~covered[self.saves.entry_unit]
+        ops = []
+        for i in chosen:
+            shrink = self.shrinks[i]
+            if shrink is not None:
+                active[shrink.entries] = False
+                if not covered[shrink.unit]:
+                    ops.append(shrink)
+        return covered, active, ops
+
+    def saved(self, chosen: list[int]) -> int:
+        _, active, ops = self._state(chosen)
         kept = np.zeros(len(self.saves.sizes), dtype=bool)
-        kept[self.saves.entry_storage[~covered[self.saves.entry_unit]]] = True
+        kept[self.saves.entry_storage[active]] = True
         for i in chosen:
             kept[self.inputs[i]] = True
-        sizes = self.saves.sizes
-        shrinks = [self.shrinks[i] for i in chosen if self.shrinks[i] is not None]
-        if shrinks:
-            sizes = sizes.copy()
-            for storages, smaller in shrinks:
-                sizes[storages] = smaller
-        return int(sizes[kept].sum())
+        return int(self.saves.sizes[kept].sum()) + sum(op.added for op in ops)
 
     def _merge(self, chosen: list[int], i: int) -> list[int] | None:
         """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly."""
@@ -120,47 +137,44 @@ class Planner:
                 return chosen, saved
             limit *= 2
 
-    def peak(self, chosen: list[int], grad: int) -> int:
-        """Predicted peak of a step: the kept bytes at the forward's end, or, recomputing a region in backward,
-        what is still kept from before it plus its recomputation plus ``grad`` (gradient buffers)."""
-        covered = np.zeros(self.masks.shape[1], dtype=bool)
+    def peak(self, chosen: list[int], grad: int, in_flight: int) -> int:
+        """Predicted peak of a step: the kept bytes at the forward's end plus ``in_flight`` (an activation's
+        gradient), or, recomputing a region in backward, what is still kept from before it plus its
+        recomputation plus ``grad`` (parameter gradients and ``in_flight``)."""
+        _, active, ops = self._state(chosen)
+        never = np.iinfo(np.int64).max
+        first = np.full(len(self.saves.sizes), never)
+        np.minimum.at(first, self.saves.entry_storage[active], self.saves.entry_unit[active])
+        spans = []
         for i in chosen:
-            covered |= self.masks[i]
-        first = np.full(len(self.saves.sizes), np.iinfo(np.int64).max)
-        outside = ~covered[self.saves.entry_unit]
-        np.minimum.at(first, self.saves.entry_storage[outside], self.saves.entry_unit[outside])
-        sizes = self.saves.sizes.copy()
-        for i in chosen:
-            start = int(np.argmax(self.masks[i])) if self.masks[i].any() else None
-            if start is not None:
-                first[self.inputs[i]] = np.minimum(first[self.inputs[i]], start)
-            if self.shrinks[i] is not None:
-                storages, smaller = self.shrinks[i]
-                sizes[storages] = smaller
-        found = int(sizes[first < np.iinfo(np.int64).max].sum())
-        for i in chosen:
-            if self.masks[i].any():
-                stop = int(np.flatnonzero(self.masks[i])[-1]) + 1
-                found = max(found, int(sizes[first < stop].sum()) + int(self.transient[i]) + grad)
+            units = np.flatnonzero(self.masks[i])
+            if len(units):
+                first[self.inputs[i]] = np.minimum(first[self.inputs[i]], units[0])
+                spans.append((i, int(units[-1]) + 1))
+        sizes = self.saves.sizes
+        found = int(sizes[first < never].sum()) + sum(op.added for op in ops) + in_flight
+        for i, stop in spans:
+            before = int(sizes[first < stop].sum()) + sum(op.added for op in ops if op.unit < stop)
+            found = max(found, before + int(self.transient[i]) + grad + in_flight)
         return found
 
-    def choose_peak(self, peak: int, grad: int) -> tuple[list[int], int] | None:
+    def choose_peak(self, peak: int, grad: int, in_flight: int) -> tuple[list[int], int] | None:
         """The cheapest plan found whose predicted peak (``peak()``) fits: tries limits on one region's
         recomputation, each with the kept budget that leaves room for it; None if none fits."""
         best: tuple[float, list[int], int] | None = None
         for limit in self._limits(peak):
-            for budget in {peak - limit - grad, peak - limit}:
+            for budget in {peak - limit - grad - in_flight, peak - limit - in_flight}:
                 chosen, saved = self._choose(budget, limit)
-                if self.peak(chosen, grad) > peak:
+                if self.peak(chosen, grad, in_flight) > peak:
                     continue
                 cost = float(self.cost[chosen].sum())
                 if best is None or cost < best[0]:
                     best = (cost, chosen, saved)
         return None if best is None else (best[1], best[2])
 
-    def smallest_peak(self, grad: int) -> int:
+    def smallest_peak(self, grad: int, in_flight: int) -> int:
         """The least predicted peak any limit on one region's recomputation gives (``choose_peak``'s floor)."""
-        return min(self.peak(self._choose(0, limit)[0], grad) for limit in self._limits(self.plain + 1))
+        return min(self.peak(self._choose(0, limit)[0], grad, in_flight) for limit in self._limits(self.plain + 1))
 
     def _limits(self, below: int, count: int = 16) -> list[int]:
         """Up to ``count`` limits on one region's recomputation, spread geometrically over the regions' values."""
