@@ -111,9 +111,9 @@ def test_without_the_statistics_guard_batchnorm_would_update_twice(monkeypatch: 
     """The guard is what keeps the statistics equal: with a no-op recompute context they drift."""
     import contextlib
 
-    from branchgraph.memory import checkpoint as ckpt
+    from branchgraph.memory import graph_runtime
 
-    monkeypatch.setattr(ckpt, "_contexts", lambda modules: (contextlib.nullcontext(), contextlib.nullcontext()))
+    monkeypatch.setattr(graph_runtime, "_recompute", lambda modules: contextlib.nullcontext())
     model = bg.create_model("googlenet-fmnist").double().train()
     x = _example("googlenet-fmnist", 3).double()
     planned, _ = plan(model, x, 0.25)

@@ -279,7 +279,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = create_model(args.model)
     example = torch.randn(args.batch, *size)
-    planned, p = plan(model, example, args.budget, cost=args.cost)
+    planned, p = plan(model, example, args.budget, peak=args.peak, cost=args.cost,
+                      saving_ops=not args.no_saving_ops)
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
     text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
     if args.measure or args.rounds:
@@ -287,6 +288,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
         results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
         data["measured"] = [r.to_dict(results[0]) for r in results]
         text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)
+        text += (f"\npeak: predicted {p.predicted_peak_bytes / 2**20:.1f} MiB, measured "
+                 f"{results[1].peak_bytes / 2**20:.1f} MiB")
     _emit(args, data, text)
     return 0
 
@@ -415,8 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
     p.add_argument("model", help="registry model name")
-    p.add_argument("--budget", required=True,
-                   help="fraction of the plain model's saved activations (0.1) or a size (300MiB)")
+    limit = p.add_mutually_exclusive_group(required=True)
+    limit.add_argument("--budget", help="bound the activations kept for backward: a fraction of the plain "
+                       "model's (0.1) or a size (300MiB)")
+    limit.add_argument("--peak", help="bound the step's predicted peak instead: a fraction of the plain step's "
+                       "(0.35) or a size (300MiB)")
+    p.add_argument("--no-saving-ops", action="store_true", help="do not let max pools keep 1-byte offsets and "
+                   "lone ReLUs 1-byte masks (exact; chosen only where they beat recomputation)")
     _add_input_flags(p, batch=32, batch_help="training batch size the plan is for")
     p.add_argument("--cost", choices=("time", "macs"), default="time",
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")

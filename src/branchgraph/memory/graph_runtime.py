@@ -43,9 +43,10 @@ def _recompute(modules: list[nn.Module]) -> Iterator[None]:
 
 
 def batch_norm_once(x: torch.Tensor, running_mean: Any, running_var: Any, *args: Any, **kwargs: Any) -> Any:
-    """``F.batch_norm`` that leaves the running statistics alone while recomputing (same output in training)."""
+    """``F.batch_norm`` that updates copies of the running statistics while recomputing (the same operator
+    saves the same tensors, and the real statistics change once)."""
     if _recomputing():
-        running_mean = running_var = None
+        running_mean, running_var = (None if t is None else t.clone() for t in (running_mean, running_var))
     return F.batch_norm(x, running_mean, running_var, *args, **kwargs)
 
 
