@@ -1,22 +1,25 @@
-"""Budgeted checkpointing of googlenet-d2l against plain training and uniform checkpoint_sequential.
+"""Budgeted checkpointing against plain training, uniform checkpoint_sequential and torch.compile's
+activation_memory_budget, all measured in one process (memory per variant, SGD step times interleaved).
 
-Measures, for budgets 1.0/0.5/0.25/0.1 and for checkpoint_sequential with 2..6 segments: the bytes the forward
-keeps for backward, the step's peak, and the median SGD step time (all variants interleaved in this process).
-Run: python benchmarks/bench_memory.py [--batch 128] [--size 96] [--rounds 5] [--json out.json]
+For each budget (kept bytes) and each peak budget: the bytes the forward keeps for backward, the step's measured
+peak (sampled after every operator) against the planner's prediction, and the median step time.
+Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
+     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--compile 0.1] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
+from branchgraph.hardware import describe_text
 from branchgraph.memory import compare_variants, plan, table
 from branchgraph.models import create_model
+from foreign_nets import InceptionV3Like  # benchmarks/, the script's folder, is on sys.path
 
 
 class UniformCheckpoint(nn.Module):
@@ -32,40 +35,68 @@ class UniformCheckpoint(nn.Module):
         return checkpoint_sequential(self.model, self.segments, x, use_reentrant=False)
 
 
+class Compiled(nn.Module):
+    """torch.compile of the model with inductor's min-cut recomputation held to ``budget`` of the activations."""
+
+    def __init__(self, model: nn.Module, budget: float) -> None:
+        super().__init__()
+        self.model, self.budget = model, budget
+        self.compiled = torch.compile(model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._functorch.config as functorch_config
+
+        with functorch_config.patch(activation_memory_budget=self.budget):
+            return self.compiled(x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="googlenet-d2l")
+    parser.add_argument("--model", default="googlenet-d2l", help="a registry name or inception-v3-like")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.5, 0.25, 0.1])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--budgets", type=float, nargs="*", default=[0.5, 0.25, 0.1])
+    parser.add_argument("--peaks", type=float, nargs="*", default=[0.4])
+    parser.add_argument("--compile", type=float, nargs="*", default=[], help="activation_memory_budget values")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = create_model(args.model)
+    torch.manual_seed(args.seed)
+    if args.model == "inception-v3-like":
+        model: nn.Module = InceptionV3Like(in_chans=1)
+    else:
+        model = create_model(args.model)
     x = torch.randn(args.batch, 1, args.size, args.size)
     y = torch.randint(0, 10, (args.batch,))
+    if args.channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     variants: dict[str, nn.Module] = {"plain": model}
     plans = {}
-    for budget in args.budgets:
-        planned, p = plan(model, x, budget)
-        variants[f"plan {budget:g}"] = planned
-        plans[budget] = p
-        print(p.to_text(), flush=True)
-    children = len(list(model.children()))
-    for segments in range(2, children + 1):
-        variants[f"checkpoint_sequential {segments}"] = UniformCheckpoint(model, segments)
+    for key, value in [*(("budget", b) for b in args.budgets), *(("peak", p) for p in args.peaks)]:
+        name = f"plan {key} {value:g}"
+        planned, p = plan(model, x, **{key: value})
+        variants[name], plans[name] = planned, p
+        print(f"{name}: {p.to_text()}", flush=True)
+    if isinstance(model, nn.Sequential):
+        for segments in (2, 4, len(model)):
+            variants[f"checkpoint_sequential {segments}"] = UniformCheckpoint(model, segments)
+    for budget in args.compile:
+        variants[f"compile budget {budget:g}"] = Compiled(model, budget)
     results = compare_variants(variants, x, y, rounds=args.rounds)
-    print(f"\n{args.model}, batch {args.batch}, {args.size}x{args.size}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} interleaved rounds ({platform.processor() or platform.machine()})")
+    layout = "channels_last" if args.channels_last else "NCHW"
+    print(f"\n{args.model}, batch {args.batch}, {args.size}x{args.size}, {layout}, {args.rounds} interleaved rounds; "
+          f"{describe_text()}")
     print(table(results))
-    for budget, p in plans.items():
-        measured = next(r for r in results if r.name == f"plan {budget:g}")
-        print(f"plan {budget:g}: predicted kept {p.saved_bytes / 2**20:.1f} MiB, measured "
-              f"{measured.forward_bytes / 2**20:.1f} MiB")
+    for name, p in plans.items():
+        measured = next(r for r in results if r.name == name)
+        print(f"{name}: kept predicted {p.saved_bytes / 2**20:.1f} MiB, measured {measured.forward_bytes / 2**20:.1f} "
+              f"MiB; peak predicted {p.predicted_peak_bytes / 2**20:.1f} MiB, measured "
+              f"{measured.peak_bytes / 2**20:.1f} MiB")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"plans": {str(b): p.to_dict() for b, p in plans.items()},
+            json.dump({"plans": {n: p.to_dict() for n, p in plans.items()},
                        "results": [r.to_dict(results[0]) for r in results]}, fh, indent=2)
 
 

@@ -47,7 +47,7 @@ def test_plan_respects_its_budget_on_every_model(name: str) -> None:
     x = _example(name, 1 if name == "vgg16" else 2)
     planned, p = plan(model, x, 0.5)
     assert p.saved_bytes <= p.budget_bytes == int(0.5 * p.plain_saved_bytes)
-    assert p.regions, "a budget of half the activations needs at least one checkpointed region"
+    assert p.regions or p.saving_ops, "a budget of half the activations needs a region or a saving op"
     if name in REPEATS:
         return  # its layers are another model's, measured below under that model's name
     plain, measured = step_memory(model, x).forward_bytes, step_memory(planned, x).forward_bytes

@@ -8,12 +8,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from benchmarks.foreign_nets import InceptionV3Like
 from torch import fx, nn
 
-from benchmarks.foreign_nets import InceptionV3Like
 from branchgraph.errors import ConfigError
-from branchgraph.memory import plan, remove_plan, step_memory
-from branchgraph.memory import graph_regions
+from branchgraph.memory import graph_regions, plan, remove_plan, step_memory
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
 from tests.conftest import run_cli
 
