@@ -140,7 +140,8 @@ def test_branch_stats_leave_no_hooks_and_undo_the_loss_scale() -> None:
 
 
 def test_branch_stats_through_reversible_and_checkpointed_blocks() -> None:
-    """Blocks whose forward is recomputed in backward (reversible couplings; a memory plan) are recorded too."""
+    """Blocks whose forward is recomputed in backward (reversible couplings) are recorded too, and so are the
+    blocks of a model under a memory plan (while the recording hooks are armed it runs its own forward)."""
     from branchgraph.memory import plan
 
     torch.manual_seed(0)

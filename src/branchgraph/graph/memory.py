@@ -168,6 +168,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
         sample()
         return tensor
 
+    pre_hook.observer = post_hook.observer = True  # type: ignore[attr-defined]  # a planned model keeps its plan
     handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
     handles += [m.register_forward_hook(post_hook) for m in model.modules()]
     model.train()

@@ -143,12 +143,26 @@ def build_program(gm: fx.GraphModule, ranges: list[tuple[int, int]], saving: lis
 _CLASSES: dict[type, type] = {}
 
 
+def _container_hooks(root: nn.Module) -> bool:
+    """Whether a container module below ``root`` has hooks, other than observers (hooks marked
+    ``observer = True``, such as the memory recorder's, which only watch and may miss inlined calls)."""
+    for m in root.modules():
+        if m is root or next(m.children(), None) is None:
+            continue
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values(), *m._backward_hooks.values(),
+                 *m._backward_pre_hooks.values()]
+        if any(not getattr(h, "observer", False) for h in hooks):
+            return True
+    return False
+
+
 class _Planned(nn.Module):
     """Mixed in before a model's class: a training forward that records autograd runs the planned graph program
-    in ``_bg_program`` (traced in training mode); any other forward is the model's own."""
+    in ``_bg_program`` (traced in training mode); any other forward is the model's own, and so is one while a
+    container module (which the traced graph inlines) has hooks, so that those hooks fire."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not (self.training and torch.is_grad_enabled()):
+        if not (self.training and torch.is_grad_enabled()) or _container_hooks(self):
             return super().forward(*args, **kwargs)
         return self.__dict__["_bg_program"].forward(self, self, *args, **kwargs)
 
