@@ -1,10 +1,10 @@
-"""Budgeted checkpointing against plain training, uniform checkpoint_sequential and torch.compile's
-activation_memory_budget, all measured in one process (memory per variant, SGD step times interleaved).
+"""Budgeted checkpointing against plain training and uniform checkpoint_sequential, all measured in one process
+(memory per variant, SGD step times interleaved).
 
 For each budget (kept bytes) and each peak budget: the bytes the forward keeps for backward, the step's measured
 peak (sampled after every operator) against the planner's prediction, and the median step time.
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
-     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--compile 0.1] [--json out.json]
+     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,21 +35,6 @@ class UniformCheckpoint(nn.Module):
         return checkpoint_sequential(self.model, self.segments, x, use_reentrant=False)
 
 
-class Compiled(nn.Module):
-    """torch.compile of the model with inductor's min-cut recomputation held to ``budget`` of the activations."""
-
-    def __init__(self, model: nn.Module, budget: float) -> None:
-        super().__init__()
-        self.model, self.budget = model, budget
-        self.compiled = torch.compile(model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._functorch.config as functorch_config
-
-        with functorch_config.patch(activation_memory_budget=self.budget):
-            return self.compiled(x)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="googlenet-d2l", help="a registry name or inception-v3-like")
@@ -59,7 +44,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budgets", type=float, nargs="*", default=[0.5, 0.25, 0.1])
     parser.add_argument("--peaks", type=float, nargs="*", default=[0.4])
-    parser.add_argument("--compile", type=float, nargs="*", default=[], help="activation_memory_budget values")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -82,8 +66,6 @@ def main() -> None:
     if isinstance(model, nn.Sequential):
         for segments in (2, 4, len(model)):
             variants[f"checkpoint_sequential {segments}"] = UniformCheckpoint(model, segments)
-    for budget in args.compile:
-        variants[f"compile budget {budget:g}"] = Compiled(model, budget)
     results = compare_variants(variants, x, y, rounds=args.rounds)
     layout = "channels_last" if args.channels_last else "NCHW"
     print(f"\n{args.model}, batch {args.batch}, {args.size}x{args.size}, {layout}, {args.rounds} interleaved rounds; "
