@@ -158,11 +158,11 @@ def plan(
     plain = problem.saves.total()
     grad = _grad_bytes(model)
     in_flight = int(problem.saves.sizes.max()) if len(problem.saves.sizes) else 0
-    plain_peak = Planner(problem.saves, problem.masks[:0], [], problem.seconds[:0]).peak([], grad, in_flight)
-    scale = plain if peak is None else plain_peak
-    wanted_bytes = int(wanted * scale) if isinstance(wanted, float) else int(wanted)
     planner = Planner(problem.saves, problem.masks, problem.inputs,
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks)
+    plain_peak = planner.peak([], grad, in_flight)
+    scale = plain if peak is None else plain_peak
+    wanted_bytes = int(wanted * scale) if isinstance(wanted, float) else int(wanted)
     if wanted_bytes >= scale:
         chosen, saved = [], planner.plain
     elif peak is None:

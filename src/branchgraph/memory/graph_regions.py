@@ -8,6 +8,7 @@ a BatchNorm+ReLU before a convolution): a range's inputs are the values defined 
 
 from __future__ import annotations
 
+import functools
 import operator
 import time
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ class GraphProfile:
     widths: list[int]  # per unit: its first tensor input's last dimension
     in_bytes: list[int]  # per unit: bytes of its first tensor input
 
-    @property
+    @functools.cached_property
     def saving(self) -> np.ndarray:
         """Per unit: whether it saved any storage for backward."""
         found = np.zeros(len(self.names), dtype=bool)
@@ -209,9 +210,9 @@ def candidate_ranges(prof: GraphProfile) -> list[Range]:
     ends = [*cuts[1:], len(prof.names) - 1] if cuts else []
     spans = [(a, b) for i, a in enumerate(cuts) for b in ends[i:i + MAX_SPAN]]
     for a, b in [*spans, (-1, len(prof.names) - 1)]:
-            inputs = _inputs(prof, a + 1, b + 1)
-            if inputs is not None and saves_any[a + 1:b + 1].any():
-                found[a + 1, b + 1] = Range(a + 1, b + 1, inputs)
+        inputs = _inputs(prof, a + 1, b + 1)
+        if inputs is not None and saves_any[a + 1:b + 1].any():
+            found[a + 1, b + 1] = Range(a + 1, b + 1, inputs)
     for start in range(len(prof.names)):
         for stop in range(start + 1, min(start + SHORT, len(prof.names)) + 1):
             if (start, stop) in found or not saves_any[start:stop].any():
@@ -267,13 +268,17 @@ class SavingOption:
 def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, float]) -> list[SavingOption]:
     """Where an exact saving op shrinks what is kept: each max pool's int64 indices (to 1-2 byte offsets), and
     each ReLU output no other unit keeps (to a 1-byte mask); priced by ``rates`` (seconds per input byte)."""
-    only: dict[int, list[int]] = {}
+    savers: dict[int, list[int]] = {}
     for s, k in zip(prof.saves.entry_storage.tolist(), prof.saves.entry_unit.tolist(), strict=True):
-        only.setdefault(s, []).append(k)
+        savers.setdefault(s, []).append(k)
+    alone: dict[int, list[int]] = {}  # unit -> the storages it alone saved
+    for s, units in savers.items():
+        if len(units) == 1:
+            alone.setdefault(units[0], []).append(s)
     found = []
     for k, node in enumerate(units_of(gm)):
         kind = saving_ops.kind(gm, node)
-        mine = [s for s, savers in only.items() if savers == [k]]
+        mine = alone.get(k, [])
         if kind == "relu":
             mine = [s for s in mine if not prof.integer[s] and s in prof.out_storages[k]]
             sizes = [prof.saves.sizes[s] // prof.element[s] for s in mine]
