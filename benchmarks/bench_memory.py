@@ -4,7 +4,7 @@
 For each budget (kept bytes) and each peak budget: the bytes the forward keeps for backward, the step's measured
 peak (sampled after every operator) against the planner's prediction, and the median step time.
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
-     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--json out.json]
+     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budgets", type=float, nargs="*", default=[0.5, 0.25, 0.1])
     parser.add_argument("--peaks", type=float, nargs="*", default=[0.4])
+    parser.add_argument("--both", nargs="*", default=[], metavar="KEPT:PEAK",
+                        help="plans under a kept budget and a peak budget at once, e.g. 0.1:0.4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -58,9 +60,13 @@ def main() -> None:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     variants: dict[str, nn.Module] = {"plain": model}
     plans = {}
-    for key, value in [*(("budget", b) for b in args.budgets), *(("peak", p) for p in args.peaks)]:
-        name = f"plan {key} {value:g}"
-        planned, p = plan(model, x, **{key: value})
+    limits: list[dict[str, float]] = [*({"budget": b} for b in args.budgets), *({"peak": p} for p in args.peaks)]
+    for pair in args.both:
+        kept, peak = pair.split(":")
+        limits.append({"budget": float(kept), "peak": float(peak)})
+    for limit in limits:
+        name = "plan " + " ".join(f"{key} {value:g}" for key, value in limit.items())
+        planned, p = plan(model, x, **limit)
         variants[name], plans[name] = planned, p
         print(f"{name}: {p.to_text()}", flush=True)
     if isinstance(model, nn.Sequential):

@@ -274,6 +274,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from branchgraph.memory import compare_variants, plan, table
     from branchgraph.models import create_model, model_info
 
+    if args.budget is None and args.peak is None:
+        raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
     info = model_info(args.model)
     size = parse_input_size(args.input) if args.input else info.input_size
     torch.manual_seed(args.seed)
@@ -418,11 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
     p.add_argument("model", help="registry model name")
-    limit = p.add_mutually_exclusive_group(required=True)
-    limit.add_argument("--budget", help="bound the activations kept for backward: a fraction of the plain "
-                       "model's (0.1) or a size (300MiB)")
-    limit.add_argument("--peak", help="bound the step's predicted peak instead: a fraction of the plain step's "
-                       "(0.35) or a size (300MiB)")
+    p.add_argument("--budget", help="bound the activations kept for backward: a fraction of the plain "
+                   "model's (0.1) or a size (300MiB)")
+    p.add_argument("--peak", help="bound the step's predicted peak (alone or with --budget): a fraction of the "
+                   "plain step's (0.35) or a size (300MiB)")
     p.add_argument("--no-saving-ops", action="store_true", help="do not let max pools keep 1-byte offsets and "
                    "lone ReLUs 1-byte masks (exact; chosen only where they beat recomputation)")
     _add_input_flags(p, batch=32, batch_help="training batch size the plan is for")

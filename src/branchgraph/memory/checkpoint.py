@@ -43,7 +43,7 @@ class CheckpointPlan:
     largest activation's gradient)."""
 
     input_shape: list[int]
-    budget_bytes: int
+    budget_bytes: int | None  # the kept-bytes budget (None: only a peak budget was given)
     plain_saved_bytes: int
     saved_bytes: int
     forward_macs: int
@@ -73,8 +73,8 @@ class CheckpointPlan:
 
     def to_text(self) -> str:
         d = self.to_dict()
-        budget = (f"budget {self.budget_bytes / MIB:.1f} MiB kept" if self.peak_budget_bytes is None
-                  else f"budget {self.peak_budget_bytes / MIB:.1f} MiB peak")
+        budget = "budget " + ", ".join(f"{value / MIB:.1f} MiB {what}" for value, what in (
+            (self.budget_bytes, "kept"), (self.peak_budget_bytes, "peak")) if value is not None)
         lines = [
             f"input {self.input_shape}: plain saves {self.plain_saved_bytes / MIB:.1f} MiB for backward; {budget}",
             f"plan: {len(self.saving_ops)} saving ops, {len(self.regions)} checkpointed regions; predicted saved "
@@ -112,6 +112,11 @@ def checkpoint_overhead(repeats: int = 30) -> float:
     return max(0.0, statistics.median(times[checkpointed]) - statistics.median(times[plain]))
 
 
+def _bytes(budget: float | int, scale: int) -> int:
+    """A parsed budget in bytes: a fraction of ``scale``, or bytes."""
+    return int(budget * scale) if isinstance(budget, float) else int(budget)
+
+
 def _grad_bytes(model: nn.Module) -> int:
     """The parameters' gradient buffers."""
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -134,16 +139,15 @@ def plan(
 ) -> tuple[nn.Module, CheckpointPlan]:
     """Plan checkpointing of ``model`` (trained on batches shaped like ``example``) with the least recomputation
     (measured forward time, ``cost="time"``, or MACs, ``cost="macs"``) so that the activations saved for backward
-    fit ``budget``, or the step's predicted peak fits ``peak`` (each a fraction of the plain model's, or bytes).
+    fit ``budget``, and/or the step's predicted peak fits ``peak`` (each a fraction of the plain model's, or bytes).
 
     ``saving_ops`` (exact, on by default) lets max pools and lone ReLUs keep smaller tensors for backward.
     Returns the model set up to train with the plan (a copy unless ``inplace``) and the plan. A peak below what
     any plan reaches raises ConfigError naming the smallest achievable one."""
     if cost not in COSTS:
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
-    if (budget is None) == (peak is None):
-        raise ConfigError("give a checkpoint plan either a budget of kept bytes or a peak budget, not both/neither")
-    wanted = parse_budget(budget if peak is None else peak)
+    if budget is None and peak is None:
+        raise ConfigError("give a checkpoint plan a budget of kept bytes, a peak budget, or both")
     net = copy.deepcopy(model)
     note = None
     with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
@@ -159,35 +163,36 @@ def plan(
     grad = _grad_bytes(model)
     in_flight = int(problem.saves.sizes.max()) if len(problem.saves.sizes) else 0
     planner = Planner(problem.saves, problem.masks, problem.inputs,
-                      problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks)
+                      problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
+                      problem.inner)
     plain_peak = planner.peak([], grad, in_flight)
-    scale = plain if peak is None else plain_peak
-    wanted_bytes = int(wanted * scale) if isinstance(wanted, float) else int(wanted)
-    if wanted_bytes >= scale:
-        chosen, saved = [], planner.plain
-    elif peak is None:
-        chosen, saved = planner.choose(wanted_bytes)
+    kept_bytes = None if budget is None else _bytes(parse_budget(budget), plain)
+    peak_bytes = None if peak is None else _bytes(parse_budget(peak), plain_peak)
+    if peak_bytes is None or peak_bytes >= plain_peak:
+        chosen, saved = ([], plain) if kept_bytes is None or kept_bytes >= plain else planner.choose(kept_bytes)
     else:
-        found_peak = planner.choose_peak(wanted_bytes, grad, in_flight)
+        found_peak = planner.choose_peak(peak_bytes, grad, in_flight, kept_bytes)
         if found_peak is None:
             least = planner.smallest_peak(grad, in_flight)
+            also = "" if kept_bytes is None else f" with at most {kept_bytes / MIB:.1f} MiB kept"
             raise ConfigError(
-                f"peak budget {wanted_bytes / MIB:.1f} MiB cannot be met at input {list(example.shape)}: the "
-                f"smallest predicted peak is {least / MIB:.1f} MiB ({least / scale:.1%} of plain); ask for at "
-                "least that, or a smaller batch")
+                f"peak budget {peak_bytes / MIB:.1f} MiB{also} cannot be met at input {list(example.shape)}: the "
+                f"smallest predicted peak is {least / MIB:.1f} MiB ({least / plain_peak:.1%} of plain); ask for "
+                "at least that, or a smaller batch")
         chosen, saved = found_peak
     chosen = sorted(chosen, key=lambda i: (problem.regions[i].start or 0, i))
     ranges = [i for i in chosen if problem.regions[i].kind != "saving"]
     saving = [problem.regions[i] for i in chosen if problem.regions[i].kind == "saving"]
+    ops = [op for op in (planner.shrinks[j] for i in chosen for j in [i, *planner.inner[i]]) if op is not None]
     result = CheckpointPlan(
-        list(example.shape), wanted_bytes if peak is None else saved, plain, saved,
+        list(example.shape), kept_bytes, plain, saved,
         problem.forward_macs, int(problem.macs[chosen].sum()), problem.forward_seconds,
         float(problem.seconds[chosen].sum()), checkpoint_overhead(),
         int(planner.transient[chosen].max()) if chosen else 0, planner.peak(chosen, grad, in_flight), plain_peak,
         [problem.regions[i] for i in ranges],
-        "modules" if found is None else "graph", sorted(int(r.start or 0) for r in saving),
+        "modules" if found is None else "graph", sorted({k for op in ops for k in op.added}),
         [f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)], grad,
-        None if peak is None else wanted_bytes, note)
+        peak_bytes, note)
     target = model if inplace else copy.deepcopy(model)
     return apply_plan(target, result), result
 

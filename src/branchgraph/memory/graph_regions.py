@@ -256,39 +256,50 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
 
 @dataclass
 class SavingOption:
-    """Unit ``unit`` replaced by its saving op: it keeps ``added`` bytes instead of ``storages``, at ``seconds``."""
+    """Units replaced by their saving ops (``added``: unit -> bytes it keeps instead): the (unit, storage) saves
+    ``pairs`` are no longer made, at ``seconds``. ``unit`` is the first replaced unit, ``kind`` what it is."""
 
     unit: int
     kind: str
-    storages: list[int]
-    added: int
+    pairs: list[tuple[int, int]]
+    added: dict[int, int]
     seconds: float
 
 
 def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, float]) -> list[SavingOption]:
-    """Where an exact saving op shrinks what is kept: each max pool's int64 indices (to 1-2 byte offsets), and
-    each ReLU output no other unit keeps (to a 1-byte mask); priced by ``rates`` (seconds per input byte)."""
+    """Where exact saving ops shrink what is kept: each max pool keeps 1-2 byte offsets instead of its int64
+    indices and its input; each ReLU whose output only it (and max pools, replaced with it) keeps, a 1-byte
+    mask. Priced by ``rates`` (seconds per input byte)."""
+    nodes = units_of(gm)
+    kinds = [saving_ops.kind(gm, node) for node in nodes]
     savers: dict[int, list[int]] = {}
     for s, k in zip(prof.saves.entry_storage.tolist(), prof.saves.entry_unit.tolist(), strict=True):
         savers.setdefault(s, []).append(k)
-    alone: dict[int, list[int]] = {}  # unit -> the storages it alone saved
-    for s, units in savers.items():
-        if len(units) == 1:
-            alone.setdefault(units[0], []).append(s)
-    found = []
-    for k, node in enumerate(units_of(gm)):
-        kind = saving_ops.kind(gm, node)
-        mine = alone.get(k, [])
-        if kind == "relu":
-            mine = [s for s in mine if not prof.integer[s] and s in prof.out_storages[k]]
-            sizes = [prof.saves.sizes[s] // prof.element[s] for s in mine]
-        elif kind == "max_pool":
-            mine = [s for s in mine if prof.integer[s]]
-            shrink = 8 // saving_ops.offset_bytes(gm, node, prof.widths[k])
-            sizes = [prof.saves.sizes[s] // shrink for s in mine]
-        if kind is None or not mine:
+    pools: dict[int, SavingOption] = {}
+    for k, node in enumerate(nodes):
+        if kinds[k] != "max_pool":
             continue
-        found.append(SavingOption(k, kind, mine, int(sum(sizes)), rates[kind] * prof.in_bytes[k]))
+        mine = [s for s in savers if k in savers[s]]
+        offsets = sum(int(prof.saves.sizes[s]) for s in mine if prof.integer[s])
+        added = offsets // (8 // saving_ops.offset_bytes(gm, node, prof.widths[k]))
+        if mine:
+            pools[k] = SavingOption(k, "max_pool", [(k, s) for s in mine], {k: added},
+                                    rates["max_pool"] * prof.in_bytes[k])
+    found = list(pools.values())
+    for k in range(len(nodes)):
+        if kinds[k] != "relu":
+            continue
+        mine = [s for s in prof.out_storages[k] if k in savers.get(s, []) and not prof.integer[s]
+                and all(j == k or j in pools for j in savers[s])]
+        if not mine:
+            continue
+        partners = sorted({j for s in mine for j in savers[s] if j != k})
+        pairs = [(k, s) for s in mine] + [pair for j in partners for pair in pools[j].pairs]
+        added = {k: sum(int(prof.saves.sizes[s] // prof.element[s]) for s in mine)}
+        for j in partners:
+            added.update(pools[j].added)
+        seconds = rates["relu"] * prof.in_bytes[k] + sum(pools[j].seconds for j in partners)
+        found.append(SavingOption(k, "+".join(["relu", *("max_pool" for _ in partners)]), pairs, added, seconds))
     return found
 
 
@@ -302,21 +313,31 @@ def apply_saving_ops(gm: fx.GraphModule, units: list[int]) -> fx.GraphModule:
 
 
 def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOption]) -> Problem:
-    """The planner's choice from a graph profile: candidate ranges (input storages, recompute time) and the
-    saving options (storages they shrink, their overhead)."""
-    ranges = candidate_ranges(prof)
-    masks = np.zeros((len(ranges) + len(options), len(prof.names)), dtype=bool)
+    """The planner's choice from a graph profile: candidate ranges (input storages, recompute time), each also
+    with the saving options inside it run in its recomputation (less to hold while recomputing, at their
+    overhead), and the saving options alone (storages they shrink, their overhead)."""
+    plain = candidate_ranges(prof)
+    inside = [[j for j, o in enumerate(options) if all(r.start <= k < r.stop for k in o.added)] for r in plain]
+    ranges = [*plain, *(r for r, ops in zip(plain, inside, strict=True) if ops)]
+    inside = [*([] for _ in plain), *(ops for ops in inside if ops)]  # the saving ops each range's variant runs
+    first = len(ranges)  # where the saving options' regions start
+    masks = np.zeros((first + len(options), len(prof.names)), dtype=bool)
     for i, r in enumerate(ranges):
         masks[i, r.start:r.stop] = True
     regions = [Region(prof.modules[r.start], "graph", r.start, r.stop, prof.names[r.start], prof.names[r.stop - 1])
                for r in ranges]
-    regions += [Region(prof.modules[o.unit], "saving", o.unit, o.unit + 1, prof.names[o.unit], o.kind)
-                for o in options]
-    seconds = np.array([range_seconds(prof, r) + overhead for r in ranges] + [o.seconds for o in options])
+    regions += [Region(prof.modules[o.unit], "saving", o.unit, o.unit + 1,
+                       "+".join(prof.names[k] for k in sorted(o.added)), o.kind) for o in options]
+    seconds = np.array([range_seconds(prof, r) + overhead + sum(options[j].seconds for j in ops)
+                        for r, ops in zip(ranges, inside, strict=True)] + [o.seconds for o in options])
     inputs = [range_storages(prof, r) for r in ranges] + [np.zeros(0, dtype=np.int64) for _ in options]
-    shrinks: list[Shrink | None] = [None] * len(ranges)
+    shrinks: list[Shrink | None] = [None] * first
+    entries_of: dict[tuple[int, int], list[int]] = {}
+    for e, (s, k) in enumerate(zip(prof.saves.entry_storage.tolist(), prof.saves.entry_unit.tolist(), strict=True)):
+        entries_of.setdefault((k, s), []).append(e)
     for o in options:
-        entries = np.flatnonzero((prof.saves.entry_unit == o.unit) & np.isin(prof.saves.entry_storage, o.storages))
-        shrinks.append(Shrink(o.unit, entries, o.added))
+        entries = sorted({e for pair in o.pairs for e in entries_of[pair]})
+        shrinks.append(Shrink(o.unit, np.array(entries, dtype=np.int64), o.added))
+    inner = [[first + j for j in ops] for ops in inside] + [[] for _ in options]
     return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
-                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks)
+                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner)

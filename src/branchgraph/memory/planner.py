@@ -50,12 +50,20 @@ class Saves:
 
 @dataclass
 class Shrink:
-    """A saving op at ``unit``: the (storage, unit) entries ``entries`` are no longer saved; ``added`` bytes
-    (its mask or offsets) are saved by the unit instead, unless a checkpointed region covers it."""
+    """Saving ops from ``unit`` on: the (storage, unit) entries ``entries`` are no longer saved; ``added`` (unit
+    -> bytes: masks, offsets) is saved instead, unless a checkpointed region covers ``unit``."""
 
     unit: int
     entries: np.ndarray
-    added: int
+    added: dict[int, int]
+
+
+def _added(ops: list[Shrink], before: int | None = None) -> int:
+    """Bytes the saving ops keep instead (a unit replaced by two options counted once), of units < ``before``."""
+    merged: dict[int, int] = {}
+    for op in ops:
+        merged.update(op.added)
+    return sum(v for k, v in merged.items() if before is None or k < before)
 
 
 @dataclass
@@ -72,25 +80,44 @@ class Problem:
     forward_seconds: float
     forward_macs: int
     shrinks: list[Shrink | None] | None = None  # per region: what its saving op keeps instead
+    inner: list[list[int]] | None = None  # per region: the saving ops (region indices) its recomputation runs
 
 
 class Planner:
     """Predicted saved bytes, recompute cost and transient bytes of sets of regions, from one profile."""
 
     def __init__(self, saves: Saves, masks: np.ndarray, inputs: list[np.ndarray], cost: np.ndarray,
-                 shrinks: list[Shrink | None] | None = None) -> None:
+                 shrinks: list[Shrink | None] | None = None, inner: list[list[int]] | None = None) -> None:
         self.saves, self.masks, self.inputs, self.cost = saves, masks, inputs, cost
         self.shrinks = shrinks or [None] * len(masks)
+        self.inner = inner or [[] for _ in masks]
         self.saved_storages = np.zeros(len(saves.sizes), dtype=bool)
         self.saved_storages[saves.entry_storage] = True
         self.plain = saves.total()
-        self.transient = np.array([self._inside_bytes(m) for m in masks], dtype=np.int64)
+        inside = [self._inside(m) for m in masks]
+        self.transient = np.array([self._recomputed_bytes(i, s) for i, s in enumerate(inside)], dtype=np.int64)
+        self.largest = np.array([max(saves.sizes[s].max(initial=0), saves.sizes[i].max(initial=0))
+                                 for s, i in zip(inside, inputs, strict=True)], dtype=np.int64)
 
-    def _inside_bytes(self, mask: np.ndarray) -> int:
-        """Bytes of storages saved only by units inside ``mask``: what recomputing it materialises again."""
+    def _recomputed_bytes(self, i: int, inside: np.ndarray) -> int:
+        """Bytes region i's recomputation saves: its ``inside`` storages, those its saving ops no longer save
+        replaced by what the ops keep."""
+        ops = [op for op in (self.shrinks[j] for j in self.inner[i]) if op is not None]
+        if not ops:
+            return int(self.saves.sizes[inside].sum())
+        still = np.ones(len(self.saves.entry_storage), dtype=bool)
+        for op in ops:
+            still[op.entries] = False
+        kept = np.zeros(len(self.saves.sizes), dtype=bool)
+        kept[self.saves.entry_storage[still]] = True
+        return int(self.saves.sizes[inside & kept].sum()) + _added(ops)
+
+    def _inside(self, mask: np.ndarray) -> np.ndarray:
+        """Storages saved only by units inside ``mask`` (bool per storage): what recomputing it materialises
+        again."""
         outside = np.zeros(len(self.saves.sizes), dtype=bool)
         outside[self.saves.entry_storage[~mask[self.saves.entry_unit]]] = True
-        return int(self.saves.sizes[self.saved_storages & ~outside].sum())
+        return self.saved_storages & ~outside
 
     def _state(self, chosen: list[int]) -> tuple[np.ndarray, np.ndarray, list[Shrink]]:
         """(units covered by chosen regions, entries still saved, chosen saving ops outside the regions)."""
@@ -113,7 +140,7 @@ class Planner:
         kept[self.saves.entry_storage[active]] = True
         for i in chosen:
             kept[self.inputs[i]] = True
-        return int(self.saves.sizes[kept].sum()) + sum(op.added for op in ops)
+        return int(self.saves.sizes[kept].sum()) + _added(ops)
 
     def _merge(self, chosen: list[int], i: int) -> list[int] | None:
         """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly."""
@@ -138,9 +165,10 @@ class Planner:
             limit *= 2
 
     def peak(self, chosen: list[int], grad: int, in_flight: int) -> int:
-        """Predicted peak of a step: the kept bytes at the forward's end plus ``in_flight`` (an activation's
-        gradient), or, recomputing a region in backward, what is still kept from before it plus its
-        recomputation plus ``grad`` (parameter gradients and ``in_flight``)."""
+        """Predicted peak of a step: the kept bytes at the forward's end plus ``in_flight`` (the largest
+        activation's gradient), or, recomputing a region in backward, what is still kept from before it plus its
+        recomputation plus ``grad`` (parameter gradients) plus two gradients the size of the region's largest
+        tensor (its output's and one inside it; at most ``in_flight`` each)."""
         _, active, ops = self._state(chosen)
         never = np.iinfo(np.int64).max
         first = np.full(len(self.saves.sizes), never)
@@ -152,20 +180,24 @@ class Planner:
                 first[self.inputs[i]] = np.minimum(first[self.inputs[i]], units[0])
                 spans.append((i, int(units[-1]) + 1))
         sizes = self.saves.sizes
-        found = int(sizes[first < never].sum()) + sum(op.added for op in ops) + in_flight
+        found = int(sizes[first < never].sum()) + _added(ops) + in_flight
         for i, stop in spans:
-            before = int(sizes[first < stop].sum()) + sum(op.added for op in ops if op.unit < stop)
-            found = max(found, before + int(self.transient[i]) + grad + in_flight)
+            before = int(sizes[first < stop].sum()) + _added(ops, stop)
+            gradients = 2 * min(int(self.largest[i]), in_flight)
+            found = max(found, before + int(self.transient[i]) + grad + gradients)
         return found
 
-    def choose_peak(self, peak: int, grad: int, in_flight: int) -> tuple[list[int], int] | None:
-        """The cheapest plan found whose predicted peak (``peak()``) fits: tries limits on one region's
-        recomputation, each with the kept budget that leaves room for it; None if none fits."""
+    def choose_peak(self, peak: int, grad: int, in_flight: int, kept: int | None = None
+                    ) -> tuple[list[int], int] | None:
+        """The cheapest plan found whose predicted peak (``peak()``) fits, and whose kept bytes fit ``kept`` if
+        given: tries limits on one region's recomputation, each with the kept budget that leaves room for it
+        (and with the least kept, which ``smallest_peak`` reports); None if none fits."""
         best: tuple[float, list[int], int] | None = None
+        cap = self.plain if kept is None else kept
         for limit in self._limits(peak):
-            for budget in {peak - limit - grad - in_flight, peak - limit - in_flight}:
+            for budget in {min(cap, peak - limit - grad - in_flight), min(cap, peak - limit - in_flight), 0}:
                 chosen, saved = self._choose(budget, limit)
-                if self.peak(chosen, grad, in_flight) > peak:
+                if saved > cap or self.peak(chosen, grad, in_flight) > peak:
                     continue
                 cost = float(self.cost[chosen].sum())
                 if best is None or cost < best[0]:

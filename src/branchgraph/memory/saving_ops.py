@@ -1,8 +1,9 @@
 """Exact, cheaper-to-keep versions of ops whose saved tensors are larger than their backward needs.
 
 ``masked_relu`` keeps a 1-byte mask instead of its float output (when nothing else keeps that output, e.g. a
-branch's last ReLU before a concatenation); ``compact_max_pool2d`` keeps each window's argmax as a 1- or 2-byte
-offset instead of aten's 8-byte flat index. Both give bit-identical outputs and gradients; both cost extra
+branch's last ReLU before a concatenation, or a ReLU before a compact max pool); ``compact_max_pool2d`` keeps
+each window's argmax as a 1- or 2-byte offset instead of aten's 8-byte flat index, and not its input (its
+backward needs only the input's shape). Both give bit-identical outputs and gradients; both cost extra
 elementwise passes, which the planner weighs (``extra_seconds``) against recomputation.
 """
 
@@ -51,17 +52,24 @@ class _CompactMaxPool(torch.autograd.Function):
                 dilation: list[int], ceil_mode: bool, dtype: torch.dtype) -> torch.Tensor:
         out, index = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding, dilation, ceil_mode)
         base = _window_bases(out, x.shape[-1], stride, padding)
-        ctx.save_for_backward(x, (index - base).to(dtype))  # (row in window) * width + column in window
+        ctx.save_for_backward((index - base).to(dtype))  # (row in window) * width + column in window
         ctx.args = (kernel, stride, padding, dilation, ceil_mode)
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        ctx.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, offset = ctx.saved_tensors
+        (offset,) = ctx.saved_tensors
         kernel, stride, padding, dilation, ceil_mode = ctx.args
-        index = torch.add(_window_bases(grad, x.shape[-1], stride, padding), offset)
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, kernel, stride, padding, dilation,
+        index = torch.add(_window_bases(grad, ctx.shape[-1], stride, padding), offset)
+        # aten's kernel reads only the input's shape: a zero-stride stand-in holds no memory
+        stand_in = torch.zeros((), dtype=ctx.dtype, device=grad.device).expand(ctx.shape)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, stand_in, kernel, stride, padding, dilation,
                                                                   ceil_mode, index)
+        if ctx.channels_last:
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         return grad_x, None, None, None, None, None, None
 
 
