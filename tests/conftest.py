@@ -56,12 +56,14 @@ def gzip_write(path: Path, raw: bytes) -> None:
         fh.write(raw)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m branchgraph.cli ARGS`` in a fresh process and capture its output."""
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m branchgraph.cli ARGS`` in a fresh process (in ``cwd``, default the repository) and
+    capture its output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "branchgraph.cli", *args], capture_output=True, text=True, timeout=timeout,
-        env=full_env, cwd=REPO,
+        env=full_env, cwd=cwd or REPO,
     )
 
 

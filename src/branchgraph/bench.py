@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from branchgraph.errors import ConfigError
 from branchgraph.graph import capture, measure
 from branchgraph.hardware import describe_text, matmul_peak
-from branchgraph.models import create_model, model_info
+from branchgraph.models.registry import resolve_model
 from branchgraph.passes import optimize, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
@@ -79,15 +80,15 @@ def step_gflop(model: nn.Module, example: torch.Tensor, mode: str) -> float:
 def bench(
     name: str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
     rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None, tune: bool = False,
-    seed: int = 0,
+    seed: int = 0, model_kwargs: dict[str, Any] | None = None,
 ) -> BenchResult:
-    """Time the variants of registry model ``name`` (``compile=False`` leaves out the compiled ones); ``tune``
-    adds the variant ``branchgraph.tune`` picks among precisions, layouts and {eager, ``passes``}."""
-    size = tuple(input_size or model_info(name).input_size)
+    """Time the variants of model ``name`` (registry name or spec; ``compile=False`` leaves out the compiled
+    ones); ``tune`` adds the variant ``branchgraph.tune`` picks among precisions, layouts and {eager, ``passes``}."""
     torch.manual_seed(seed)
-    model = create_model(name).train(mode == "train")
+    _, model, size, classes = resolve_model(name, input_size, model_kwargs)
+    model.train(mode == "train")
     x = torch.randn(batch, *size)
-    classes = model_info(name).num_classes or 1
+    classes = classes or 1
     y = torch.randint(0, classes, (batch,))
     names = resolve(passes, mode)
     optimised, report = optimize(model, x[:2], passes=names, mode=mode, verify=False)
@@ -146,15 +147,16 @@ class ParallelBenchResult:
 def bench_parallel(
     name: str, mode: str = "eval", batches: tuple[int, ...] = (1, 8, 32, 128),
     input_size: tuple[int, ...] | None = None, rounds: int = 10, warmup: int = 2, workers: int | None = None,
-    device: str = "cpu",
+    device: str = "cpu", model_kwargs: dict[str, Any] | None = None,
 ) -> ParallelBenchResult:
     """The captured model against the same graph after the ``parallel`` pass, interleaved, at each batch size."""
-    size = tuple(input_size or model_info(name).input_size)
     torch.manual_seed(0)
-    model = create_model(name).train(mode == "train").to(device)
-    classes = model_info(name).num_classes or 1
+    _, model, size, found = resolve_model(name, input_size, model_kwargs)
+    model.train(mode == "train").to(device)
+    classes = found or 1
     sequential = capture(model, torch.randn(1, *size, device=device)).graph_module
-    assert sequential is not None  # every registry model traces
+    if sequential is None:
+        raise ConfigError(f"torch.fx cannot trace {name}: the parallel pass needs a captured graph")
     nets = {"sequential": sequential.train(mode == "train"),
             "parallel": parallel(sequential, mode=mode, workers=workers).train(mode == "train")}
     medians = {}

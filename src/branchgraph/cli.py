@@ -67,7 +67,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
         info = model_info(name)
         params = sum(p.numel() for p in create_model(name).parameters())
-        rows.append({"name": name, "input_size": list(info.input_size), "num_classes": info.num_classes,
+        rows.append({"name": name, "input_size": list(info.input_size or ()), "num_classes": info.num_classes,
                      "params": params, "description": info.description})
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'model':<{width}}  {'input':>11}  {'classes':>7}  {'params':>12}  description"]
@@ -79,8 +79,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
+              "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
-    "model": dict(help="registry model name (see 'branchgraph models')"),
+    "model": dict(help=MODEL_HELP),
     "model_kwargs": dict(type=lambda t: _json_object(t, "--model-kwargs"),
                          help='JSON object of model options, e.g. \'{"width": 0.25}\''),
     "epochs": dict(type=_positive_int),
@@ -157,7 +159,7 @@ def _summary(args: argparse.Namespace, model: str) -> Any:
     from branchgraph.graph import parse_input_size, summary
 
     size = parse_input_size(args.input) if args.input else None
-    return summary(model, size, batch=args.batch)
+    return summary(model, size, batch=args.batch, model_kwargs=args.model_kwargs)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -188,6 +190,16 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
+    """(module, input size, classes or None) of the command's model, --input and --model-kwargs."""
+    from branchgraph.graph import parse_input_size
+    from branchgraph.models.registry import resolve_model
+
+    size = parse_input_size(args.input) if args.input else None
+    _, model, found, classes = resolve_model(args.model, size, args.model_kwargs)
+    return model, found, classes
+
+
 def _passes(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
@@ -196,14 +208,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """Run passes on a registry model, verify the result, optionally export it to ONNX."""
     import torch
 
-    from branchgraph.graph import parse_input_size
-    from branchgraph.models import create_model, model_info
     from branchgraph.passes import optimize
     from branchgraph.passes.export import export_onnx
 
-    size = parse_input_size(args.input) if args.input else model_info(args.model).input_size
     torch.manual_seed(args.seed)
-    model = create_model(args.model)
+    model, size, classes = _model(args)
     example = torch.randn(args.batch, *size)
     passes, tuning = _passes(args.passes), None
     if args.tune:
@@ -212,7 +221,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         generator = torch.Generator().manual_seed(args.seed)
         tuning = tune(model, torch.randn(args.tune_batch, *size, generator=generator),
-                      torch.randint(0, model_info(args.model).num_classes or 1, (args.tune_batch,),
+                      torch.randint(0, classes or 1, (args.tune_batch,),
                                     generator=generator),
                       args.mode, pass_sets=((), resolve(passes, args.mode)))
         passes = tuning.chosen.pass_list()
@@ -257,11 +266,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         device = str(resolve_device(args.device))
         parallel_result = bench_parallel(args.model, args.mode, args.batches, size, rounds=args.rounds,
-                                         workers=args.workers, device=device)
+                                         workers=args.workers, device=device, model_kwargs=args.model_kwargs)
         _emit(args, parallel_result.to_dict(), parallel_result.to_text())
         return 0
     result = bench(args.model, args.mode, args.batch, size, rounds=args.rounds, compile=not args.no_compile,
-                   passes=_passes(args.passes), tune=args.tune, seed=args.seed)
+                   passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs)
     _emit(args, result.to_dict(), result.to_text())
     return 0
 
@@ -270,23 +279,19 @@ def cmd_memory(args: argparse.Namespace) -> int:
     """Plan checkpointing under a budget; with --measure, run steps of the plain and planned model to check it."""
     import torch
 
-    from branchgraph.graph import parse_input_size
     from branchgraph.memory import compare_variants, plan, table
-    from branchgraph.models import create_model, model_info
 
     if args.budget is None and args.peak is None:
         raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
-    info = model_info(args.model)
-    size = parse_input_size(args.input) if args.input else info.input_size
     torch.manual_seed(args.seed)
-    model = create_model(args.model)
+    model, size, classes = _model(args)
     example = torch.randn(args.batch, *size)
     planned, p = plan(model, example, args.budget, peak=args.peak, cost=args.cost,
                       saving_ops=not args.no_saving_ops)
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
     text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
     if args.measure or args.rounds:
-        target = torch.randint(0, info.num_classes or 1, (args.batch,))
+        target = torch.randint(0, classes or 1, (args.batch,))
         results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
         data["measured"] = [r.to_dict(results[0]) for r in results]
         text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)
@@ -301,12 +306,10 @@ def cmd_branches(args: argparse.Namespace) -> int:
     import torch
 
     from branchgraph.analysis import fork_gradients
-    from branchgraph.graph import parse_input_size
-    from branchgraph.models import create_model, model_info
 
-    size = parse_input_size(args.input) if args.input else model_info(args.model).input_size
     torch.manual_seed(args.seed)
-    model = create_model(args.model).double()
+    model, size, _ = _model(args)
+    model = model.double()
     reports = fork_gradients(model, torch.randn(args.batch, *size, dtype=torch.float64), seed=args.seed)
     worst = max((r.sum_error for r in reports), default=0.0)
     lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
@@ -336,7 +339,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _add_input_flags(
     p: argparse.ArgumentParser, batch: int = 1, batch_help: str = "batch size of the measured step"
 ) -> None:
-    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the model's own)")
+    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the registry's; "
+                   "required for a model spec)")
+    p.add_argument("--model-kwargs", type=lambda t: _json_object(t, "--model-kwargs"), default=None,
+                   metavar="JSON", help='JSON object of options for the model\'s factory, e.g. \'{"width": 0.5}\'')
     p.add_argument("--batch", type=_positive_int, default=batch, help=f"{batch_help} (default {batch})")
 
 
@@ -364,22 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, action=argparse.BooleanOptionalAction)
 
     p = add("summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
-    p.add_argument("model", help="registry model name")
+    p.add_argument("model", help=MODEL_HELP)
     _add_input_flags(p)
     p.add_argument("--depth", type=_positive_int, default=None, help="nesting depth of the module rows")
 
     p = add("compare", cmd_compare, "two models side by side with ratios")
-    p.add_argument("model_a", metavar="A")
-    p.add_argument("model_b", metavar="B")
+    p.add_argument("model_a", metavar="A", help=MODEL_HELP)
+    p.add_argument("model_b", metavar="B", help=MODEL_HELP)
     _add_input_flags(p)
 
     p = add("graph", cmd_graph, "draw the computation graph (.svg, .dot or self-contained .html)")
-    p.add_argument("model", help="registry model name")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, help="output file: .svg, .dot/.gv or .html")
     _add_input_flags(p)
 
     p = add("optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
-    p.add_argument("model", help="registry model name")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set); "
                    "prune, fold_bn, fuse_parallel, inplace, layout, precision")
     p.add_argument("--mode", choices=("train", "eval"), default="train")
@@ -401,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
-    p.add_argument("model", help="registry model name")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--mode", choices=("train", "eval"), default="eval")
     _add_input_flags(p, batch=128, batch_help="batch size of the timed calls")
     p.add_argument("--rounds", type=_positive_int, default=10)
@@ -419,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device for --parallel")
 
     p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
-    p.add_argument("model", help="registry model name")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--budget", help="bound the activations kept for backward: a fraction of the plain "
                    "model's (0.1) or a size (300MiB)")
     p.add_argument("--peak", help="bound the step's predicted peak (alone or with --budget): a fraction of the "
@@ -434,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
-    p.add_argument("model", help="registry model name")
+    p.add_argument("model", help=MODEL_HELP)
     _add_input_flags(p, batch=2, batch_help="batch of the measured step")
     p.add_argument("--seed", type=int, default=0)
 

@@ -50,6 +50,8 @@ def render_summary(s: Summary, depth: int | None = None) -> str:
         f"Forward MACs: {fmt_count(t['macs'])} ({t['macs']:,}); backward MACs: {fmt_count(t['backward_macs'])} "
         f"({t['backward_macs']:,})",
         f"Saved for backward (measured): {fmt_bytes(t['saved_bytes'])} ({t['saved_bytes']:,} bytes)",
+        "Forward MACs by operator (aten level, functional calls included; conv+linear+bias = torchinfo's "
+        "Mult-Adds): " + ", ".join(f"{k} {fmt_count(v)}" for k, v in t["macs_by_operator"].items()),
         rule,
         "torchsummary convention (float32, leaf-layer outputs counted twice):",
         f"Input size (MB): {t['input_mb']:.2f}",

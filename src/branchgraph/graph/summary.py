@@ -15,8 +15,9 @@ from branchgraph.errors import ConfigError
 from branchgraph.graph.capture import Capture, capture
 from branchgraph.graph.cost import param_counts
 from branchgraph.graph.memory import LayerRecord, Measurement, measure
+from branchgraph.graph.operators import operator_macs
 from branchgraph.graph.structure import Block, find_blocks
-from branchgraph.models import create_model, model_info
+from branchgraph.models.registry import resolve_model
 
 MB = 1024.0**2
 BYTES_PER_VALUE = 4  # torchsummary's convention: float32 everywhere
@@ -98,24 +99,17 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     return size
 
 
-def _resolve(model: nn.Module | str, input_size: tuple[int, ...] | None) -> tuple[str, nn.Module, tuple[int, ...]]:
-    if isinstance(model, str):
-        info = model_info(model)
-        return model, create_model(model), tuple(input_size or info.input_size)
-    if input_size is None:
-        raise ConfigError("input_size is required for a model that is not in the registry")
-    return type(model).__name__, model, tuple(input_size)
-
-
 def summary(
-    model: nn.Module | str, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0
+    model: nn.Module | str, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> Summary:
-    """Capture ``model`` (a registry name or module), measure one training step on a random batch of
-    ``batch`` x ``input_size``, and tabulate per module and per branch. The model itself is not modified.
+    """Capture ``model`` (a registry name, model spec or module; ``model_kwargs`` for its factory), measure one
+    training step on a random batch of ``batch`` x ``input_size``, and tabulate per module and per branch. The
+    model itself is not modified.
     """
     if batch <= 0:
         raise ConfigError(f"--batch must be a positive integer; got {batch}")
-    name, module, size = _resolve(model, input_size)
+    name, module, size, _ = resolve_model(model, input_size, model_kwargs)
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn((batch, *size), generator=generator)
     work = copy.deepcopy(module)
@@ -140,6 +134,7 @@ def summary(
         "forward_backward_mb": fb_mb,
         "params_mb": params_mb,
         "total_mb": input_mb + fb_mb + params_mb,
+        "macs_by_operator": operator_macs(copy.deepcopy(module).train(), example),
     }
     return Summary(name, size, batch, rows, branches, total, measured.peak_bytes, captured.note, blocks,
                    captured, measured)

@@ -1,14 +1,17 @@
-"""Model registry: ``@register_model`` factories and ``create_model(name, **kw)`` (timm-style)."""
+"""Model registry: ``@register_model`` factories and ``create_model(name, **kw)`` (timm-style); a name with a
+``:`` is a spec for a model outside the registry (``branchgraph.models.spec``)."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from branchgraph.errors import ConfigError
+from branchgraph.models.spec import is_spec, load_spec
 
 
 @dataclass(frozen=True)
@@ -17,8 +20,8 @@ class ModelInfo:
 
     name: str
     factory: Callable[..., nn.Module]
-    input_size: tuple[int, int, int]
-    num_classes: int | None  # None for feature extractors (no classifier head)
+    input_size: tuple[int, int, int] | None  # None: unknown (a model spec's)
+    num_classes: int | None  # None for feature extractors (no classifier head), and unknown for a spec
     description: str
 
 
@@ -46,14 +49,20 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelInfo:
-    """The registry entry for ``name``; an unknown name raises ConfigError listing the known ones."""
+    """The registry entry for ``name`` (for a spec: its factory, size and classes unknown); an unknown name
+    raises ConfigError listing the known ones."""
+    if is_spec(name):
+        return ModelInfo(name, lambda **kwargs: load_spec(name, kwargs), None, None, f"from {name}")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
     return _REGISTRY[name]
 
 
 def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build a registered model; unknown or invalid keyword arguments raise ConfigError."""
+    """Build a registered model (or the model a spec names); unknown or invalid keyword arguments raise
+    ConfigError."""
+    if is_spec(name):
+        return load_spec(name, dict(kwargs))
     info = model_info(name)
     params = inspect.signature(info.factory).parameters
     unknown = sorted(set(kwargs) - set(params))
@@ -66,3 +75,21 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
         return info.factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {name!r}: {exc}") from None
+
+
+def resolve_model(
+    model: nn.Module | str, input_size: tuple[int, ...] | None = None, kwargs: dict[str, Any] | None = None
+) -> tuple[str, nn.Module, tuple[int, ...], int | None]:
+    """(name, module, input size without the batch, classes or None) of a registry name, spec or module; the
+    input size is required where the registry does not know it."""
+    if isinstance(model, str):
+        info = model_info(model)
+        module, name = create_model(model, **(kwargs or {})), model
+        size = input_size or info.input_size
+        classes = info.num_classes
+    else:
+        module, name, size, classes = model, type(model).__name__, input_size, None
+    if size is None:
+        raise ConfigError(f"model {name!r} is not in the registry, so its input size is unknown: give it as "
+                          "C,H,W (--input)")
+    return name, module, tuple(size), classes

@@ -11,6 +11,7 @@ from typing import Any
 from branchgraph.errors import ConfigError
 from branchgraph.memory.budget import parse_budget
 from branchgraph.models import list_models, model_info
+from branchgraph.models.spec import is_spec
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
@@ -52,9 +53,9 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the first invalid setting and its allowed values."""
-        if self.model not in list_models():
+        if not is_spec(self.model) and self.model not in list_models():
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
-        if model_info(self.model).num_classes is None:
+        if not is_spec(self.model) and model_info(self.model).num_classes is None:
             raise ConfigError(f"model {self.model!r} has no classifier head and cannot be trained on Fashion-MNIST")
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
         for key, allowed in choices.items():

@@ -25,6 +25,7 @@ from branchgraph.data import BatchLoader, Preprocess, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.memory.checkpoint import CheckpointPlan, plan
 from branchgraph.models import create_model
+from branchgraph.models.spec import check_fits, is_spec
 from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
 from branchgraph.train.config import PRECISIONS, TrainConfig
 from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
@@ -83,9 +84,15 @@ def compute_loss(output: Any, target: torch.Tensor, label_smoothing: float) -> t
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The configured registry model, seeded so that initial weights depend only on ``config.seed``."""
+    """The configured model (registry name or spec), seeded so that initial weights depend only on
+    ``config.seed``. A spec's model is first tried on a Fashion-MNIST-shaped batch: it must take it and give
+    10 logits."""
     torch.manual_seed(config.seed)
-    return create_model(config.model, **config.model_kwargs)
+    model = create_model(config.model, **config.model_kwargs)
+    if is_spec(config.model):
+        size = config.resize or 28
+        check_fits(model, config.model, (1, size, size), 10)
+    return model
 
 
 def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
