@@ -95,6 +95,10 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "label_smoothing": dict(type=float),
     "resize": dict(type=_positive_int, help="resize images to N x N (d2l uses 96)"),
     "crop_padding": dict(type=int, help="random-crop augmentation with this zero padding"),
+    "random_erasing": dict(type=float, metavar="P", help="erase a random rectangle of each training image with "
+                           "probability P"),
+    "ema_decay": dict(type=float, metavar="D", help="evaluate and save an exponential moving average of the "
+                      "weights (decay per step, e.g. 0.999)"),
     "val_size": dict(type=int, help="training images held out for validation (fixed split)"),
     "limit": dict(type=_positive_int, help="use only the first N samples of each split"),
     "precision": dict(choices=("auto", "fp32", "bf16", "fp16"),
@@ -112,7 +116,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "data_dir": dict(help="folder with the Fashion-MNIST IDX files (default $BRANCHGRAPH_DATA or Debian's)"),
     "out_dir": dict(help="parent folder of run directories (default runs)"),
 }
-TRAIN_SWITCHES = ("hflip", "channels_last", "normalize", "deterministic", "nesterov")
+TRAIN_SWITCHES = ("hflip", "channels_last", "normalize", "deterministic", "nesterov", "tta_flip")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:

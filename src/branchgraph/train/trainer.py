@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
@@ -102,6 +103,7 @@ def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
         normalize=config.normalize,
         crop_padding=config.crop_padding if train else 0,
         hflip=config.hflip and train,
+        erase=config.random_erasing if train else 0.0,
     )
 
 
@@ -109,7 +111,8 @@ def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
 def evaluate(
     model: nn.Module, loader: BatchLoader, config: TrainConfig, device: torch.device, info: DistInfo
 ) -> tuple[float, float]:
-    """Mean loss (without label smoothing) and accuracy over the loader, summed over all ranks."""
+    """Mean loss (without label smoothing) and accuracy over the loader, summed over all ranks; with
+    ``config.tta_flip`` the logits are the mean of the image's and its mirror image's."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
@@ -117,6 +120,8 @@ def evaluate(
         x, y = _to_device(x, y, device, config.channels_last)
         with autocast_for(config, device):
             logits = model(x)
+            if config.tta_flip:
+                logits = (logits.float() + model(x.flip(-1)).float()) / 2
         sums += torch.tensor([
             F.cross_entropy(logits.float(), y, reduction="sum").item(),
             (logits.argmax(1) == y).sum().item(),
@@ -210,6 +215,8 @@ class Trainer:
                                     torch.zeros(1), self.device, config.channels_last)
             self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
         self.branch_records: list[dict[str, Any]] = []
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                    if config.ema_decay is not None else None)
         self.optimizer = self._make_optimizer()
         total_steps = config.epochs * len(self.train_loader)
         self.scheduler = self._make_scheduler(total_steps)
@@ -281,6 +288,7 @@ class Trainer:
             "metrics": self.metrics,
             "elapsed": self.elapsed,
             "branch_records": self.branch_records,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -296,6 +304,8 @@ class Trainer:
             self.metrics = list(state["metrics"])
             self.elapsed = float(state["elapsed"])
             self.branch_records = list(state.get("branch_records", []))
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
             torch.set_rng_state(state["rng"])
             if state["cuda_rng"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -388,6 +398,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.step += 1
             self.epoch_sums += torch.tensor(
                 [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
@@ -428,8 +440,8 @@ class Trainer:
         }
         for name, eval_loader in self.eval_loaders.items():
             record[f"{name}_loss"], record[f"{name}_acc"] = evaluate(
-                self.model, eval_loader, self.config, self.device, self.info
-            )
+                self.ema.module if self.ema is not None else self.model, eval_loader, self.config, self.device,
+                self.info)
         record.update(epoch_summary([r for r in self.branch_records if r["epoch"] == self.epoch + 1]))
         self.elapsed += train_time
         record.update(time_s=round(train_time, 2), images_per_s=round(images / max(train_time, 1e-9), 1),
@@ -463,6 +475,15 @@ def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None
     return Trainer(config, run_dir, state=state, progress=progress).run()
 
 
+def _ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The EMA model's weights in a checkpoint (what the run evaluated), keys as the plain model's."""
+    ema = state.get("ema")
+    if not ema:
+        return None
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+
+
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
     precision: str | None = None,
@@ -486,7 +507,7 @@ def evaluate_checkpoint(
     device = resolve_device(config.device)
     model = build_model(config)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(_ema_weights(state) or state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
             from None
