@@ -22,14 +22,18 @@ from tests.conftest import REPO, run_cli
 TINY = {"model_kwargs": {"width": 0.25}, "limit": 256, "batch_size": 64, "epochs": 2, "val_size": 1000}
 # A run long enough to be killed in its second epoch: 16 steps per epoch.
 KILLABLE = ["--model-kwargs", '{"width": 0.25}', "--limit", "512", "--batch-size", "32", "--epochs", "3",
-            "--deterministic", "--threads", "1", "--quiet", "--crop-padding", "2", "--hflip"]
+            "--deterministic", "--threads", "1", "--quiet", "--crop-padding", "2", "--hflip", "--random-erasing",
+            "0.5", "--ema-decay", "0.9", "--tta-flip"]
 KILLABLE_SETTINGS = {"model_kwargs": {"width": 0.25}, "limit": 512, "batch_size": 32, "epochs": 3,
-                     "deterministic": True, "threads": 1, "crop_padding": 2, "hflip": True}
+                     "deterministic": True, "threads": 1, "crop_padding": 2, "hflip": True, "random_erasing": 0.5,
+                     "ema_decay": 0.9, "tta_flip": True}
 TIMING = ("time_s", "images_per_s", "elapsed_s")
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    """The model's weights and, where the run keeps one, its weight average's (``ema.`` keys)."""
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    return {**state["model"], **{f"ema.{k}": v for k, v in (state.get("ema") or {}).items()}}
 
 
 def _metrics(run_dir: Path) -> list[dict]:
