@@ -161,6 +161,8 @@ def test_cli_peak_budget_exit_codes() -> None:
     assert r.returncode == 0, r.stderr
     r = run_cli("memory", "googlenet-fmnist", "--batch", "2")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--budget" in r.stderr
+    r = run_cli("memory", "googlenet-fmnist", "--peak", "bogus")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "peak budget 'bogus'" in r.stderr
     r = run_cli("memory", "googlenet-fmnist", "--peak", "1KiB", "--batch", "2", "--input", "1,32,32")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "smallest predicted peak" in r.stderr
 

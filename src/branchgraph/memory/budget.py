@@ -11,16 +11,16 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": MIB, "mb": 
           "g": 2**30, "gb": 2**30, "gib": 2**30}
 
 
-def parse_budget(text: str | float | int) -> float | int:
-    """A budget as given by a user: a fraction in (0, 1] of the plain saved bytes ("0.1"), or bytes
-    ("300MiB", "2G", "500000000"). Raises ConfigError naming the accepted forms."""
+def parse_budget(text: str | float | int, what: str = "memory budget") -> float | int:
+    """A budget as given by a user: a fraction in (0, 1] of the plain figure ("0.1"), or bytes ("300MiB", "2G",
+    "500000000"). Raises ConfigError naming ``what`` and the accepted forms."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         value: float = float(text)
         unit = ""
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-zA-Z]*)\s*", str(text))
         if not match or match.group(2).lower() not in _UNITS:
-            raise ConfigError(f"memory budget {text!r} is neither a fraction like 0.25 nor a size like 300MiB")
+            raise ConfigError(f"{what} {text!r} is neither a fraction like 0.25 nor a size like 300MiB")
         value, unit = float(match.group(1)), match.group(2).lower()
     if unit:
         return int(value * _UNITS[unit])
@@ -28,4 +28,4 @@ def parse_budget(text: str | float | int) -> float | int:
         return value
     if value > 1 and value == int(value):
         return int(value)
-    raise ConfigError(f"memory budget {text!r} must be a fraction in (0, 1] or a number of bytes")
+    raise ConfigError(f"{what} {text!r} must be a fraction in (0, 1] or a number of bytes")

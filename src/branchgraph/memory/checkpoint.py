@@ -167,7 +167,7 @@ def plan(
                       problem.inner)
     plain_peak = planner.peak([], grad, in_flight)
     kept_bytes = None if budget is None else _bytes(parse_budget(budget), plain)
-    peak_bytes = None if peak is None else _bytes(parse_budget(peak), plain_peak)
+    peak_bytes = None if peak is None else _bytes(parse_budget(peak, "peak budget"), plain_peak)
     if peak_bytes is None or peak_bytes >= plain_peak:
         chosen, saved = ([], plain) if kept_bytes is None or kept_bytes >= plain else planner.choose(kept_bytes)
     else:
