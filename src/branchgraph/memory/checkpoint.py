@@ -148,6 +148,8 @@ def plan(
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
     if budget is None and peak is None:
         raise ConfigError("give a checkpoint plan a budget of kept bytes, a peak budget, or both")
+    kept_budget = None if budget is None else parse_budget(budget)
+    peak_budget = None if peak is None else parse_budget(peak, "peak budget")
     net = copy.deepcopy(model)
     note = None
     with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
@@ -166,8 +168,8 @@ def plan(
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
                       problem.inner)
     plain_peak = planner.peak([], grad, in_flight)
-    kept_bytes = None if budget is None else _bytes(parse_budget(budget), plain)
-    peak_bytes = None if peak is None else _bytes(parse_budget(peak, "peak budget"), plain_peak)
+    kept_bytes = None if kept_budget is None else _bytes(kept_budget, plain)
+    peak_bytes = None if peak_budget is None else _bytes(peak_budget, plain_peak)
     if peak_bytes is None or peak_bytes >= plain_peak:
         chosen, saved = ([], plain) if kept_bytes is None or kept_bytes >= plain else planner.choose(kept_bytes)
     else:
