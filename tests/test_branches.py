@@ -11,7 +11,7 @@ import torch
 import branchgraph as bg
 from branchgraph.errors import ConfigError
 from branchgraph.models import Inception, model_info
-from branchgraph.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from branchgraph.train.run_state import CHECKPOINT_NAME, load_checkpoint
 from tests.conftest import run_cli
 
 
@@ -188,13 +188,13 @@ def test_fork_gradient_is_the_sum_of_the_branch_contributions(name: str) -> None
 
 def test_fork_gradient_identity_fails_when_a_use_is_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check can fail: with one branch's contribution dropped the sum no longer matches."""
-    from branchgraph.analysis import branches
+    from branchgraph.analysis import forks
 
-    real = branches._tap
-    monkeypatch.setattr(branches, "_tap", lambda x, key: x.view_as(x) if key.endswith("/0") else real(x, key))
+    real = forks._tap
+    monkeypatch.setattr(forks, "_tap", lambda x, key: x.view_as(x) if key.endswith("/0") else real(x, key))
     torch.manual_seed(0)
-    reports = branches.fork_gradients(bg.create_model("googlenet-fmnist").double(),
-                                      torch.randn(2, 1, 28, 28, dtype=torch.float64))
+    reports = forks.fork_gradients(bg.create_model("googlenet-fmnist").double(),
+                                   torch.randn(2, 1, 28, 28, dtype=torch.float64))
     assert all(r.sum_error > 1e-3 for r in reports)
 
 

@@ -328,7 +328,7 @@ def cmd_branches(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
-    from branchgraph.train.prune import prune_and_finetune
+    from branchgraph.train.prune_run import prune_and_finetune
 
     r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet)
     acc, params, macs = r["test_acc"], r["params"], r["macs"]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from branchgraph.analysis.branches import imbalance
+from branchgraph.analysis.forks import imbalance
 from branchgraph.errors import ConfigError
 from branchgraph.models.inception import Inception
 

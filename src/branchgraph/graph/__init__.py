@@ -1,7 +1,7 @@
 """Graph capture (torch.fx) and analysis: shapes, forks/joins/branches, params, MACs, measured memory."""
 
 from branchgraph.graph.capture import Capture, InputShapeError, capture
-from branchgraph.graph.memory import Measurement, heap_in_use, measure
+from branchgraph.graph.record import Measurement, heap_in_use, measure
 from branchgraph.graph.structure import Block, Branch, find_blocks, forks, joins
 from branchgraph.graph.summary import BranchRow, ModuleRow, Summary, parse_input_size, summary
 

@@ -14,8 +14,8 @@ from torch import nn
 from branchgraph.errors import ConfigError
 from branchgraph.graph.capture import Capture, capture
 from branchgraph.graph.cost import param_counts
-from branchgraph.graph.memory import LayerRecord, Measurement, measure
 from branchgraph.graph.operators import operator_macs
+from branchgraph.graph.record import LayerRecord, Measurement, measure
 from branchgraph.graph.structure import Block, find_blocks
 from branchgraph.models.registry import resolve_model
 

@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from branchgraph.graph.capture import layer_failure, node_module
 from branchgraph.graph.cost import layer_macs
-from branchgraph.graph.memory import _tensors
+from branchgraph.graph.record import _tensors
 from branchgraph.memory import saving_ops
 from branchgraph.memory.planner import Problem, Region, Saves, Shrink
 from branchgraph.memory.reversible import ReversibleSequence

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from branchgraph.graph.memory import Measurement, measure
+from branchgraph.graph.record import Measurement, measure
 from branchgraph.timing import make_runner, time_interleaved
 
 MIB = 2**20

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.cost import layer_macs
-from branchgraph.graph.memory import _tensors
+from branchgraph.graph.record import _tensors
 from branchgraph.memory.planner import Problem, Region, Saves
 from branchgraph.memory.reversible import statistics_frozen
 

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.ticker import MaxNLocator
 
-from branchgraph.train.checkpoint import atomic_write_bytes
+from branchgraph.train.run_state import atomic_write_bytes
 
 SPLITS = ("train", "val", "test")
 

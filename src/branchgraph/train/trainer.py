@@ -24,13 +24,13 @@ from tqdm import tqdm
 from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
 from branchgraph.data import BatchLoader, Preprocess, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
-from branchgraph.memory.checkpoint import CheckpointPlan, plan
+from branchgraph.memory.planning import CheckpointPlan, plan
 from branchgraph.models import create_model
 from branchgraph.models.spec import check_fits, is_spec
-from branchgraph.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
 from branchgraph.train.config import PRECISIONS, TrainConfig
 from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
 from branchgraph.train.report import plot_branch_stats, plot_curves, write_report
+from branchgraph.train.run_state import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
 from branchgraph.tune import tune
 
 AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers

@@ -13,9 +13,9 @@ from branchgraph.errors import ConfigError
 from branchgraph.graph import capture
 from branchgraph.passes.base import reports
 from branchgraph.passes.prune_channels import prune_channels
-from branchgraph.train.checkpoint import load_checkpoint
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import DistInfo
+from branchgraph.train.run_state import load_checkpoint
 from branchgraph.train.trainer import Trainer, build_model, build_preprocess, evaluate, resolve_device
 
 
