@@ -159,7 +159,7 @@ def test_branch_stats_need_an_inception_model(tmp_path: Path, data_dir: Path) ->
 
     r = run_cli("train", "--model", "resnet32", "--limit", "128", "--branch-stats", "--out-dir", str(tmp_path))
     assert r.returncode == 2 and "no Inception blocks" in r.stderr and "Traceback" not in r.stderr
-    with pytest.raises(ConfigError, match="--branch-stats must be a positive number"):
+    with pytest.raises(ConfigError, match="branch_stats must be a positive number"):
         TrainConfig(branch_stats=0).validate()
 
 INCEPTION_MODELS = [m for m in bg.list_models()

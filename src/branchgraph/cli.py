@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -79,6 +80,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+FLAGS = {"input_size": "--input"}  # library parameters whose flag is not their name with dashes
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
@@ -465,7 +467,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except BranchgraphError as exc:
         message = str(exc).strip().splitlines()
-        print(f"branchgraph: error: {message[0] if message else type(exc).__name__}", file=sys.stderr)
+        text = message[0] if message else type(exc).__name__
+        if exc.param:  # the library names its parameter; the user typed a flag
+            flag = FLAGS.get(exc.param, "--" + exc.param.replace("_", "-"))
+            text = re.sub(rf"\b{re.escape(exc.param)}\b", flag, text, count=1)
+        print(f"branchgraph: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         print(f"branchgraph: {exc}", file=sys.stderr)

@@ -2,7 +2,14 @@
 
 
 class BranchgraphError(Exception):
-    """A problem the user can fix (bad input, data, config or checkpoint); the message says how."""
+    """A problem the user can fix (bad input, data, config or checkpoint); the message says how.
+
+    ``param`` names the parameter or setting at fault, as the message's first mention of it spells it; the CLI
+    turns that mention into its flag (``lr`` -> ``--lr``), the library never names flags."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class DataError(BranchgraphError):

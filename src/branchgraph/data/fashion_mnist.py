@@ -29,7 +29,7 @@ FILES = {
 }
 INSTALL_HINT = (
     "install it with 'sudo apt-get update && sudo apt-get install dataset-fashion-mnist', "
-    f"or point --data-dir or ${DATA_ENV} at a folder holding the four IDX files"
+    f"or point data_dir or ${DATA_ENV} at a folder holding the four IDX files"
 )
 
 
@@ -60,14 +60,14 @@ def _find(folder: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (folder / name).is_file():
             return folder / name
-    raise DataError(f"Fashion-MNIST file {stem}.gz not found in {folder}; {INSTALL_HINT}")
+    raise DataError(f"Fashion-MNIST file {stem}.gz not found in {folder}; {INSTALL_HINT}", "data_dir")
 
 
 def load_split(name: str, data_dir: str | Path | None = None) -> Split:
     """Read and validate the ``train`` or ``test`` split (magic numbers, dimensions, counts, labels)."""
     folder = resolve_data_dir(data_dir)
     if not folder.is_dir():
-        raise DataError(f"Fashion-MNIST folder {folder} does not exist; {INSTALL_HINT}")
+        raise DataError(f"Fashion-MNIST folder {folder} does not exist; {INSTALL_HINT}", "data_dir")
     image_stem, label_stem, count = FILES[name]
     image_path, label_path = _find(folder, image_stem), _find(folder, label_stem)
     images = read_idx(image_path, ndim=3)
@@ -100,7 +100,7 @@ def load_fashion_mnist(
         splits["val"] = train.subset(order[:val_size])
     if limit is not None:
         if limit <= 0:
-            raise DataError(f"--limit must be a positive number of samples, got {limit}")
+            raise DataError(f"limit must be a positive number of samples, got {limit}", "limit")
         splits = {k: v.subset(slice(0, limit)) for k, v in splits.items()}
     return splits
 

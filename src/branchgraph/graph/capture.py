@@ -30,7 +30,7 @@ def layer_failure(model: nn.Module, target: str, shape: tuple[int, ...], exc: Ba
         kind = "function"
     return InputShapeError(
         f"input of shape {list(shape)} does not fit {type(model).__name__}: layer '{target or '<top>'}' ({kind}) "
-        f"failed: {_first_line(exc)}; pass an --input the model accepts"
+        f"failed: {_first_line(exc)}; give an input size the model accepts"
     )
 
 

@@ -93,9 +93,10 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     try:
         size = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
-        raise ConfigError(f"--input must be channels,height,width such as 3,224,224; got {text!r}") from None
+        raise ConfigError(f"input must be channels,height,width such as 3,224,224; got {text!r}",
+                          "input") from None
     if not size or any(s <= 0 for s in size):
-        raise ConfigError(f"--input sizes must be positive integers; got {text!r}")
+        raise ConfigError(f"input sizes must be positive integers; got {text!r}", "input")
     return size
 
 
@@ -108,7 +109,7 @@ def summary(
     model itself is not modified.
     """
     if batch <= 0:
-        raise ConfigError(f"--batch must be a positive integer; got {batch}")
+        raise ConfigError(f"batch must be a positive integer; got {batch}", "batch")
     name, module, size, _ = resolve_model(model, input_size, model_kwargs)
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn((batch, *size), generator=generator)

@@ -90,6 +90,6 @@ def resolve_model(
     else:
         module, name, size, classes = model, type(model).__name__, input_size, None
     if size is None:
-        raise ConfigError(f"model {name!r} is not in the registry, so its input size is unknown: give it as "
-                          "C,H,W (--input)")
+        raise ConfigError(f"model {name!r} is not in the registry, so its input size is unknown: give "
+                          "input_size as C,H,W", "input_size")
     return name, module, tuple(size), classes

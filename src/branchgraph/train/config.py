@@ -63,27 +63,30 @@ class TrainConfig:
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ConfigError(f"--{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        positive = {"epochs": self.epochs, "batch-size": self.batch_size, "lr": self.lr}
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}", key)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
         for key, value in positive.items():
             if not value > 0:
-                raise ConfigError(f"--{key} must be > 0; got {value}")
+                raise ConfigError(f"{key} must be > 0; got {value}", key)
         if self.resize is not None and not 8 <= self.resize <= 512:
-            raise ConfigError(f"--resize must be between 8 and 512 pixels; got {self.resize}")
+            raise ConfigError(f"resize must be between 8 and 512 pixels; got {self.resize}", "resize")
         if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be a positive number of samples; got {self.limit}")
+            raise ConfigError(f"limit must be a positive number of samples; got {self.limit}", "limit")
         if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"--label-smoothing must be in [0, 1); got {self.label_smoothing}")
+            raise ConfigError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}", "label_smoothing")
         if not 0 <= self.random_erasing <= 1:
-            raise ConfigError(f"--random-erasing must be a probability in [0, 1]; got {self.random_erasing}")
+            raise ConfigError(f"random_erasing must be a probability in [0, 1]; got {self.random_erasing}",
+                              "random_erasing")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"--ema-decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}")
-        if self.crop_padding < 0 or self.val_size < 0:
-            raise ConfigError("--crop-padding and --val-size must be >= 0")
+            raise ConfigError(f"ema_decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}", "ema_decay")
+        for key in ("crop_padding", "val_size"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0; got {getattr(self, key)}", key)
         if self.memory_budget is not None:
             parse_budget(self.memory_budget)
         if self.branch_stats is not None and not (isinstance(self.branch_stats, int) and self.branch_stats > 0):
-            raise ConfigError(f"--branch-stats must be a positive number of steps; got {self.branch_stats!r}")
+            raise ConfigError(f"branch_stats must be a positive number of steps; got {self.branch_stats!r}",
+                              "branch_stats")
         return self
 
     def to_json(self) -> str:

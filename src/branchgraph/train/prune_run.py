@@ -28,7 +28,7 @@ def prune_and_finetune(
     from branchgraph.graph import summary
 
     if epochs <= 0:
-        raise ConfigError(f"--epochs must be a positive integer; got {epochs}")
+        raise ConfigError(f"epochs must be a positive integer; got {epochs}", "epochs")
     state = load_checkpoint(run_dir)
     config = TrainConfig.from_dict(dict(state["config"]))
     device = resolve_device(config.device)
@@ -46,7 +46,7 @@ def prune_and_finetune(
     try:
         pruned = prune_channels(capture(model, example).graph_module, amount=amount)
     except ValueError as exc:
-        raise ConfigError(f"--amount: {exc}") from None
+        raise ConfigError(f"amount: {exc}", "amount") from None
     pruned_acc = accuracy(pruned)
     size = tuple(example.shape[1:])
     totals = {name: summary(net, size).total for name, net in (("original", model), ("pruned", pruned))}

@@ -61,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        raise ConfigError("device cuda was asked for but CUDA is not available; use device cpu", "device")
     return torch.device(name)
 
 
@@ -152,7 +152,7 @@ def _make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
         try:
             path.mkdir(parents=True)
         except OSError as exc:
-            raise ConfigError(f"--out-dir {config.out_dir}: cannot create {path} ({exc.strerror})") from None
+            raise ConfigError(f"out_dir {config.out_dir}: cannot create {path} ({exc.strerror})", "out_dir") from None
         name = str(path)
     return Path(broadcast_str(name, info))
 
@@ -180,15 +180,16 @@ class Trainer:
         splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
         if config.batch_size % self.info.world_size:
             raise ConfigError(
-                f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
-                f"{self.info.world_size} processes"
+                f"batch_size {config.batch_size} (the global batch) must be divisible by the "
+                f"{self.info.world_size} processes", "batch_size"
             )
         self.train_loader = BatchLoader(
             splits["train"], config.batch_size, build_preprocess(config, True), train=True,
             seed=config.seed, rank=self.info.rank, world_size=self.info.world_size,
         )
         if len(self.train_loader) == 0:
-            raise ConfigError(f"--limit {config.limit} leaves fewer samples than one batch of {config.batch_size}")
+            raise ConfigError(f"limit {config.limit} leaves fewer samples than one batch of {config.batch_size}",
+                              "limit")
         self.eval_loaders = {
             name: BatchLoader(splits[name], 500, build_preprocess(config, False), train=False,
                               rank=self.info.rank, world_size=self.info.world_size)
@@ -426,7 +427,7 @@ class Trainer:
             last = f"epoch {self.epoch}" if self.epoch else "none yet"
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {self.epoch + 1} step {self.step + 1}; stopped, last good "
-                f"checkpoint ({last}) kept in {self.run_dir}; lower --lr or use --precision fp32"
+                f"checkpoint ({last}) kept in {self.run_dir}; lower lr or use precision fp32", "lr"
             )
 
     def _end_epoch(self, train_time: float, images: int) -> None:
@@ -470,7 +471,7 @@ def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None
     config = TrainConfig.from_dict(dict(state["config"]), source=str(run_dir / CHECKPOINT_NAME))
     if epochs is not None:
         if epochs < state["epoch"]:
-            raise ConfigError(f"--epochs {epochs} is fewer than the {state['epoch']} epochs already done")
+            raise ConfigError(f"epochs {epochs} is fewer than the {state['epoch']} epochs already done", "epochs")
         config.epochs = epochs
     return Trainer(config, run_dir, state=state, progress=progress).run()
 
