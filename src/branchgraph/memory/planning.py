@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +28,7 @@ from branchgraph.memory import graph_regions, graph_runtime, module_regions
 from branchgraph.memory.budget import MIB, parse_budget
 from branchgraph.memory.planner import Planner, Problem, Region
 from branchgraph.memory.saving_ops import overheads
+from branchgraph.timing import time_interleaved
 
 COSTS = ("time", "macs")
 
@@ -103,13 +102,8 @@ def checkpoint_overhead(repeats: int = 30) -> float:
     def checkpointed() -> None:
         checkpoint(torch.relu, x, use_reentrant=False, preserve_rng_state=True).sum().backward()
 
-    times: dict[Any, list[float]] = {plain: [], checkpointed: []}
-    for _ in range(repeats):
-        for run, found in times.items():
-            start = time.perf_counter()
-            run()
-            found.append(time.perf_counter() - start)
-    return max(0.0, statistics.median(times[checkpointed]) - statistics.median(times[plain]))
+    medians = time_interleaved({"plain": plain, "checkpointed": checkpointed}, repeats, warmup=0)
+    return max(0.0, medians["checkpointed"] - medians["plain"])
 
 
 def _bytes(budget: float | int, scale: int) -> int:

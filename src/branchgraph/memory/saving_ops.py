@@ -10,13 +10,14 @@ elementwise passes, which the planner weighs (``extra_seconds``) against recompu
 from __future__ import annotations
 
 import functools
-import statistics
-import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from branchgraph.timing import time_interleaved
 
 RELUS = (F.relu, torch.relu)
 MAX_POOLS = (F.max_pool2d, torch.max_pool2d)
@@ -176,14 +177,12 @@ def overheads(channels_last: bool, repeats: int = 9) -> dict[str, float]:
         x = x.contiguous(memory_format=torch.channels_last)
     pairs = {"relu": (torch.relu, masked_relu),
              "max_pool": (lambda t: F.max_pool2d(t, 3, 2, 1), lambda t: compact_max_pool2d(t, 3, 2, 1))}
+
+    def step(op: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        return lambda: op(x.detach().requires_grad_(True)).sum().backward()
+
     found = {}
-    for kind, ops in pairs.items():
-        times: list[list[float]] = [[], []]
-        for _ in range(repeats):
-            for op, record in zip(ops, times, strict=True):
-                inp = x.detach().requires_grad_(True)
-                start = time.perf_counter()
-                op(inp).sum().backward()
-                record.append(time.perf_counter() - start)
-        found[kind] = max(0.0, statistics.median(times[1]) - statistics.median(times[0])) / (x.numel() * 4)
+    for kind, (plain, saving) in pairs.items():
+        medians = time_interleaved({"plain": step(plain), "saving": step(saving)}, repeats, warmup=0)
+        found[kind] = max(0.0, medians["saving"] - medians["plain"]) / (x.numel() * 4)
     return found
