@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
@@ -94,6 +95,20 @@ def build_model(config: TrainConfig) -> nn.Module:
         size = config.resize or 28
         check_fits(model, config.model, (1, size, size), 10)
     return model
+
+
+def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """AveragedModel's update for an EMA whose decay warms up as (1 + n) / (10 + n) up to ``decay`` (timm's
+    ModelEma warm-up): early averages follow the model instead of keeping the random initialisation."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        step = min(decay, (1 + float(n)) / (10 + float(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - step)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+    return update
 
 
 def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
@@ -216,7 +231,7 @@ class Trainer:
                                     torch.zeros(1), self.device, config.channels_last)
             self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
         self.branch_records: list[dict[str, Any]] = []
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=_ema_update(config.ema_decay), use_buffers=True)
                     if config.ema_decay is not None else None)
         self.optimizer = self._make_optimizer()
         total_steps = config.epochs * len(self.train_loader)
