@@ -268,7 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     size = parse_input_size(args.input) if args.input else None
     if args.parallel:
         from branchgraph.bench import bench_parallel
-        from branchgraph.train.trainer import resolve_device
+        from branchgraph.train.setup import resolve_device
 
         device = str(resolve_device(args.device))
         parallel_result = bench_parallel(args.model, args.mode, args.batches, size, rounds=args.rounds,

@@ -2,7 +2,8 @@
 
 from branchgraph.errors import Interrupted
 from branchgraph.train.config import PRESETS, TrainConfig, build_config
-from branchgraph.train.trainer import Trainer, TrainResult, evaluate_checkpoint, resume, train
+from branchgraph.train.evaluation import evaluate_checkpoint
+from branchgraph.train.trainer import Trainer, TrainResult, resume, train
 
 __all__ = [
     "PRESETS", "Interrupted", "TrainConfig", "TrainResult", "Trainer", "build_config", "evaluate_checkpoint",

@@ -15,8 +15,10 @@ from branchgraph.passes.base import reports
 from branchgraph.passes.prune_channels import prune_channels
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import DistInfo
+from branchgraph.train.evaluation import evaluate
 from branchgraph.train.run_state import load_checkpoint
-from branchgraph.train.trainer import Trainer, build_model, build_preprocess, evaluate, resolve_device
+from branchgraph.train.setup import build_model, build_preprocess, resolve_device
+from branchgraph.train.trainer import Trainer
 
 
 def prune_and_finetune(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,18 @@ def write_report(path: Path, config: dict[str, Any], metrics: list[dict[str, Any
                       f"{last['branch_imbalance']:.2f}, worst block {last['branch_imbalance_max']:.2f} in the last "
                       "epoch (`branch_stats.jsonl`).", "", "![branch statistics](branch_stats.png)", ""]
     atomic_write_bytes(path, "\n".join(lines).encode())
+
+
+def write_outputs(run_dir: Path, config: dict[str, Any], metrics: list[dict[str, Any]],
+                  branch_records: list[dict[str, Any]] | None, status: str) -> None:
+    """metrics.jsonl, curves.png, report.md and (when recorded) branch_stats.jsonl/.png, each written atomically."""
+    lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics)
+    atomic_write_bytes(run_dir / "metrics.jsonl", lines.encode())
+    if metrics:
+        plot_curves(metrics, run_dir / "curves.png")
+    if branch_records is not None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in branch_records)
+        atomic_write_bytes(run_dir / "branch_stats.jsonl", lines.encode())
+        if branch_records:
+            plot_branch_stats(branch_records, run_dir / "branch_stats.png")
+    write_report(run_dir / "report.md", config, metrics, status)

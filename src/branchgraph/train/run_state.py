@@ -1,4 +1,5 @@
-"""Atomic checkpoints (temporary file, fsync, rename) that load with ``weights_only=True``."""
+"""A run's directory and its atomic checkpoints (temporary file, fsync, rename) that load with
+``weights_only=True``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import io
 import os
 import pickle
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from branchgraph.errors import CheckpointError
+from branchgraph.errors import CheckpointError, ConfigError
+from branchgraph.train.config import TrainConfig
+from branchgraph.train.distributed import DistInfo, broadcast_str
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -62,3 +66,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a branchgraph checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+def make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
+    """A new run directory under ``config.out_dir`` named after the time and model (made by rank 0, its name
+    broadcast to the others)."""
+    name = ""
+    if info.is_main:
+        base = Path(config.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir(parents=True)
+        except OSError as exc:
+            raise ConfigError(f"out_dir {config.out_dir}: cannot create {path} ({exc.strerror})", "out_dir") from None
+        name = str(path)
+    return Path(broadcast_str(name, info))

@@ -9,33 +9,44 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
-from branchgraph.data import BatchLoader, Preprocess, load_fashion_mnist
+from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.memory.planning import CheckpointPlan, plan
-from branchgraph.models import create_model
-from branchgraph.models.spec import check_fits, is_spec
-from branchgraph.train.config import PRECISIONS, TrainConfig
-from branchgraph.train.distributed import DistInfo, all_reduce_sum, broadcast_str, init_distributed, shutdown
-from branchgraph.train.report import plot_branch_stats, plot_curves, write_report
-from branchgraph.train.run_state import CHECKPOINT_NAME, atomic_write_bytes, load_checkpoint, save_checkpoint
-from branchgraph.tune import tune
-
-AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers
-TIMING_KEYS = ("time_s", "images_per_s", "elapsed_s")
+from branchgraph.train.config import TrainConfig
+from branchgraph.train.distributed import all_reduce_sum, init_distributed, shutdown
+from branchgraph.train.evaluation import evaluate
+from branchgraph.train.report import write_outputs
+from branchgraph.train.run_state import (
+    CHECKPOINT_NAME,
+    atomic_write_bytes,
+    load_checkpoint,
+    make_run_dir,
+    save_checkpoint,
+)
+from branchgraph.train.setup import (
+    autocast_for,
+    build_model,
+    build_preprocess,
+    compute_loss,
+    ema_update,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    to_device,
+    tune_precision,
+)
 
 
 @dataclass
@@ -55,121 +66,6 @@ class TrainResult:
         return {"run_dir": str(self.run_dir), "final": self.final, "epochs_done": len(self.metrics),
                 "precision": self.config.precision, "channels_last": self.config.channels_last,
                 "tuning": self.tuning}
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' means CUDA when available, else CPU; asking for CUDA without it is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but CUDA is not available; use device cpu", "device")
-    return torch.device(name)
-
-
-def autocast_for(config: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
-    """Autocast context for the configured precision (nothing for fp32)."""
-    if config.precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def compute_loss(output: Any, target: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and the main logits; GoogLeNet's auxiliary outputs add ``AUX_WEIGHT`` x their loss."""
-    if isinstance(output, tuple):
-        logits, *aux = output
-        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-        for extra in aux:
-            loss = loss + AUX_WEIGHT * F.cross_entropy(extra, target, label_smoothing=label_smoothing)
-        return loss, logits
-    return F.cross_entropy(output, target, label_smoothing=label_smoothing), output
-
-
-def build_model(config: TrainConfig) -> nn.Module:
-    """The configured model (registry name or spec), seeded so that initial weights depend only on
-    ``config.seed``. A spec's model is first tried on a Fashion-MNIST-shaped batch: it must take it and give
-    10 logits."""
-    torch.manual_seed(config.seed)
-    model = create_model(config.model, **config.model_kwargs)
-    if is_spec(config.model):
-        size = config.resize or 28
-        check_fits(model, config.model, (1, size, size), 10)
-    return model
-
-
-def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
-    """AveragedModel's update for an EMA whose decay warms up as (1 + n) / (10 + n) up to ``decay`` (timm's
-    ModelEma warm-up): early averages follow the model instead of keeping the random initialisation."""
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
-        step = min(decay, (1 + float(n)) / (10 + float(n)))
-        if averaged[0].is_floating_point():
-            torch._foreach_lerp_(averaged, current, 1 - step)
-        else:
-            for a, c in zip(averaged, current, strict=True):
-                a.copy_(c)
-    return update
-
-
-def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
-    """The preprocessing for training (with augmentation) or evaluation."""
-    return Preprocess(
-        resize=config.resize,
-        normalize=config.normalize,
-        crop_padding=config.crop_padding if train else 0,
-        hflip=config.hflip and train,
-        erase=config.random_erasing if train else 0.0,
-    )
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: BatchLoader, config: TrainConfig, device: torch.device, info: DistInfo
-) -> tuple[float, float]:
-    """Mean loss (without label smoothing) and accuracy over the loader, summed over all ranks; with
-    ``config.tta_flip`` the logits are the mean of the image's and its mirror image's."""
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
-    for x, y in loader.batches():
-        x, y = _to_device(x, y, device, config.channels_last)
-        with autocast_for(config, device):
-            logits = model(x)
-            if config.tta_flip:
-                logits = (logits.float() + model(x.flip(-1)).float()) / 2
-        sums += torch.tensor([
-            F.cross_entropy(logits.float(), y, reduction="sum").item(),
-            (logits.argmax(1) == y).sum().item(),
-            len(y),
-        ], dtype=torch.float64)
-    all_reduce_sum(sums, info)
-    model.train(was_training)
-    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
-
-
-def _to_device(
-    x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
-def _make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
-    name = ""
-    if info.is_main:
-        base = Path(config.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        try:
-            path.mkdir(parents=True)
-        except OSError as exc:
-            raise ConfigError(f"out_dir {config.out_dir}: cannot create {path} ({exc.strerror})", "out_dir") from None
-        name = str(path)
-    return Path(broadcast_str(name, info))
 
 
 class Trainer:
@@ -220,22 +116,22 @@ class Trainer:
                 config, precision="fp32" if config.precision == "auto" else config.precision,
                 channels_last=True if config.channels_last is None else config.channels_last)
         elif state is None and (config.precision == "auto" or config.channels_last is None):
-            self._tune()
+            self.tuning, self.config = tune_precision(self.model, config, self.device, self.info)
         config = self.config
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_plan: CheckpointPlan | None = None
         if config.memory_budget is not None:
             size = config.resize or 28
-            example, _ = _to_device(torch.zeros(config.batch_size // self.info.world_size, 1, size, size),
+            example, _ = to_device(torch.zeros(config.batch_size // self.info.world_size, 1, size, size),
                                     torch.zeros(1), self.device, config.channels_last)
             self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
         self.branch_records: list[dict[str, Any]] = []
-        self.ema = (AveragedModel(self.model, multi_avg_fn=_ema_update(config.ema_decay), use_buffers=True)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
                     if config.ema_decay is not None else None)
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.model, config)
         total_steps = config.epochs * len(self.train_loader)
-        self.scheduler = self._make_scheduler(total_steps)
+        self.scheduler = make_scheduler(self.optimizer, config, total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.epoch, self.step, self.metrics = 0, 0, []
         self.epoch_sums = torch.zeros(3, dtype=torch.float64)
@@ -243,7 +139,7 @@ class Trainer:
         self.stop_requested = False
         if state is not None:
             self._load_state(state)
-        self.run_dir = run_dir if run_dir is not None else _make_run_dir(config, self.info)
+        self.run_dir = run_dir if run_dir is not None else make_run_dir(config, self.info)
         if self.tuning is not None and self.progress:
             tqdm.write(self.tuning["text"], file=sys.stderr)
         self.ddp_model: nn.Module = (
@@ -251,45 +147,6 @@ class Trainer:
                                     else None)
             if self.info.enabled else self.model
         )
-
-    def _tune(self) -> None:
-        """Resolve precision "auto" and channels_last None by timing a few steps of each candidate on this
-        machine (rank 0 measures, the others take its choice); the global RNG is left as it was, so a cached
-        choice and a fresh measurement train alike."""
-        c = self.config
-        size = c.resize or 28
-        precisions = None if c.precision == "auto" else (c.precision,)
-        layouts = (False, True) if c.channels_last is None else (c.channels_last,)
-        choice = ""
-        if self.info.is_main:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                gen = torch.Generator().manual_seed(c.seed)
-                batch = c.batch_size // self.info.world_size
-                example = torch.randn(batch, 1, size, size, generator=gen).to(self.device)
-                target = torch.randint(0, 10, (batch,), generator=gen).to(self.device)
-                try:
-                    result = tune(self.model, example, target, "train", layouts=layouts, precisions=precisions)
-                except RuntimeError as exc:
-                    raise ConfigError(f"model {c.model} does not take Fashion-MNIST's 1x{size}x{size} input: "
-                                      f"{str(exc).strip().splitlines()[0]}") from None
-            self.tuning = result.to_dict() | {"text": result.to_text()}
-            choice = json.dumps(self.tuning["chosen"])
-        chosen = json.loads(broadcast_str(choice, self.info))
-        self.config = dataclasses.replace(c, precision=chosen["precision"], channels_last=chosen["channels_last"])
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        c = self.config
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum,
-                                   nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
-        return torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-
-    def _make_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        if self.config.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=self.config.lr, total_steps=total_steps)
-        if self.config.schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total_steps)
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -334,18 +191,9 @@ class Trainer:
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._state())
 
     def _write_outputs(self, status: str) -> None:
-        if not self.info.is_main:
-            return
-        lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.metrics)
-        atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
-        if self.metrics:
-            plot_curves(self.metrics, self.run_dir / "curves.png")
-        if self.branch_stats is not None:
-            lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.branch_records)
-            atomic_write_bytes(self.run_dir / "branch_stats.jsonl", lines.encode())
-            if self.branch_records:
-                plot_branch_stats(self.branch_records, self.run_dir / "branch_stats.png")
-        write_report(self.run_dir / "report.md", asdict(self.config), self.metrics, status)
+        if self.info.is_main:
+            write_outputs(self.run_dir, asdict(self.config), self.metrics,
+                          self.branch_records if self.branch_stats is not None else None, status)
 
     def run(self) -> TrainResult:
         """Train the remaining epochs; Ctrl-C stops at the next step boundary, saves and raises Interrupted.
@@ -398,7 +246,7 @@ class Trainer:
         bar = tqdm(total=len(loader), initial=start, desc=f"epoch {self.epoch + 1}/{c.epochs}", unit="batch",
                    disable=not (self.progress and self.info.is_main), leave=False, dynamic_ncols=True)
         for x, y in loader.batches(start):
-            x, y = _to_device(x, y, self.device, c.channels_last)
+            x, y = to_device(x, y, self.device, c.channels_last)
             global_step = self.epoch * len(loader) + self.step
             stats = self.branch_stats if global_step % (c.branch_stats or 1) == 0 else None
             with stats.recording() if stats is not None else nullcontext():
@@ -489,48 +337,3 @@ def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None
             raise ConfigError(f"epochs {epochs} is fewer than the {state['epoch']} epochs already done", "epochs")
         config.epochs = epochs
     return Trainer(config, run_dir, state=state, progress=progress).run()
-
-
-def _ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
-    """The EMA model's weights in a checkpoint (what the run evaluated), keys as the plain model's."""
-    ema = state.get("ema")
-    if not ema:
-        return None
-    prefix = "module."
-    return {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
-
-
-def evaluate_checkpoint(
-    path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
-    precision: str | None = None,
-) -> dict[str, Any]:
-    """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train').
-
-    By default the run's own ``limit`` and precision apply, so the figure matches its metrics; pass ``limit``
-    or ``precision`` ('fp32', 'bf16', 'fp16') to change them (bf16 inference of an fp32-trained run, say).
-    """
-    state = load_checkpoint(path)
-    config = TrainConfig.from_dict(dict(state["config"]))
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if precision is not None:
-        if precision not in PRECISIONS or precision == "auto":
-            raise ConfigError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
-        config.precision = precision
-    splits = load_fashion_mnist(config.data_dir, config.val_size, limit if limit is not None else config.limit)
-    if split not in splits:
-        raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
-    device = resolve_device(config.device)
-    model = build_model(config)
-    try:
-        model.load_state_dict(_ema_weights(state) or state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
-            from None
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = BatchLoader(splits[split], 500, build_preprocess(config, False), train=False)
-    loss, acc = evaluate(model, loader, config, device, DistInfo())
-    return {"model": config.model, "split": split, "samples": len(splits[split]), "loss": loss, "accuracy": acc,
-            "epochs_trained": int(state["epoch"]), "precision": config.precision}

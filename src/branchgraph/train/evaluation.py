@@ -1,0 +1,87 @@
+"""Evaluation: accuracy and loss over a loader (with mirrored test-time augmentation), and of a saved run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from branchgraph.data import BatchLoader, load_fashion_mnist
+from branchgraph.errors import CheckpointError, ConfigError
+from branchgraph.train.config import PRECISIONS, TrainConfig
+from branchgraph.train.distributed import DistInfo, all_reduce_sum
+from branchgraph.train.run_state import load_checkpoint
+from branchgraph.train.setup import autocast_for, build_model, build_preprocess, resolve_device, to_device
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: BatchLoader, config: TrainConfig, device: torch.device, info: DistInfo
+) -> tuple[float, float]:
+    """Mean loss (without label smoothing) and accuracy over the loader, summed over all ranks; with
+    ``config.tta_flip`` the logits are the mean of the image's and its mirror image's."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)
+    for x, y in loader.batches():
+        x, y = to_device(x, y, device, config.channels_last)
+        with autocast_for(config, device):
+            logits = model(x)
+            if config.tta_flip:
+                logits = (logits.float() + model(x.flip(-1)).float()) / 2
+        sums += torch.tensor([
+            F.cross_entropy(logits.float(), y, reduction="sum").item(),
+            (logits.argmax(1) == y).sum().item(),
+            len(y),
+        ], dtype=torch.float64)
+    all_reduce_sum(sums, info)
+    model.train(was_training)
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+
+def _ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The EMA model's weights in a checkpoint (what the run evaluated), keys as the plain model's."""
+    ema = state.get("ema")
+    if not ema:
+        return None
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+
+
+def evaluate_checkpoint(
+    path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train').
+
+    By default the run's own ``limit`` and precision apply, so the figure matches its metrics; pass ``limit``
+    or ``precision`` ('fp32', 'bf16', 'fp16') to change them (bf16 inference of an fp32-trained run, say).
+    """
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(dict(state["config"]))
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if precision is not None:
+        if precision not in PRECISIONS or precision == "auto":
+            raise ConfigError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
+        config.precision = precision
+    splits = load_fashion_mnist(config.data_dir, config.val_size, limit if limit is not None else config.limit)
+    if split not in splits:
+        raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
+    device = resolve_device(config.device)
+    model = build_model(config)
+    try:
+        model.load_state_dict(_ema_weights(state) or state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
+            from None
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = BatchLoader(splits[split], 500, build_preprocess(config, False), train=False)
+    loss, acc = evaluate(model, loader, config, device, DistInfo())
+    return {"model": config.model, "split": split, "samples": len(splits[split]), "loss": loss, "accuracy": acc,
+            "epochs_trained": int(state["epoch"]), "precision": config.precision}

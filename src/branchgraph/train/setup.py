@@ -1,0 +1,143 @@
+"""What a training run is built from: device, autocast, loss, model, EMA update and preprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from branchgraph.data import Preprocess
+from branchgraph.errors import ConfigError
+from branchgraph.models import create_model
+from branchgraph.models.spec import check_fits, is_spec
+from branchgraph.train.config import TrainConfig
+from branchgraph.train.distributed import DistInfo, broadcast_str
+from branchgraph.tune import tune
+
+AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when available, else CPU; asking for CUDA without it is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but CUDA is not available; use device cpu", "device")
+    return torch.device(name)
+
+
+def autocast_for(config: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
+    """Autocast context for the configured precision (nothing for fp32)."""
+    if config.precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def compute_loss(output: Any, target: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and the main logits; GoogLeNet's auxiliary outputs add ``AUX_WEIGHT`` x their loss."""
+    if isinstance(output, tuple):
+        logits, *aux = output
+        loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        for extra in aux:
+            loss = loss + AUX_WEIGHT * F.cross_entropy(extra, target, label_smoothing=label_smoothing)
+        return loss, logits
+    return F.cross_entropy(output, target, label_smoothing=label_smoothing), output
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The configured model (registry name or spec), seeded so that initial weights depend only on
+    ``config.seed``. A spec's model is first tried on a Fashion-MNIST-shaped batch: it must take it and give
+    10 logits."""
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, **config.model_kwargs)
+    if is_spec(config.model):
+        size = config.resize or 28
+        check_fits(model, config.model, (1, size, size), 10)
+    return model
+
+
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """AveragedModel's update for an EMA whose decay warms up as (1 + n) / (10 + n) up to ``decay`` (timm's
+    ModelEma warm-up): early averages follow the model instead of keeping the random initialisation."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        step = min(decay, (1 + float(n)) / (10 + float(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - step)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+    return update
+
+
+def build_preprocess(config: TrainConfig, train: bool) -> Preprocess:
+    """The preprocessing for training (with augmentation) or evaluation."""
+    return Preprocess(
+        resize=config.resize,
+        normalize=config.normalize,
+        crop_padding=config.crop_padding if train else 0,
+        hflip=config.hflip and train,
+        erase=config.random_erasing if train else 0.0,
+    )
+
+
+def to_device(
+    x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) on ``device``, x in channels_last if asked."""
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def make_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov where asked and momentum > 0) or AdamW over the model's parameters."""
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
+                               nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, c: TrainConfig, total_steps: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle (peak ``c.lr``), cosine or constant learning rate over ``total_steps``, stepped per batch."""
+    if c.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=c.lr, total_steps=total_steps)
+    if c.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def tune_precision(model: nn.Module, c: TrainConfig, device: torch.device, info: DistInfo
+                   ) -> tuple[dict[str, Any] | None, TrainConfig]:
+    """(what was measured, None on ranks other than 0; the config with precision and channels_last
+    resolved): "auto" and None are settled by timing a few steps of each candidate on this machine (rank 0
+    measures, the others take its choice); the global RNG is left as it was, so a cached choice and a fresh
+    measurement train alike."""
+    size = c.resize or 28
+    precisions = None if c.precision == "auto" else (c.precision,)
+    layouts = (False, True) if c.channels_last is None else (c.channels_last,)
+    choice, tuning = "", None
+    if info.is_main:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            gen = torch.Generator().manual_seed(c.seed)
+            batch = c.batch_size // info.world_size
+            example = torch.randn(batch, 1, size, size, generator=gen).to(device)
+            target = torch.randint(0, 10, (batch,), generator=gen).to(device)
+            try:
+                result = tune(model, example, target, "train", layouts=layouts, precisions=precisions)
+            except RuntimeError as exc:
+                raise ConfigError(f"model {c.model} does not take Fashion-MNIST's 1x{size}x{size} input: "
+                                  f"{str(exc).strip().splitlines()[0]}") from None
+        tuning = result.to_dict() | {"text": result.to_text()}
+        choice = json.dumps(tuning["chosen"])
+    chosen = json.loads(broadcast_str(choice, info))
+    return tuning, dataclasses.replace(c, precision=chosen["precision"], channels_last=chosen["channels_last"])
