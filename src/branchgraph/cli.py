@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from branchgraph.errors import BranchgraphError, ConfigError, Interrupted
+from branchgraph.commands import (
+    cmd_bench,
+    cmd_branches,
+    cmd_compare,
+    cmd_eval,
+    cmd_graph,
+    cmd_memory,
+    cmd_models,
+    cmd_optimize,
+    cmd_prune,
+    cmd_summary,
+    cmd_train,
+)
+from branchgraph.errors import BranchgraphError, Interrupted
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -56,30 +70,6 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    """List the registered models with their input size and parameter count."""
-    from branchgraph.models import create_model, list_models, model_info
-
-    rows = []
-    for name in list_models():
-        info = model_info(name)
-        params = sum(p.numel() for p in create_model(name).parameters())
-        rows.append({"name": name, "input_size": list(info.input_size or ()), "num_classes": info.num_classes,
-                     "params": params, "description": info.description})
-    width = max(len(r["name"]) for r in rows)
-    lines = [f"{'model':<{width}}  {'input':>11}  {'classes':>7}  {'params':>12}  description"]
-    lines += [
-        f"{r['name']:<{width}}  {'x'.join(map(str, r['input_size'])):>11}  {r['num_classes'] or '-':>7}  "
-        f"{r['params']:>12,}  {r['description']}" for r in rows
-    ]
-    _emit(args, rows, "\n".join(lines))
-    return 0
-
-
 FLAGS = {"input_size": "--input"}  # library parameters whose flag is not their name with dashes
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
@@ -119,227 +109,6 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "out_dir": dict(help="parent folder of run directories (default runs)"),
 }
 TRAIN_SWITCHES = ("hflip", "channels_last", "normalize", "deterministic", "nesterov", "tta_flip")
-
-
-def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {key: getattr(args, key) for key in (*TRAIN_FLAGS, *TRAIN_SWITCHES) if getattr(args, key) is not None}
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model (preset, then config file, then flags), or continue a run with --resume."""
-    from branchgraph.train import build_config, resume, train
-
-    overrides = _train_overrides(args)
-    if args.resume:
-        extra = sorted(set(overrides) - {"epochs", "data_dir"})
-        if extra or args.config or args.preset:
-            named = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "--preset/--config"
-            raise ConfigError(f"--resume continues the run's saved settings; drop {named} (only --epochs may change)")
-        result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"))
-    else:
-        config = build_config(args.preset or "fast", args.config, overrides)
-        result = train(config, progress=not args.quiet)
-    final = result.final
-    text = (f"run {result.run_dir}: {len(result.metrics)} epochs, "
-            f"test accuracy {final.get('test_acc', float('nan')):.4f}, {final.get('elapsed_s', 0):.0f} s of training"
-            f" in {result.config.precision}, {'channels_last' if result.config.channels_last else 'NCHW'}"
-            + (f" (auto: {result.tuning['reason']})" if result.tuning else ""))
-    _emit(args, result.to_dict(), text)
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a run's checkpoint on a split."""
-    from branchgraph.train import evaluate_checkpoint
-
-    result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit,
-                                 precision=args.precision)
-    text = (f"{result['model']} after {result['epochs_trained']} epochs: {result['split']} accuracy "
-            f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples, "
-            f"{result['precision']})")
-    _emit(args, result, text)
-    return 0
-
-
-def _summary(args: argparse.Namespace, model: str) -> Any:
-    from branchgraph.graph import parse_input_size, summary
-
-    size = parse_input_size(args.input) if args.input else None
-    return summary(model, size, batch=args.batch, model_kwargs=args.model_kwargs)
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    """Per-module and per-branch params, MACs and measured saved bytes of a registry model."""
-    s = _summary(args, args.model)
-    _emit(args, s.to_dict(args.depth), s.to_text(args.depth))
-    return 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Two models side by side, with B / A ratios."""
-    from branchgraph.graph.render import compare_rows, render_compare
-
-    a, b = _summary(args, args.model_a), _summary(args, args.model_b)
-    data = {"a": a.model, "b": b.model, "rows": compare_rows(a, b)}
-    _emit(args, data, render_compare(a, b))
-    return 0
-
-
-def cmd_graph(args: argparse.Namespace) -> int:
-    """Draw the computation graph with forks, joins and branches."""
-    from branchgraph.graph.draw import draw
-
-    s = _summary(args, args.model)
-    path = draw(s, args.output)
-    _emit(args, {"model": s.model, "output": str(path), "blocks": len(s.blocks), "branches": len(s.branches)},
-          f"wrote {path}: {len(s.blocks)} fork/join blocks, {len(s.branches)} branches")
-    return 0
-
-
-def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
-    """(module, input size, classes or None) of the command's model, --input and --model-kwargs."""
-    from branchgraph.graph import parse_input_size
-    from branchgraph.models.registry import resolve_model
-
-    size = parse_input_size(args.input) if args.input else None
-    _, model, found, classes = resolve_model(args.model, size, args.model_kwargs)
-    return model, found, classes
-
-
-def _passes(text: str | None) -> list[str] | None:
-    return [p.strip() for p in text.split(",") if p.strip()] if text else None
-
-
-def cmd_optimize(args: argparse.Namespace) -> int:
-    """Run passes on a registry model, verify the result, optionally export it to ONNX."""
-    import torch
-
-    from branchgraph.passes import optimize
-    from branchgraph.passes.export import export_onnx
-
-    torch.manual_seed(args.seed)
-    model, size, classes = _model(args)
-    example = torch.randn(args.batch, *size)
-    passes, tuning = _passes(args.passes), None
-    if args.tune:
-        from branchgraph.passes.manager import resolve
-        from branchgraph.tune import tune
-
-        generator = torch.Generator().manual_seed(args.seed)
-        tuning = tune(model, torch.randn(args.tune_batch, *size, generator=generator),
-                      torch.randint(0, classes or 1, (args.tune_batch,),
-                                    generator=generator),
-                      args.mode, pass_sets=((), resolve(passes, args.mode)))
-        passes = tuning.chosen.pass_list()
-    optimised, report = optimize(model, example, passes=passes, mode=args.mode, verify=not args.no_verify,
-                                 seed=args.seed)
-    data = report.to_dict()
-    data["tuning"] = tuning.to_dict() if tuning else None
-    if args.onnx:
-        if args.mode != "eval":
-            raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
-        data["onnx"] = str(export_onnx(optimised, example, args.onnx))
-    lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
-    if tuning:
-        lines.append(tuning.to_text())
-    for p in data["passes"]:
-        lines.append(f"  {p['name']:<14} nodes {p['nodes_before']} -> {p['nodes_after']}; "
-                     f"{len(p['changed'])} changes, {len(p['skipped'])} skipped")
-        lines += [f"      {c}" for c in p["changed"][:args.show]]
-    if data["verification"]:
-        v = data["verification"]
-        for family, c in v["float64_equivalence"].items():
-            f32 = v["float32_error_vs_float64"][family]
-            lines.append(f"  {family:<19} float64 normwise diff {c['norm_rel']:.1e}; float32 normwise error vs "
-                         f"float64: original {f32['original']:.1e} (worst of {len(f32['original_variants'])} "
-                         f"run(s)), optimised {f32['optimised']:.1e} (limit {f32['limit']:.1e})")
-        lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
-    if args.onnx:
-        lines.append(f"  ONNX written to {data['onnx']}")
-    _emit(args, data, "\n".join(lines))
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
-    from branchgraph.bench import bench
-    from branchgraph.graph import parse_input_size
-
-    size = parse_input_size(args.input) if args.input else None
-    if args.parallel:
-        from branchgraph.bench import bench_parallel
-        from branchgraph.train.setup import resolve_device
-
-        device = str(resolve_device(args.device))
-        parallel_result = bench_parallel(args.model, args.mode, args.batches, size, rounds=args.rounds,
-                                         workers=args.workers, device=device, model_kwargs=args.model_kwargs)
-        _emit(args, parallel_result.to_dict(), parallel_result.to_text())
-        return 0
-    result = bench(args.model, args.mode, args.batch, size, rounds=args.rounds, compile=not args.no_compile,
-                   passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs)
-    _emit(args, result.to_dict(), result.to_text())
-    return 0
-
-
-def cmd_memory(args: argparse.Namespace) -> int:
-    """Plan checkpointing under a budget; with --measure, run steps of the plain and planned model to check it."""
-    import torch
-
-    from branchgraph.memory import compare_variants, plan, table
-
-    if args.budget is None and args.peak is None:
-        raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
-    torch.manual_seed(args.seed)
-    model, size, classes = _model(args)
-    example = torch.randn(args.batch, *size)
-    planned, p = plan(model, example, args.budget, peak=args.peak, cost=args.cost,
-                      saving_ops=not args.no_saving_ops)
-    data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
-    text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
-    if args.measure or args.rounds:
-        target = torch.randint(0, classes or 1, (args.batch,))
-        results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
-        data["measured"] = [r.to_dict(results[0]) for r in results]
-        text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)
-        text += (f"\npeak: predicted {p.predicted_peak_bytes / 2**20:.1f} MiB, measured "
-                 f"{results[1].peak_bytes / 2**20:.1f} MiB")
-    _emit(args, data, text)
-    return 0
-
-
-def cmd_branches(args: argparse.Namespace) -> int:
-    """Per block: the fork's gradient, each branch's contribution and share, and the sum identity checked."""
-    import torch
-
-    from branchgraph.analysis import fork_gradients
-
-    torch.manual_seed(args.seed)
-    model, size, _ = _model(args)
-    model = model.double()
-    reports = fork_gradients(model, torch.randn(args.batch, *size, dtype=torch.float64), seed=args.seed)
-    worst = max((r.sum_error for r in reports), default=0.0)
-    lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
-             f"add up to each fork's within {worst:.1e} (normwise)"]
-    for r in reports:
-        lines.append(f"  {r.block:<28} fork {r.fork:<16} |g| {r.grad_norm:.3e}  imbalance {r.imbalance:6.2f}")
-        lines += [f"      {b.name:<34} |g_i| {b.grad_norm:.3e}  share {b.share:6.1%}" for b in r.branches]
-    _emit(args, {"model": args.model, "input": [args.batch, *size], "max_sum_error": worst,
-                 "forks": [r.to_dict() for r in reports]}, "\n".join(lines))
-    return 0 if worst < 1e-9 else 1
-
-
-def cmd_prune(args: argparse.Namespace) -> int:
-    """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
-    from branchgraph.train.prune_run import prune_and_finetune
-
-    r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet)
-    acc, params, macs = r["test_acc"], r["params"], r["macs"]
-    text = (f"pruned {r['pruned_chains']} conv chains by {r['amount']:.0%}: params {params['original']:,} -> "
-            f"{params['pruned']:,}, MACs {macs['original']:,} -> {macs['pruned']:,}\n"
-            f"test accuracy: {acc['original']:.4f} trained, {acc['pruned']:.4f} pruned, {acc['finetuned']:.4f} after "
-            f"{r['epochs']} fine-tuning epoch(s) (run {r['finetune_run_dir']})")
-    _emit(args, r, text)
-    return 0
 
 
 def _add_input_flags(
@@ -479,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("branchgraph: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
