@@ -36,6 +36,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def _input_size(text: str) -> tuple[int, ...]:
+    """'3,224,224' (or 3x224x224) -> (3, 224, 224)."""
+    try:
+        size = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected channels,height,width such as 3,224,224, got {text!r}") from None
+    if any(s <= 0 for s in size):
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return size
+
+
 def _positive_ints(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(part) for part in text.split(","))
 
@@ -114,8 +125,8 @@ TRAIN_SWITCHES = ("hflip", "channels_last", "normalize", "deterministic", "neste
 def _add_input_flags(
     p: argparse.ArgumentParser, batch: int = 1, batch_help: str = "batch size of the measured step"
 ) -> None:
-    p.add_argument("--input", metavar="C,H,W", help="input size without the batch (default: the registry's; "
-                   "required for a model spec)")
+    p.add_argument("--input", metavar="C,H,W", type=_input_size, help="input size without the batch (default: "
+                   "the registry's; required for a model spec)")
     p.add_argument("--model-kwargs", type=lambda t: _json_object(t, "--model-kwargs"), default=None,
                    metavar="JSON", help='JSON object of options for the model\'s factory, e.g. \'{"width": 0.5}\'')
     p.add_argument("--batch", type=_positive_int, default=batch, help=f"{batch_help} (default {batch})")

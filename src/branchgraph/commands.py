@@ -79,9 +79,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace, model: str) -> Any:
-    from branchgraph.graph import parse_input_size, summary
+    from branchgraph.graph import summary
 
-    size = parse_input_size(args.input) if args.input else None
+    size = args.input
     return summary(model, size, batch=args.batch, model_kwargs=args.model_kwargs)
 
 
@@ -115,10 +115,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
     """(module, input size, classes or None) of the command's model, --input and --model-kwargs."""
-    from branchgraph.graph import parse_input_size
     from branchgraph.models.registry import resolve_model
 
-    size = parse_input_size(args.input) if args.input else None
+    size = args.input
     _, model, found, classes = resolve_model(args.model, size, args.model_kwargs)
     return model, found, classes
 
@@ -180,9 +179,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
     from branchgraph.bench import bench
-    from branchgraph.graph import parse_input_size
 
-    size = parse_input_size(args.input) if args.input else None
+    size = args.input
     if args.parallel:
         from branchgraph.bench import bench_parallel
         from branchgraph.train.setup import resolve_device

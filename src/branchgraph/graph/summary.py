@@ -88,18 +88,6 @@ class Summary:
         return render_summary(self, depth)
 
 
-def parse_input_size(text: str) -> tuple[int, ...]:
-    """'3,224,224' -> (3, 224, 224); anything else raises ConfigError."""
-    try:
-        size = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise ConfigError(f"input must be channels,height,width such as 3,224,224; got {text!r}",
-                          "input") from None
-    if not size or any(s <= 0 for s in size):
-        raise ConfigError(f"input sizes must be positive integers; got {text!r}", "input")
-    return size
-
-
 def summary(
     model: nn.Module | str, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
     model_kwargs: dict[str, Any] | None = None,
