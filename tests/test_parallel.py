@@ -125,12 +125,12 @@ def test_parallel_must_be_the_last_pass() -> None:
 
 
 def test_cli_bench_parallel_json() -> None:
-    r = run_cli("bench", "googlenet-fmnist", "--parallel", "--batches", "1,2", "--rounds", "1", "--json")
+    r = run_cli("bench-parallel", "googlenet-fmnist", "--batches", "1,2", "--rounds", "1", "--json")
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     assert data["device"] == "cpu" and set(data["batches"]) == {"1", "2"}
     assert all(b["sequential_ms"] > 0 and b["parallel_ms"] > 0 for b in data["batches"].values())
-    r = run_cli("bench", "googlenet-fmnist", "--parallel", "--batches", "1,0")
+    r = run_cli("bench-parallel", "googlenet-fmnist", "--batches", "1,0")
     assert r.returncode == 2 and "--batches" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -1,7 +1,8 @@
 """``branchgraph bench``: eager fp32, torch.compile, branchgraph-optimised and optimised+compiled (and, with
 tuning, the measured best and it compiled), timed interleaved in one process (each round runs every variant
 once), reported as medians, ratios to eager, and GFLOP/s against the machine's matmul peak.
-``--parallel`` instead times the captured model with its branches run one after another and concurrently."""
+``bench_parallel`` (``branchgraph bench-parallel``) times the captured model with its branches run one after
+another and concurrently."""
 
 from __future__ import annotations
 
@@ -147,10 +148,10 @@ class ParallelBenchResult:
 def bench_parallel(
     name: str, mode: str = "eval", batches: tuple[int, ...] = (1, 8, 32, 128),
     input_size: tuple[int, ...] | None = None, rounds: int = 10, warmup: int = 2, workers: int | None = None,
-    device: str = "cpu", model_kwargs: dict[str, Any] | None = None,
+    device: str = "cpu", model_kwargs: dict[str, Any] | None = None, seed: int = 0,
 ) -> ParallelBenchResult:
     """The captured model against the same graph after the ``parallel`` pass, interleaved, at each batch size."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     _, model, size, found = resolve_model(name, input_size, model_kwargs)
     model.train(mode == "train").to(device)
     classes = found or 1

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from branchgraph.commands import (
     cmd_bench,
+    cmd_bench_parallel,
     cmd_branches,
     cmd_compare,
     cmd_eval,
@@ -24,6 +25,10 @@ from branchgraph.commands import (
     cmd_train,
 )
 from branchgraph.errors import BranchgraphError, Interrupted
+from branchgraph.memory.planning import COSTS
+from branchgraph.passes.base import MODES
+from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
+from branchgraph.train.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -82,20 +87,23 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
 
 
 FLAGS = {"input_size": "--input"}  # library parameters whose flag is not their name with dashes
+PASSES_HELP = (f"comma-separated passes, of: {', '.join(PASSES)} (default: the mode's lossless set, "
+               + "; ".join(f"{mode}: {','.join(names)}" for mode, names in DEFAULT_PASSES.items()) + ")")
+ROUNDS_HELP = "interleaved timing rounds per variant (default 10)"
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "model": dict(help=MODEL_HELP),
     "model_kwargs": dict(type=lambda t: _json_object(t, "--model-kwargs"),
                          help='JSON object of model options, e.g. \'{"width": 0.25}\''),
-    "epochs": dict(type=_positive_int),
+    "epochs": dict(type=_positive_int, help="training epochs"),
     "batch_size": dict(type=_positive_int, help="global batch size (split over DDP processes)"),
-    "optimizer": dict(choices=("sgd", "adamw")),
+    "optimizer": dict(choices=OPTIMIZERS, help="SGD (with momentum) or AdamW"),
     "lr": dict(type=_positive_float, help="learning rate (the peak for --schedule onecycle)"),
-    "momentum": dict(type=float),
-    "weight_decay": dict(type=float),
-    "schedule": dict(choices=("constant", "onecycle", "cosine")),
-    "label_smoothing": dict(type=float),
+    "momentum": dict(type=float, help="SGD momentum"),
+    "weight_decay": dict(type=float, help="L2 weight decay (decoupled for AdamW)"),
+    "schedule": dict(choices=SCHEDULES, help="learning-rate schedule, stepped per batch"),
+    "label_smoothing": dict(type=float, help="label smoothing of the training loss, in [0, 1)"),
     "resize": dict(type=_positive_int, help="resize images to N x N (d2l uses 96)"),
     "crop_padding": dict(type=int, help="random-crop augmentation with this zero padding"),
     "random_erasing": dict(type=float, metavar="P", help="erase a random rectangle of each training image with "
@@ -104,7 +112,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
                       "weights (decay per step, e.g. 0.999)"),
     "val_size": dict(type=int, help="training images held out for validation (fixed split)"),
     "limit": dict(type=_positive_int, help="use only the first N samples of each split"),
-    "precision": dict(choices=("auto", "fp32", "bf16", "fp16"),
+    "precision": dict(choices=PRECISIONS,
                       help="arithmetic precision; auto (the default) times fp32 and, where the processor has native "
                       "bf16, bf16 on this machine, with both memory layouts unless --[no-]channels-last is given, "
                       "and keeps the fastest (cached per machine, model and input)"),
@@ -113,23 +121,31 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "branch_stats": dict(type=_positive_int, nargs="?", const=10, metavar="K",
                          help="record per-branch gradient statistics every K steps (default 10) into "
                          "branch_stats.jsonl, the epoch metrics and a heatmap branch_stats.png"),
-    "device": dict(choices=("auto", "cpu", "cuda")),
-    "seed": dict(type=int),
+    "device": dict(choices=DEVICES, help="auto: CUDA when available, else CPU"),
+    "seed": dict(type=int, help="seed of the initial weights, batch order and augmentation"),
     "threads": dict(type=_positive_int, help="intra-op CPU threads"),
     "data_dir": dict(help="folder with the Fashion-MNIST IDX files (default $BRANCHGRAPH_DATA or Debian's)"),
     "out_dir": dict(help="parent folder of run directories (default runs)"),
 }
-TRAIN_SWITCHES = ("hflip", "channels_last", "normalize", "deterministic", "nesterov", "tta_flip")
+TRAIN_SWITCHES = {
+    "hflip": "random horizontal flips", "channels_last": "channels_last memory layout (default: timed, see "
+    "--precision)", "normalize": "normalise inputs by the training set's mean and deviation",
+    "deterministic": "deterministic algorithms, no timing-based choices (bit-exact resume)",
+    "nesterov": "Nesterov momentum for SGD", "tta_flip": "evaluate each image and its mirror image, logits averaged",
+}
 
 
 def _add_input_flags(
-    p: argparse.ArgumentParser, batch: int = 1, batch_help: str = "batch size of the measured step"
+    p: argparse.ArgumentParser, batch: int | None = 1, batch_help: str = "batch size of the measured step"
 ) -> None:
+    """--input, --model-kwargs, --seed and (unless ``batch`` is None) --batch."""
     p.add_argument("--input", metavar="C,H,W", type=_input_size, help="input size without the batch (default: "
                    "the registry's; required for a model spec)")
     p.add_argument("--model-kwargs", type=lambda t: _json_object(t, "--model-kwargs"), default=None,
                    metavar="JSON", help='JSON object of options for the model\'s factory, e.g. \'{"width": 0.5}\'')
-    p.add_argument("--batch", type=_positive_int, default=batch, help=f"{batch_help} (default {batch})")
+    if batch is not None:
+        p.add_argument("--batch", type=_positive_int, default=batch, help=f"{batch_help} (default {batch})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's weights and the random input (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,14 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("models", cmd_models, "list the registered models")
 
     p = add("train", cmd_train, "train on Fashion-MNIST")
-    p.add_argument("--preset", choices=("fast", "d2l", "accurate"), help="starting settings (default fast)")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="starting settings (default fast)")
     p.add_argument("--config", help="JSON file of settings, applied after the preset")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for key, kw in TRAIN_FLAGS.items():
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, **kw)
-    for key in TRAIN_SWITCHES:
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, action=argparse.BooleanOptionalAction)
+    for key, text in TRAIN_SWITCHES.items():
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, action=argparse.BooleanOptionalAction,
+                       help=text)
 
     p = add("summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
     p.add_argument("model", help=MODEL_HELP)
@@ -172,11 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set); "
-                   "prune, fold_bn, fuse_parallel, inplace, layout, precision")
-    p.add_argument("--mode", choices=("train", "eval"), default="train")
+    p.add_argument("--passes", help=PASSES_HELP)
+    p.add_argument("--mode", choices=MODES, default="train", help="optimise for training or inference")
     _add_input_flags(p, batch=2, batch_help="batch of the verification input")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
     p.add_argument("--tune", action="store_true", help="choose precision (bf16 only where native), layout and "
                    "the pass set by timing each on this machine at --tune-batch; cached per machine and model")
@@ -194,21 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--mode", choices=("train", "eval"), default="eval")
+    p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
     _add_input_flags(p, batch=128, batch_help="batch size of the timed calls")
-    p.add_argument("--rounds", type=_positive_int, default=10)
-    p.add_argument("--passes", help="comma-separated passes (default: the mode's lossless set)")
+    p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP)
+    p.add_argument("--passes", help=PASSES_HELP)
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     p.add_argument("--tune", action="store_true", help="add the variant chosen by timing precisions (bf16 only "
                    "where native), layouts and {eager, --passes} on this machine (and it compiled)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the model's weights and the timed batch")
-    p.add_argument("--parallel", action="store_true",
-                   help="instead: the model's branches run one after another vs concurrently, at each of --batches")
+
+    p = add("bench-parallel", cmd_bench_parallel, "the model's branches run one after another vs concurrently "
+            "(the parallel pass), interleaved, at each batch size")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
     p.add_argument("--batches", type=_positive_ints, default=(1, 8, 32, 128),
-                   help="comma-separated batch sizes for --parallel (default 1,8,32,128)")
-    p.add_argument("--workers", type=_positive_int, help="threads per block for --parallel on CPU (default: one per "
-                   "branch)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device for --parallel")
+                   help="comma-separated batch sizes (default 1,8,32,128)")
+    _add_input_flags(p, batch=None)
+    p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP)
+    p.add_argument("--workers", type=_positive_int, help="threads per block on CPU (default: one per branch)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available, else CPU")
 
     p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
     p.add_argument("model", help=MODEL_HELP)
@@ -219,23 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-saving-ops", action="store_true", help="do not let max pools keep 1-byte offsets and "
                    "lone ReLUs 1-byte masks (exact; chosen only where they beat recomputation)")
     _add_input_flags(p, batch=32, batch_help="training batch size the plan is for")
-    p.add_argument("--cost", choices=("time", "macs"), default="time",
+    p.add_argument("--cost", choices=COSTS, default="time",
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")
-    p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model")
-    p.add_argument("--rounds", type=int, default=0, help="also time N interleaved SGD steps of both (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model, "
+                   "and time --rounds of both")
+    p.add_argument("--rounds", type=int, default=10, help=ROUNDS_HELP + "; with --measure, 0 times nothing")
 
     p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
     p.add_argument("model", help=MODEL_HELP)
     _add_input_flags(p, batch=2, batch_help="batch of the measured step")
-    p.add_argument("--seed", type=int, default=0)
 
     p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--limit", type=_positive_int, default=None)
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to evaluate on")
+    p.add_argument("--data-dir", default=None, help=TRAIN_FLAGS["data_dir"]["help"])
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only (default: the run's)")
+    p.add_argument("--precision", choices=tuple(p for p in PRECISIONS if p != "auto"), default=None,
                    help="run inference in this precision instead of the run's own")
     return parser
 

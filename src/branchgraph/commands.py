@@ -82,7 +82,7 @@ def _summary(args: argparse.Namespace, model: str) -> Any:
     from branchgraph.graph import summary
 
     size = args.input
-    return summary(model, size, batch=args.batch, model_kwargs=args.model_kwargs)
+    return summary(model, size, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -176,21 +176,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_parallel(args: argparse.Namespace) -> int:
+    """The model's branches run one after another vs concurrently (the parallel pass), at each batch size."""
+    from branchgraph.bench import bench_parallel
+    from branchgraph.train.setup import resolve_device
+
+    result = bench_parallel(args.model, args.mode, args.batches, args.input, rounds=args.rounds,
+                            workers=args.workers, device=str(resolve_device(args.device)),
+                            model_kwargs=args.model_kwargs, seed=args.seed)
+    _emit(args, result.to_dict(), result.to_text())
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
     from branchgraph.bench import bench
 
-    size = args.input
-    if args.parallel:
-        from branchgraph.bench import bench_parallel
-        from branchgraph.train.setup import resolve_device
-
-        device = str(resolve_device(args.device))
-        parallel_result = bench_parallel(args.model, args.mode, args.batches, size, rounds=args.rounds,
-                                         workers=args.workers, device=device, model_kwargs=args.model_kwargs)
-        _emit(args, parallel_result.to_dict(), parallel_result.to_text())
-        return 0
-    result = bench(args.model, args.mode, args.batch, size, rounds=args.rounds, compile=not args.no_compile,
+    result = bench(args.model, args.mode, args.batch, args.input, rounds=args.rounds, compile=not args.no_compile,
                    passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs)
     _emit(args, result.to_dict(), result.to_text())
     return 0
@@ -211,7 +213,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
                       saving_ops=not args.no_saving_ops)
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
     text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
-    if args.measure or args.rounds:
+    if args.measure:
         target = torch.randint(0, classes or 1, (args.batch,))
         results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
         data["measured"] = [r.to_dict(results[0]) for r in results]
