@@ -22,15 +22,19 @@ from branchgraph.errors import BranchgraphError
 from branchgraph.graph.capture import capture
 from branchgraph.graph.structure import Block, find_blocks
 
-_RECORDED: dict[str, torch.Tensor] = {}
 
+class _Tap(nn.Module):
+    """An identity whose gradient is recorded in ``store[key]``: one use of a value, made visible to autograd."""
 
-def _tap(x: torch.Tensor, key: str) -> torch.Tensor:
-    """An identity whose gradient is recorded under ``key``: one use of a value, made visible to autograd."""
-    y = x.view_as(x)
-    if y.requires_grad:
-        y.register_hook(lambda g: _RECORDED.__setitem__(key, g.detach().clone()))
-    return y
+    def __init__(self, store: dict[str, torch.Tensor], key: str) -> None:
+        super().__init__()
+        self.store, self.key = store, key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.view_as(x)
+        if y.requires_grad:
+            y.register_hook(lambda g: self.store.__setitem__(self.key, g.detach().clone()))
+        return y
 
 
 @dataclass
@@ -79,21 +83,32 @@ def _uses(gm: fx.GraphModule, block: Block) -> list[tuple[fx.Node, str]]:
     return uses
 
 
-def _tapped(gm: fx.GraphModule, taps: dict[str, list[tuple[fx.Node, str]]], per_use: bool) -> fx.GraphModule:
-    """A copy of ``gm`` with a recording identity on each fork (per_use=False) or on each of its uses."""
+def _tapped(gm: fx.GraphModule, taps: dict[str, list[tuple[fx.Node, str]]], per_use: bool,
+            store: dict[str, torch.Tensor]) -> fx.GraphModule:
+    """A copy of ``gm`` with a recording identity (into ``store``) on each fork (per_use=False) or on each of its
+    uses."""
     new = fx.GraphModule(gm, copy.deepcopy(gm.graph))
     nodes = {n.name: n for n in new.graph.nodes}
+
+    made: list[str] = []
+
+    def tap_node(fork: fx.Node, key: str) -> fx.Node:
+        name = f"branchgraph_tap_{len(made)}"
+        made.append(name)
+        new.add_submodule(name, _Tap(store, key))
+        return new.graph.call_module(name, (fork,))
+
     for fork_name, uses in taps.items():
         fork = nodes[fork_name]
         if not per_use:
             with new.graph.inserting_after(fork):
-                tap = new.graph.call_function(_tap, (fork, f"{fork_name}/total"))
+                tap = tap_node(fork, f"{fork_name}/total")
             fork.replace_all_uses_with(tap, delete_user_cb=lambda user, t=tap: user is not t)
             continue
         for index, (user, _) in enumerate(uses):
             target = nodes[user.name]
             with new.graph.inserting_before(target):
-                tap = new.graph.call_function(_tap, (fork, f"{fork_name}/{index}"))
+                tap = tap_node(fork, f"{fork_name}/{index}")
             target.replace_input_with(fork, tap)
     new.graph.lint()
     new.recompile()
@@ -126,11 +141,11 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
     weights = torch.randn(shape, generator=generator) if target is None else None
     recorded = []
     for per_use in (False, True):
-        net = _tapped(gm, taps, per_use).train()
-        _RECORDED.clear()
+        store: dict[str, torch.Tensor] = {}
+        net = _tapped(gm, taps, per_use, store).train()
         torch.manual_seed(seed)  # the same dropout masks in both runs
         _loss(net(example), weights, target).backward()
-        recorded.append(dict(_RECORDED))
+        recorded.append(store)
     totals, contributions = recorded
     reports = []
     for block in blocks:

@@ -3,16 +3,11 @@
 
 from branchgraph.passes.base import PassReport, reports
 from branchgraph.passes.fold_bn import fold_bn
-from branchgraph.passes.fuse_parallel import (
-    FusedConv2d,
-    from_original_state_dict,
-    fuse_parallel,
-    original_parameters,
-    to_original_state_dict,
-)
+from branchgraph.passes.fuse_parallel import FusedConv2d, fuse_parallel
 from branchgraph.passes.inplace import inplace
 from branchgraph.passes.layout import layout
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES, PassError, run_passes
+from branchgraph.passes.names import from_original_state_dict, original_parameters, to_original_state_dict
 from branchgraph.passes.optimize import OptimizeReport, Verification, VerificationError, optimize, verify_equal
 from branchgraph.passes.parallel import ParallelBranches, parallel
 from branchgraph.passes.precision import precision

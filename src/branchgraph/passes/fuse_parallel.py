@@ -16,7 +16,6 @@ from torch import fx, nn
 
 from branchgraph.graph.structure import common_prefix
 from branchgraph.passes.base import check_mode, finish, start
-from branchgraph.passes.parallel import unwrap_name
 
 
 class FusedConv2d(nn.Conv2d):
@@ -99,54 +98,3 @@ def fuse_parallel(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = Fa
             gm.graph.erase_node(node)
         report.changed.append(f"{len(nodes)} convs -> {name}: {', '.join(targets)}")
     return finish(gm, report)
-
-
-def fused_modules(gm: nn.Module) -> list[tuple[str, FusedConv2d]]:
-    """The FusedConv2d modules of ``gm`` with their paths."""
-    return [(n, m) for n, m in gm.named_modules() if isinstance(m, FusedConv2d)]
-
-
-def original_parameters(gm: nn.Module, grad: bool = False) -> dict[str, torch.Tensor | None]:
-    """Every parameter (or, with ``grad``, its gradient) under its original, unfused name: a fused conv's
-    pieces are slices of its weight and bias, so each original parameter's gradient is recovered exactly."""
-
-    def pick(p: torch.Tensor) -> torch.Tensor | None:
-        return p.grad if grad else p
-
-    fused = dict(fused_modules(gm))
-    out = {unwrap_name(n): pick(p) for n, p in gm.named_parameters() if n.rsplit(".", 1)[0] not in fused}
-    for module in fused.values():
-        for source, part in module.pieces():
-            for kind in ("weight", "bias"):
-                tensor = getattr(module, kind)
-                if tensor is not None:
-                    value = pick(tensor)
-                    out[f"{source}.{kind}"] = None if value is None else value[part]
-    return out
-
-
-def to_original_state_dict(gm: nn.Module) -> dict[str, torch.Tensor]:
-    """``gm.state_dict()`` in the unfused model's layout (loads into the original model)."""
-    state = {unwrap_name(k): v for k, v in gm.state_dict().items()}
-    for path, module in fused_modules(gm):
-        weight = state.pop(f"{path}.weight")
-        bias = state.pop(f"{path}.bias", None)
-        for source, part in module.pieces():
-            state[f"{source}.weight"] = weight[part].clone()
-            if bias is not None:
-                state[f"{source}.bias"] = bias[part].clone()
-    return state
-
-
-def from_original_state_dict(gm: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """An original-layout state dict turned into ``gm``'s layout (for ``gm.load_state_dict``)."""
-    state = dict(state)
-    for path, module in fused_modules(gm):
-        sources = [s for s, _ in module.pieces()]
-        state[f"{path}.weight"] = torch.cat([state.pop(f"{s}.weight") for s in sources])
-        if module.bias is not None:
-            state[f"{path}.bias"] = torch.cat([state.pop(f"{s}.bias") for s in sources])
-    for key in gm.state_dict():
-        if unwrap_name(key) != key and unwrap_name(key) in state:
-            state[key] = state.pop(unwrap_name(key))
-    return state

@@ -38,8 +38,10 @@ def resolve(names: Sequence[str] | None, mode: str) -> list[str]:
     unknown = [n for n in chosen if n not in PASSES]
     if unknown:
         raise PassError(f"unknown pass {', '.join(unknown)}; choose from {', '.join(PASSES)}")
-    if "parallel" in chosen[:-1]:
-        raise PassError("pass parallel must come last: the passes after it would not see inside its branches")
+    for name in chosen[:-1]:
+        reason = getattr(PASSES[name], "must_run_last", None)
+        if reason:
+            raise PassError(f"pass {name} must come last: {reason}")
     return chosen
 
 

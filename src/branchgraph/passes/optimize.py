@@ -14,8 +14,8 @@ from torch import fx, nn
 from branchgraph.errors import BranchgraphError
 from branchgraph.graph.capture import capture
 from branchgraph.passes.base import PassReport, check_mode, reports
-from branchgraph.passes.fuse_parallel import original_parameters
 from branchgraph.passes.manager import resolve, run_passes
+from branchgraph.passes.names import original_parameters
 
 # Relative error = max |got - want| / max |want|, per tensor, worst over tensors.
 # Equivalence is checked in float64, normwise per family (||optimised - original|| / ||original|| over all
