@@ -5,10 +5,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -74,15 +75,84 @@ class Measurement:
     forward_bytes: int | None = None
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
+def tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in a module's arguments or outputs (nested tuples, lists and dicts), in order."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _tensors(item)
+            yield from tensors(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _tensors(item)
+            yield from tensors(item)
+
+
+class StorageTable:
+    """The storages a recorded run touches, numbered in the order first seen (by address), with their bytes,
+    element size and whether they hold integers. Parameters, buffers and the input (``excluded``) exist without
+    autograd and are left out, as are meta tensors. ``keep`` holds every storage seen, so that no address is
+    reused during the run (a profile can afford it; a peak measurement cannot)."""
+
+    def __init__(self, excluded: Iterable[torch.Tensor], keep: bool = True) -> None:
+        self.excluded = {t.untyped_storage().data_ptr() for t in excluded}
+        self.index: dict[int, int] = {}
+        self.sizes: list[int] = []
+        self.element: list[int] = []
+        self.integer: list[bool] = []
+        self.kept: list[torch.Tensor] | None = [] if keep else None
+
+    def id(self, t: torch.Tensor) -> int | None:
+        """The storage's number, or None for an excluded or meta one."""
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in self.excluded or storage.device.type == "meta":
+            return None
+        if ptr not in self.index:
+            self.index[ptr] = len(self.sizes)
+            self.sizes.append(storage.nbytes())
+            self.element.append(t.element_size())
+            self.integer.append(not (t.is_floating_point() or t.is_complex()))
+            if self.kept is not None:
+                self.kept.append(t)
+        return self.index[ptr]
+
+
+class SavedTensors:
+    """While entered, records (storage number, ``owner()``) for every tensor autograd saves (an owner of None,
+    or a storage the table leaves out, records nothing); ``on_pack``/``on_unpack`` run at each pack/unpack."""
+
+    def __init__(self, table: StorageTable, owner: Callable[[], int | None],
+                 on_pack: Callable[[], None] | None = None, on_unpack: Callable[[], None] | None = None) -> None:
+        self.table, self.owner = table, owner
+        self.on_pack, self.on_unpack = on_pack, on_unpack
+        self.pairs: list[tuple[int, int]] = []
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        who = self.owner()
+        if who is not None:
+            sid = self.table.id(t)
+            if sid is not None:
+                self.pairs.append((sid, who))
+        if self.on_pack is not None:
+            self.on_pack()
+        return t
+
+    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
+        if self.on_unpack is not None:
+            self.on_unpack()
+        return t
+
+    def __enter__(self) -> SavedTensors:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    def entries(self) -> np.ndarray:
+        """The distinct (storage, owner) pairs, sorted, as an (n, 2) int64 array."""
+        return np.array(sorted(set(self.pairs)), dtype=np.int64).reshape(-1, 2)
 
 
 class _AfterEveryOp(TorchDispatchMode):
@@ -110,10 +180,10 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     """
     layers: dict[str, LayerRecord] = defaultdict(LayerRecord)
     names = {m: n for n, m in model.named_modules()}
+    paths = ["", *(n for n in names.values() if n)]
+    position = {p: i for i, p in enumerate(paths)}
     # Parameters and the input batch exist without autograd: only what autograd adds is counted.
-    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    param_storages.add(example.untyped_storage().data_ptr())
-    seen: set[int] = set()
+    table = StorageTable([*model.parameters(), example], keep=False)
     stack: list[str] = []
     order: list[str] = []
     base = heap_in_use()
@@ -135,7 +205,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
         if backward[0]:
             # A recomputation in backward (checkpoint, reversible block) is not another call of the forward. A
             # reversible block's forward ran without grad, so its backward MACs are those of this recomputation.
-            ins, outs = list(_tensors(args)), list(_tensors(output))
+            ins, outs = list(tensors(args)), list(tensors(output))
             if ins and outs and not list(module.children()) and rec.backward_macs == 0:
                 rec.backward_macs = layer_macs(module, ins[0], outs[0])[1]
             sample()
@@ -143,8 +213,8 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
         if rec.calls == 0:
             order.append(name)
         rec.calls += 1
-        outs = list(_tensors(output))
-        ins = list(_tensors(args))
+        outs = list(tensors(output))
+        ins = list(tensors(args))
         if outs:
             rec.output_shape = list(outs[0].shape)
         if ins:
@@ -155,30 +225,19 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
             rec.backward_macs += bwd
         sample()
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        ptr = storage.data_ptr()
-        if not backward[0] and ptr not in seen and ptr not in param_storages and storage.device.type != "meta":
-            seen.add(ptr)
-            layers[stack[-1] if stack else ""].saved_bytes += storage.nbytes()
-        sample()
-        return tensor
-
-    def unpack(tensor: torch.Tensor) -> torch.Tensor:
-        sample()
-        return tensor
-
     pre_hook.observer = post_hook.observer = True  # type: ignore[attr-defined]  # a planned model keeps its plan
     handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
     handles += [m.register_forward_hook(post_hook) for m in model.modules()]
     model.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack), _AfterEveryOp(sample):
+        saved = SavedTensors(table, lambda: None if backward[0] else position[stack[-1] if stack else ""],
+                             on_pack=sample, on_unpack=sample)
+        with saved, _AfterEveryOp(sample):
             try:
                 output = model(example)
             except Exception as exc:  # re-raised naming the innermost layer that was running
                 raise layer_failure(model, stack[-1] if stack else "", tuple(example.shape), exc) from None
-            loss = sum(t.float().sum() for t in _tensors(output))
+            loss = sum(t.float().sum() for t in tensors(output))
             sample()
             after_forward = heap_in_use()
             if isinstance(loss, torch.Tensor) and loss.requires_grad:
@@ -188,6 +247,11 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     finally:
         for h in handles:
             h.remove()
+    first: dict[int, int] = {}
+    for sid, who in saved.pairs:  # each storage counted once, for the first module that saved it
+        first.setdefault(sid, who)
+    for sid, who in first.items():
+        layers[paths[who]].saved_bytes += table.sizes[sid]
     return Measurement(dict(layers), sum(r.saved_bytes for r in layers.values()),
                        peak[0] if base is not None else None, order,
                        after_forward - base if base is not None and after_forward is not None else None)

@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from branchgraph.graph.capture import layer_failure, node_module
 from branchgraph.graph.cost import layer_macs
-from branchgraph.graph.record import _tensors
+from branchgraph.graph.record import SavedTensors, StorageTable, tensors
 from branchgraph.memory import saving_ops
 from branchgraph.memory.planner import Problem, Region, Saves, Shrink
 from branchgraph.memory.reversible import ReversibleSequence
@@ -77,44 +77,19 @@ class GraphProfile:
 class _Recorder(fx.Interpreter):
     """Runs the graph recording, per unit, the storages autograd saves, outputs, time and MACs."""
 
-    def __init__(self, gm: fx.GraphModule, excluded: set[int]) -> None:
+    def __init__(self, gm: fx.GraphModule, table: StorageTable) -> None:
         super().__init__(gm)
         self.extra_traceback = False
-        self.excluded = excluded
-        self.index: dict[int, int] = {}
-        self.sizes: list[int] = []
-        self.keep: list[torch.Tensor] = []  # held so that no storage address is reused while profiling
-        self.pairs: list[tuple[int, int]] = []
+        self.table = table
         self.position = {n: i for i, n in enumerate(units_of(gm))}
         count = len(self.position)
         self.current = -1
         self.outs: list[list[int]] = [[] for _ in range(count)]
         self.ins: list[set[int]] = [set() for _ in range(count)]
         self.seconds = np.zeros(count)
-        self.element: list[int] = []
-        self.integer: list[bool] = []
         self.widths = [0] * count
         self.in_bytes = [0] * count
         self.macs = np.zeros(count, dtype=np.int64)
-
-    def storage_of(self, t: torch.Tensor) -> int | None:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr in self.excluded or storage.device.type == "meta":
-            return None
-        if ptr not in self.index:
-            self.index[ptr] = len(self.sizes)
-            self.sizes.append(storage.nbytes())
-            self.element.append(t.element_size())
-            self.integer.append(not (t.is_floating_point() or t.is_complex()))
-            self.keep.append(t)
-        return self.index[ptr]
-
-    def pack(self, t: torch.Tensor) -> torch.Tensor:
-        sid = self.storage_of(t)
-        if sid is not None and self.current >= 0:
-            self.pairs.append((sid, self.current))
-        return t
 
     def run_node(self, n: fx.Node) -> Any:
         k = self.position.get(n, -1)
@@ -122,16 +97,16 @@ class _Recorder(fx.Interpreter):
         if k < 0:
             return super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        inputs = list(_tensors((args, kwargs)))
-        self.ins[k] = {s for s in map(self.storage_of, inputs) if s is not None}
+        inputs = list(tensors((args, kwargs)))
+        self.ins[k] = {s for s in map(self.table.id, inputs) if s is not None}
         if inputs:
             self.widths[k] = inputs[0].shape[-1] if inputs[0].dim() else 1
             self.in_bytes[k] = inputs[0].numel() * inputs[0].element_size()
         start = time.perf_counter()
         result = getattr(self, n.op)(n.target, args, kwargs)
         self.seconds[k] = time.perf_counter() - start
-        outs = list(_tensors(result))
-        self.outs[k] = [s for s in map(self.storage_of, outs) if s is not None]
+        outs = list(tensors(result))
+        self.outs[k] = [s for s in map(self.table.id, outs) if s is not None]
         if n.op == "call_module" and inputs and outs:
             module = self.module.get_submodule(str(n.target))
             if not list(module.children()):
@@ -141,18 +116,19 @@ class _Recorder(fx.Interpreter):
 
 def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -> GraphProfile:
     """One warm-up and one recorded training forward of ``gm`` (whose parameters are ``model``'s)."""
-    excluded = {t.untyped_storage().data_ptr() for t in (*gm.parameters(), *gm.buffers(), example)}
+    table = StorageTable([*gm.parameters(), *gm.buffers(), example])
     gm.train()
-    recorder = _Recorder(gm, excluded)
+    recorder = _Recorder(gm, table)
+    saved = SavedTensors(table, lambda: recorder.current if recorder.current >= 0 else None)
     try:
         fx.Interpreter(gm).run(example)  # warm-up: the timed run must not pay first-call costs
-        with torch.autograd.graph.saved_tensors_hooks(recorder.pack, lambda t: t):
+        with saved:
             recorder.run(example)
     except Exception as exc:  # re-raised naming the layer whose node failed
         node = next((n for n, k in recorder.position.items() if k == recorder.current), None)
         raise layer_failure(model, node_module(node) if node else "", tuple(example.shape), exc) from None
     units = units_of(gm)
-    pairs = np.array(sorted(set(recorder.pairs)), dtype=np.int64).reshape(-1, 2)
+    pairs = saved.entries()
     saved_by: list[set[int]] = [set() for _ in units]
     for s, k in pairs:
         saved_by[k].add(int(s))
@@ -162,10 +138,10 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -
     inplace = [[position.get(a, -1) for a in n.all_input_nodes if mutates(gm, n, a)] for n in units]
     return GraphProfile(
         [n.name for n in units], [node_module(n) for n in units],
-        Saves(np.array(recorder.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
+        Saves(np.array(table.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
         np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
-        recorder.seconds, recorder.macs, users, args, inplace, np.array(recorder.element, dtype=np.int64),
-        np.array(recorder.integer, dtype=bool), recorder.widths, recorder.in_bytes)
+        recorder.seconds, recorder.macs, users, args, inplace, np.array(table.element, dtype=np.int64),
+        np.array(table.integer, dtype=bool), recorder.widths, recorder.in_bytes)
 
 
 @dataclass(frozen=True)

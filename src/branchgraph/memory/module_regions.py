@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.cost import layer_macs
-from branchgraph.graph.record import _tensors
+from branchgraph.graph.record import SavedTensors, StorageTable, tensors
 from branchgraph.memory.planner import Problem, Region, Saves
 from branchgraph.memory.reversible import statistics_frozen
 
@@ -36,11 +36,7 @@ class _Profile:
 
 def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
     names = {m: n for n, m in model.named_modules()}
-    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), example)}
-    index: dict[int, int] = {}
-    sizes: list[int] = []
-    keep: list[torch.Tensor] = []  # held so that no storage address is reused while profiling
-    pairs: list[tuple[int, int]] = []
+    table = StorageTable([*model.parameters(), *model.buffers(), example])
     path_index = {p: i for i, p in enumerate(names.values())}
     inputs: dict[str, set[int]] = {}
     macs: dict[str, int] = {}
@@ -48,47 +44,31 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
     started: list[float] = []
     stack: list[str] = []
 
-    def storage_of(t: torch.Tensor) -> int | None:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr in excluded or storage.device.type == "meta":
-            return None
-        if ptr not in index:
-            index[ptr] = len(sizes)
-            sizes.append(storage.nbytes())
-            keep.append(t)
-        return index[ptr]
-
     def pre_hook(module: nn.Module, args: Any) -> None:
         name = names[module]
         stack.append(name)
-        found = {s for s in map(storage_of, _tensors(args)) if s is not None}
+        found = {s for s in map(table.id, tensors(args)) if s is not None}
         inputs.setdefault(name, set()).update(found)
         started.append(time.perf_counter())
 
     def post_hook(module: nn.Module, args: Any, output: Any) -> None:
         elapsed = time.perf_counter() - started.pop()
         name = stack.pop()
-        ins, outs = list(_tensors(args)), list(_tensors(output))
+        ins, outs = list(tensors(args)), list(tensors(output))
         if ins and outs and not list(module.children()):
             macs[name] = macs.get(name, 0) + layer_macs(module, ins[0], outs[0])[0]
             seconds[name] = seconds.get(name, 0.0) + elapsed
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        sid = storage_of(t)
-        if sid is not None:
-            pairs.append((sid, path_index[stack[-1] if stack else ""]))
-        return t
 
     model.train()
     try:
         model(example)  # warm-up, so that the timed step does not pay first-call costs
     except Exception as exc:  # re-raised naming the innermost layer that was running
         raise layer_failure(model, "", tuple(example.shape), exc) from None
+    saved = SavedTensors(table, lambda: path_index[stack[-1] if stack else ""])
     handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
     handles += [m.register_forward_hook(post_hook) for m in model.modules()]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with saved:
             try:
                 model(example)
             except Exception as exc:  # re-raised naming the innermost layer that was running
@@ -96,8 +76,8 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
     finally:
         for h in handles:
             h.remove()
-    entries = np.array(sorted(set(pairs)), dtype=np.int64).reshape(-1, 2)
-    return _Profile(list(path_index), np.array(sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
+    entries = saved.entries()
+    return _Profile(list(path_index), np.array(table.sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
                     inputs, macs, seconds)
 
 
@@ -152,7 +132,7 @@ def _contexts(modules: list[nn.Module]) -> tuple[contextlib.AbstractContextManag
 
 def _wants_checkpoint(module: nn.Module, args: tuple[Any, ...]) -> bool:
     return torch.is_grad_enabled() and (
-        any(t.requires_grad for t in _tensors(args)) or any(p.requires_grad for p in module.parameters()))
+        any(t.requires_grad for t in tensors(args)) or any(p.requires_grad for p in module.parameters()))
 
 
 class _Checkpointed(nn.Module):

@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from branchgraph.errors import BranchgraphError
 from branchgraph.graph.capture import capture
+from branchgraph.graph.record import tensors
 from branchgraph.passes.base import PassReport, check_mode, reports
 from branchgraph.passes.manager import resolve, run_passes
 from branchgraph.passes.names import original_parameters
@@ -138,12 +139,6 @@ class OptimizeReport:
                 "verification": self.verification.to_dict() if self.verification else None}
 
 
-def _outputs(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    return [t for item in value for t in _outputs(item)] if isinstance(value, list | tuple) else []
-
-
 def optimize(
     model: nn.Module,
     example: torch.Tensor,
@@ -231,10 +226,10 @@ def _step(
     context = torch.autocast(example.device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     if mode == "eval":
         with torch.no_grad(), context:
-            return {"outputs": {f"output {i}": o.to(example.dtype) for i, o in enumerate(_outputs(net(example)))}}
+            return {"outputs": {f"output {i}": o.to(example.dtype) for i, o in enumerate(tensors(net(example)))}}
     torch.manual_seed(seed)
     with context:
-        outs = [o.to(example.dtype) for o in _outputs(net(example))]
+        outs = [o.to(example.dtype) for o in tensors(net(example))]
     torch.manual_seed(seed + 1)
     weights = [torch.randn(o.shape).to(o.dtype) for o in outs]
     sum((o * w).sum() for o, w in zip(outs, weights, strict=True)).backward()
@@ -249,12 +244,12 @@ def _step(
 
 def _compare(got: dict[str, dict[str, torch.Tensor]], want: dict[str, dict[str, torch.Tensor]]) -> dict[str, Check]:
     checks: dict[str, Check] = {}
-    for family, tensors in want.items():
-        missing = sorted(set(tensors) - set(got[family]))
+    for family, wanted in want.items():
+        missing = sorted(set(wanted) - set(got[family]))
         if missing:
             raise VerificationError(f"the optimised model has no {family} for {', '.join(missing[:5])}")
         check = checks[family] = Check()
-        for name, tensor in tensors.items():
+        for name, tensor in wanted.items():
             check.add(name, got[family][name], tensor)
     return checks
 
