@@ -16,7 +16,7 @@ from torch import nn
 from branchgraph.errors import ConfigError
 from branchgraph.graph import capture, measure
 from branchgraph.hardware import describe_text, matmul_peak
-from branchgraph.models.registry import resolve_model
+from branchgraph.models.registry import example_for, resolve_model
 from branchgraph.passes import optimize, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
@@ -88,9 +88,7 @@ def bench(
     torch.manual_seed(seed)
     _, model, size, classes = resolve_model(name, input_size, model_kwargs)
     model.train(mode == "train")
-    x = torch.randn(batch, *size)
-    classes = classes or 1
-    y = torch.randint(0, classes, (batch,))
+    x, y = example_for(size, batch, seed, classes)
     names = resolve(passes, mode)
     optimised, report = optimize(model, x[:2], passes=names, mode=mode, verify=False)
     reduced = "bf16" if "precision" in names else "fp32"
@@ -154,16 +152,14 @@ def bench_parallel(
     torch.manual_seed(seed)
     _, model, size, found = resolve_model(name, input_size, model_kwargs)
     model.train(mode == "train").to(device)
-    classes = found or 1
-    sequential = capture(model, torch.randn(1, *size, device=device)).graph_module
+    sequential = capture(model, example_for(size, 1, seed, device=device)[0]).graph_module
     if sequential is None:
         raise ConfigError(f"torch.fx cannot trace {name}: the parallel pass needs a captured graph")
     nets = {"sequential": sequential.train(mode == "train"),
             "parallel": parallel(sequential, mode=mode, workers=workers).train(mode == "train")}
     medians = {}
     for batch in batches:
-        x = torch.randn(batch, *size, device=device)
-        y = torch.randint(0, classes, (batch,), device=device)
+        x, y = example_for(size, batch, seed, found, device=device)
         medians[batch] = time_interleaved({v: make_runner(n, x, y, mode) for v, n in nets.items()}, rounds, warmup)
     label = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     return ParallelBenchResult(name, mode, label, size, rounds, workers, medians)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from branchgraph.errors import ConfigError
+from branchgraph.models.registry import example_for
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -114,11 +115,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
-    """(module, input size, classes or None) of the command's model, --input and --model-kwargs."""
+    """(module, input size, classes or None) of the command's model, --input and --model-kwargs; its weights
+    drawn after seeding with --seed."""
+    import torch
+
     from branchgraph.models.registry import resolve_model
 
-    size = args.input
-    _, model, found, classes = resolve_model(args.model, size, args.model_kwargs)
+    torch.manual_seed(args.seed)
+    _, model, found, classes = resolve_model(args.model, args.input, args.model_kwargs)
     return model, found, classes
 
 
@@ -128,24 +132,19 @@ def _passes(text: str | None) -> list[str] | None:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Run passes on a registry model, verify the result, optionally export it to ONNX."""
-    import torch
 
     from branchgraph.passes import optimize
     from branchgraph.passes.export import export_onnx
 
-    torch.manual_seed(args.seed)
     model, size, classes = _model(args)
-    example = torch.randn(args.batch, *size)
+    example, _ = example_for(size, args.batch, args.seed)
     passes, tuning = _passes(args.passes), None
     if args.tune:
         from branchgraph.passes.manager import resolve
         from branchgraph.tune import tune
 
-        generator = torch.Generator().manual_seed(args.seed)
-        tuning = tune(model, torch.randn(args.tune_batch, *size, generator=generator),
-                      torch.randint(0, classes or 1, (args.tune_batch,),
-                                    generator=generator),
-                      args.mode, pass_sets=((), resolve(passes, args.mode)))
+        tuning = tune(model, *example_for(size, args.tune_batch, args.seed, classes), args.mode,
+                      pass_sets=((), resolve(passes, args.mode)))
         passes = tuning.chosen.pass_list()
     optimised, report = optimize(model, example, passes=passes, mode=args.mode, verify=not args.no_verify,
                                  seed=args.seed)
@@ -200,21 +199,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_memory(args: argparse.Namespace) -> int:
     """Plan checkpointing under a budget; with --measure, run steps of the plain and planned model to check it."""
-    import torch
 
     from branchgraph.memory import compare_variants, plan, table
 
     if args.budget is None and args.peak is None:
         raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
-    torch.manual_seed(args.seed)
     model, size, classes = _model(args)
-    example = torch.randn(args.batch, *size)
+    example, target = example_for(size, args.batch, args.seed, classes)
     planned, p = plan(model, example, args.budget, peak=args.peak, cost=args.cost,
                       saving_ops=not args.no_saving_ops)
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
     text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
     if args.measure:
-        target = torch.randint(0, classes or 1, (args.batch,))
         results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
         data["measured"] = [r.to_dict(results[0]) for r in results]
         text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)
@@ -230,10 +226,9 @@ def cmd_branches(args: argparse.Namespace) -> int:
 
     from branchgraph.analysis import fork_gradients
 
-    torch.manual_seed(args.seed)
     model, size, _ = _model(args)
-    model = model.double()
-    reports = fork_gradients(model, torch.randn(args.batch, *size, dtype=torch.float64), seed=args.seed)
+    reports = fork_gradients(model.double(), example_for(size, args.batch, args.seed, dtype=torch.float64)[0],
+                             seed=args.seed)
     worst = max((r.sum_error for r in reports), default=0.0)
     lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
              f"add up to each fork's within {worst:.1e} (normwise)"]

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from branchgraph.errors import ConfigError
@@ -17,7 +16,7 @@ from branchgraph.graph.cost import param_counts
 from branchgraph.graph.operators import operator_macs
 from branchgraph.graph.record import LayerRecord, Measurement, measure
 from branchgraph.graph.structure import Block, find_blocks
-from branchgraph.models.registry import resolve_model
+from branchgraph.models.registry import example_for, resolve_model
 
 MB = 1024.0**2
 BYTES_PER_VALUE = 4  # torchsummary's convention: float32 everywhere
@@ -99,8 +98,7 @@ def summary(
     if batch <= 0:
         raise ConfigError(f"batch must be a positive integer; got {batch}", "batch")
     name, module, size, _ = resolve_model(model, input_size, model_kwargs)
-    generator = torch.Generator().manual_seed(seed)
-    example = torch.randn((batch, *size), generator=generator)
+    example, _ = example_for(size, batch, seed)
     work = copy.deepcopy(module)
     captured = capture(work, example)
     measured = measure(work, example)
