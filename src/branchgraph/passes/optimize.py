@@ -18,35 +18,19 @@ from branchgraph.passes.base import PassReport, check_mode, reports
 from branchgraph.passes.manager import resolve, run_passes
 from branchgraph.passes.names import original_parameters
 
-# Relative error = max |got - want| / max |want|, per tensor, worst over tensors.
-# Equivalence is checked in float64, normwise per family (||optimised - original|| / ||original|| over all
-# outputs, all gradients, all weights), where rounding cannot hide a wrong transformation: observed 1e-12 or
-# less, while a wrong one shows as 1e-3 or more. Normwise, because a gradient that is zero in exact arithmetic
-# (a one-channel conv before BatchNorm) is pure rounding noise in both models, even in float64.
-EXACT_TOLERANCE = 1e-7
-# In float32 there is no single right answer: the bound is measured, on this machine, for this model. The
-# original model is run in float32 under variants a correct implementation may differ by (memory layout, thread
-# count, inputs and weights moved by one float32 ulp); the worst of their normwise errors against the float64
-# truth is the model's own float32 error here, and the optimised model may be FP32_SLACK times that, or
-# FP32_TOLERANCE, whichever is larger. A fixed bound cannot work: oneDNN's kernels differ in accuracy by layout,
-# batch shape and processor (googlenet-d2l gradients at batch 4: NCHW 3.9e-4 off, channels_last 2.5e-6), and
-# BatchNorm nets over tiny batches are so ill-conditioned that eager's own error spans 1e-3..3e-2 between
-# processors and thread counts (googlenet-bn, batch 2). README, "Verification", has the measurements.
-FP32_TOLERANCE = 1e-3
+# The tolerances and why they are what they are: README, "Verification" (measurements on two processor classes).
+EXACT_TOLERANCE = 1e-7  # float64, normwise per family: a correct pass shows 1e-12 or less, a wrong one 1e-3 or more
+FP32_TOLERANCE = 1e-3  # float32 floor; otherwise FP32_SLACK x the original's own worst float32 error, measured
 FP32_SLACK = 10.0
-# The float32 variants (name, channels_last, other thread count, ulp-perturbed). The first is plain eager; the
-# others run only when the optimised model's error exceeds the bound the first alone gives (the bound can only
-# grow with more variants, so the verdict is the same and a passing check costs one float32 run).
+# The float32 variants of the original (name, channels_last, other thread count, ulp-perturbed); those after the
+# first run only when the optimised model is outside the bound the first gives (more can only widen it).
 FP32_VARIANTS: tuple[tuple[str, bool, bool, bool], ...] = (
     ("eager", False, False, False),
     ("channels_last, other threads", True, True, False),
     ("ulp-perturbed, other threads", False, True, True),
     ("ulp-perturbed, channels_last", True, False, True),
 )
-# bf16 keeps 8 significant bits: outputs move by a few percent, and BatchNorm nets' gradients at init by up to
-# ~100 % normwise (googlenet-fmnist); so the precision pass must match eager torch.autocast to the same order,
-# or stay within this.
-REDUCED_PRECISION_TOLERANCE = 0.1
+REDUCED_PRECISION_TOLERANCE = 0.1  # bf16/fp16: within this of eager torch.autocast's own error
 SGD_LR = 0.1
 FAMILIES = ("outputs", "gradients", "weights_after_step")
 
