@@ -95,7 +95,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two models side by side, with B / A ratios."""
-    from branchgraph.graph.render import compare_rows, render_compare
+    from branchgraph.graph.summary import compare_rows, render_compare
 
     a, b = _summary(args, args.model_a), _summary(args, args.model_b)
     data = {"a": a.model, "b": b.model, "rows": compare_rows(a, b)}

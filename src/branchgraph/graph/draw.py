@@ -13,7 +13,7 @@ from matplotlib.colors import to_hex
 from torch import fx
 
 from branchgraph.errors import BranchgraphError
-from branchgraph.graph.render import fmt_bytes, fmt_count
+from branchgraph.graph.fmt import fmt_bytes, fmt_count
 from branchgraph.graph.structure import joins
 from branchgraph.graph.summary import Summary
 
