@@ -12,7 +12,7 @@ from torch import nn
 
 import branchgraph as bg
 from branchgraph.graph import heap_in_use, summary
-from branchgraph.graph.render import compare_rows, render_compare
+from branchgraph.graph.summary import compare_rows, render_compare
 from tests.conftest import run_cli
 
 
