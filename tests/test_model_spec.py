@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 import torch
 from benchmarks.foreign_nets import InceptionV3Like
 
+from branchgraph.errors import ConfigError
 from branchgraph.graph.operators import operator_macs
+from branchgraph.models import create_model
 from tests.conftest import run_cli
 
 NETS = textwrap.dedent('''
@@ -93,9 +96,19 @@ def test_summary_of_a_package_outside_the_repo_and_of_a_file(user_dir: Path) -> 
     ("missing/file.py:build", "no file missing/file.py"),
     ("mypkg.nets:", "must look like"),
 ])
-def test_bad_specs_fail_in_one_line(user_dir: Path, spec: str, words: str) -> None:
-    r = run_cli("summary", spec, "--input", "3,32,32", cwd=user_dir)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, r.stderr
+def test_bad_specs_raise_one_line(user_dir: Path, spec: str, words: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(user_dir)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_spec puts the current folder on it
+    with pytest.raises(ConfigError) as error:
+        create_model(spec)
+    for name in [n for n in sys.modules if n.split(".")[0] == "mypkg"]:
+        monkeypatch.delitem(sys.modules, name)  # the next test's mypkg lives in another folder
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_bad_spec_on_the_cli_is_one_line_and_exit_2(user_dir: Path) -> None:
+    r = run_cli("summary", "mypkg.nets:broken", "--input", "3,32,32", cwd=user_dir)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "factory failed on purpose" in r.stderr
     assert "Traceback" not in r.stderr
 
 
