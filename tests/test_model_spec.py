@@ -102,7 +102,7 @@ def test_bad_specs_raise_one_line(user_dir: Path, spec: str, words: str, monkeyp
     with pytest.raises(ConfigError) as error:
         create_model(spec)
     for name in [n for n in sys.modules if n.split(".")[0] == "mypkg"]:
-        monkeypatch.delitem(sys.modules, name)  # the next test's mypkg lives in another folder
+        del sys.modules[name]  # the next test's mypkg lives in another folder
     assert words in str(error.value) and "\n" not in str(error.value)
 
 
