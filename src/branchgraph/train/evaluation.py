@@ -42,7 +42,7 @@ def evaluate(
     return float(sums[0] / sums[2]), float(sums[1] / sums[2])
 
 
-def _ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
+def ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
     """The EMA model's weights in a checkpoint (what the run evaluated), keys as the plain model's."""
     ema = state.get("ema")
     if not ema:
@@ -74,7 +74,7 @@ def evaluate_checkpoint(
     device = resolve_device(config.device)
     model = build_model(config)
     try:
-        model.load_state_dict(_ema_weights(state) or state["model"])
+        model.load_state_dict(ema_weights(state) or state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
             from None

@@ -15,7 +15,7 @@ from branchgraph.passes.base import reports
 from branchgraph.passes.prune_channels import prune_channels
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import DistInfo
-from branchgraph.train.evaluation import evaluate
+from branchgraph.train.evaluation import ema_weights, evaluate
 from branchgraph.train.run_state import load_checkpoint
 from branchgraph.train.setup import build_model, build_preprocess, resolve_device
 from branchgraph.train.trainer import Trainer
@@ -35,7 +35,7 @@ def prune_and_finetune(
     config = TrainConfig.from_dict(dict(state["config"]))
     device = resolve_device(config.device)
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(ema_weights(state) or state["model"])  # the weights the run evaluated
     model.eval()
     splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
     loader = BatchLoader(splits["test"], 500, build_preprocess(config, False), train=False)
