@@ -11,9 +11,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import branchgraph as bg
-from branchgraph.bench import make_runner
 from branchgraph.models import model_info
 from branchgraph.passes import optimize
+from branchgraph.timing import make_runner
 
 
 def main() -> None:

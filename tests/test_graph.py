@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import branchgraph as bg
-from branchgraph.graph import capture, find_blocks, forks, joins, summary
+from branchgraph import summary
+from branchgraph.graph import capture, find_blocks, forks, joins
 from branchgraph.graph.draw import draw
 from tests.conftest import run_cli
 

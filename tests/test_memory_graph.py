@@ -203,9 +203,9 @@ def test_masked_relu_is_exact_and_keeps_a_byte_per_element() -> None:
 def test_saving_ops_exact_on_googlenet_d2l_even_when_all_forced(monkeypatch: pytest.MonkeyPatch) -> None:
     """With saving ops priced at zero the planner takes every one; training still equals the plain model's."""
     import branchgraph as bg
-    from branchgraph.memory import planning
+    from branchgraph.memory import unit_timing
 
-    monkeypatch.setattr(planning, "overheads", lambda channels_last: {"relu": 0.0, "max_pool": 0.0})
+    monkeypatch.setattr(unit_timing, "saving_overhead", lambda plain, saving, x, repeats: 0.0)
     torch.manual_seed(0)
     model = bg.create_model("googlenet-d2l").double()
     x = torch.randn(2, 1, 48, 48, dtype=torch.float64)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import branchgraph as bg
-from branchgraph.graph import heap_in_use, summary
+from branchgraph import summary
+from branchgraph.graph import heap_in_use
 from branchgraph.graph.summary import compare_rows, render_compare
 from tests.conftest import run_cli
 

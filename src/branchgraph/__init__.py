@@ -1,6 +1,6 @@
 """branchgraph: understand, optimise and train multi-branch (Inception) networks on PyTorch."""
 
-from branchgraph.graph import summary
+from branchgraph.api import summary
 from branchgraph.models import create_model, list_models
 
 __version__ = "0.1.0"

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from branchgraph.errors import ConfigError
+from branchgraph.example import example_for
 from branchgraph.graph import capture, measure
 from branchgraph.hardware import describe_text, matmul_peak
-from branchgraph.models.registry import example_for, resolve_model
+from branchgraph.models.registry import resolve_model
 from branchgraph.passes import optimize, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved

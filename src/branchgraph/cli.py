@@ -29,6 +29,7 @@ from branchgraph.memory.planning import COSTS
 from branchgraph.passes.base import MODES
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
 from branchgraph.train.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+from branchgraph.train.report import SPLITS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")
     p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model, "
                    "and time --rounds of both")
-    p.add_argument("--rounds", type=int, default=10, help=ROUNDS_HELP + "; with --measure, 0 times nothing")
+    p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP + " (with --measure)")
 
     p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
     p.add_argument("model", help=MODEL_HELP)
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
-    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="split to evaluate on")
+    p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate on")
     p.add_argument("--data-dir", default=None, help=TRAIN_FLAGS["data_dir"]["help"])
     p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only (default: the run's)")
     p.add_argument("--precision", choices=tuple(p for p in PRECISIONS if p != "auto"), default=None,
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"branchgraph: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
-        print(f"branchgraph: {exc}", file=sys.stderr)
+        print(f"branchgraph: {exc}: continue with 'branchgraph train --resume {exc.run_dir}'", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("branchgraph: interrupted", file=sys.stderr)

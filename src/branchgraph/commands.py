@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from branchgraph.errors import ConfigError
-from branchgraph.models.registry import example_for
+from branchgraph.example import example_for
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace, model: str) -> Any:
-    from branchgraph.graph import summary
+    from branchgraph.api import summary
 
     size = args.input
     return summary(model, size, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
@@ -178,7 +178,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def cmd_bench_parallel(args: argparse.Namespace) -> int:
     """The model's branches run one after another vs concurrently (the parallel pass), at each batch size."""
     from branchgraph.bench import bench_parallel
-    from branchgraph.train.setup import resolve_device
+    from branchgraph.hardware import resolve_device
 
     result = bench_parallel(args.model, args.mode, args.batches, args.input, rounds=args.rounds,
                             workers=args.workers, device=str(resolve_device(args.device)),

@@ -33,7 +33,6 @@ class Interrupted(Exception):
 
     def __init__(self, run_dir: object, epoch: int, step: int) -> None:
         super().__init__(
-            f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved, continue with "
-            f"'branchgraph train --resume {run_dir}'"
+            f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved in {run_dir}, training resumes from it"
         )
         self.run_dir = run_dir

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from branchgraph.errors import ConfigError
+
 # cpuinfo flags of native bf16 arithmetic: AVX-512-BF16 and AMX on x86-64, the BF16 extension on Arm.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 # Flags worth naming when a figure says which processor class it ran on.
@@ -98,3 +100,12 @@ def matmul_peak(dtype: torch.dtype = torch.float32, device: torch.device | str =
         if i:
             best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' means CUDA when available, else CPU; asking for CUDA without it is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but CUDA is not available; use device cpu", "device")
+    return torch.device(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -169,22 +170,68 @@ class _AfterEveryOp(TorchDispatchMode):
         return out
 
 
+class ModuleCalls:
+    """While entered, every module of ``model`` is hooked: ``current`` is the path of the innermost module running
+    ("" outside any), ``on_boundary()`` runs as each call starts and ends, and ``on_call(path, module, args,
+    output, seconds)`` after each call. The hooks are observers: a planned model keeps running its plan."""
+
+    def __init__(self, model: nn.Module, on_call: Callable[[str, nn.Module, Any, Any, float], None] | None = None,
+                 on_boundary: Callable[[], None] | None = None) -> None:
+        self.model, self.on_call, self.on_boundary = model, on_call, on_boundary
+        self.names = {m: n for n, m in model.named_modules()}
+        self.stack: list[tuple[str, float]] = []
+        self._handles: list[Any] = []
+
+    @property
+    def current(self) -> str:
+        return self.stack[-1][0] if self.stack else ""
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        self.stack.append((self.names[module], time.perf_counter()))
+        if self.on_boundary is not None:
+            self.on_boundary()
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        name, started = self.stack.pop()
+        if self.on_call is not None:
+            self.on_call(name, module, args, output, time.perf_counter() - started)
+        if self.on_boundary is not None:
+            self.on_boundary()
+
+    _pre.observer = _post.observer = True  # type: ignore[attr-defined]
+
+    def __enter__(self) -> ModuleCalls:
+        self._handles = [m.register_forward_pre_hook(self._pre) for m in self.model.modules()]
+        self._handles += [m.register_forward_hook(self._post) for m in self.model.modules()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def leaf_macs(module: nn.Module, args: Any, output: Any) -> tuple[int, int] | None:
+    """(forward, backward) MACs of one call of a leaf module with tensor inputs and outputs; None otherwise."""
+    ins, outs = list(tensors(args)), list(tensors(output))
+    if not ins or not outs or list(module.children()):
+        return None
+    return layer_macs(module, ins[0], outs[0])
+
+
 def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     """Run one training-mode forward+backward of ``model`` on ``example`` and record, per module path:
     output shapes, MACs, and the bytes of the tensors autograd saved while that module ran innermost.
 
     Saved tensors are seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once,
-    for the first module that saved it; parameters and the input batch (and views of them) are left out. The peak is the
-    heap in use above the starting point, sampled at every pack and unpack of a saved tensor and at every
-    module boundary and after every operator. The model's own state is untouched: the caller passes a copy.
+    for the first module that saved it; parameters, buffers and the input batch (and views of them) are left out.
+    The peak is the heap in use above the starting point, sampled at every pack and unpack of a saved tensor, at
+    every module boundary and after every operator. The model's own state is untouched: the caller passes a copy.
     """
     layers: dict[str, LayerRecord] = defaultdict(LayerRecord)
-    names = {m: n for n, m in model.named_modules()}
-    paths = ["", *(n for n in names.values() if n)]
+    paths = ["", *(n for n, _ in model.named_modules() if n)]
     position = {p: i for i, p in enumerate(paths)}
-    # Parameters and the input batch exist without autograd: only what autograd adds is counted.
-    table = StorageTable([*model.parameters(), example], keep=False)
-    stack: list[str] = []
+    table = StorageTable([*model.parameters(), *model.buffers(), example], keep=False)
     order: list[str] = []
     base = heap_in_use()
     peak = [0]
@@ -195,58 +242,43 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
             now = heap_in_use()
             peak[0] = max(peak[0], (now or 0) - base)
 
-    def pre_hook(module: nn.Module, args: Any) -> None:
-        stack.append(names[module])
-        sample()
-
-    def post_hook(module: nn.Module, args: Any, output: Any) -> None:
-        name = stack.pop()
+    def on_call(name: str, module: nn.Module, args: Any, output: Any, seconds: float) -> None:
         rec = layers[name]
+        macs = leaf_macs(module, args, output)
         if backward[0]:
             # A recomputation in backward (checkpoint, reversible block) is not another call of the forward. A
             # reversible block's forward ran without grad, so its backward MACs are those of this recomputation.
-            ins, outs = list(tensors(args)), list(tensors(output))
-            if ins and outs and not list(module.children()) and rec.backward_macs == 0:
-                rec.backward_macs = layer_macs(module, ins[0], outs[0])[1]
-            sample()
+            if macs is not None and rec.backward_macs == 0:
+                rec.backward_macs = macs[1]
             return
         if rec.calls == 0:
             order.append(name)
         rec.calls += 1
-        outs = list(tensors(output))
-        ins = list(tensors(args))
+        outs, ins = list(tensors(output)), list(tensors(args))
         if outs:
             rec.output_shape = list(outs[0].shape)
         if ins:
             rec.input_shape = list(ins[0].shape)
-        if ins and outs and not list(module.children()):
-            fwd, bwd = layer_macs(module, ins[0], outs[0])
-            rec.macs += fwd
-            rec.backward_macs += bwd
-        sample()
+        if macs is not None:
+            rec.macs += macs[0]
+            rec.backward_macs += macs[1]
 
-    pre_hook.observer = post_hook.observer = True  # type: ignore[attr-defined]  # a planned model keeps its plan
-    handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
-    handles += [m.register_forward_hook(post_hook) for m in model.modules()]
     model.train()
-    try:
-        saved = SavedTensors(table, lambda: None if backward[0] else position[stack[-1] if stack else ""],
-                             on_pack=sample, on_unpack=sample)
-        with saved, _AfterEveryOp(sample):
-            try:
-                output = model(example)
-            except Exception as exc:  # re-raised naming the innermost layer that was running
-                raise layer_failure(model, stack[-1] if stack else "", tuple(example.shape), exc) from None
-            loss = sum(t.float().sum() for t in tensors(output))
-            sample()
-            after_forward = heap_in_use()
-            if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                backward[0] = True
-                loss.backward()
-            sample()
-    finally:
-        for h in handles:
-            h.remove()
+    calls = ModuleCalls(model, on_call, sample)
+    saved = SavedTensors(table, lambda: None if backward[0] else position[calls.current], on_pack=sample,
+                         on_unpack=sample)
+    with calls, saved, _AfterEveryOp(sample):
+        try:
+            output = model(example)
+        except Exception as exc:  # re-raised naming the innermost layer that was running
+            raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
+        loss = sum(t.float().sum() for t in tensors(output))
+        sample()
+        after_forward = heap_in_use()
+        if isinstance(loss, torch.Tensor) and loss.requires_grad:
+            backward[0] = True
+            loss.backward()
+        sample()
     first: dict[int, int] = {}
     for sid, who in saved.pairs:  # each storage counted once, for the first module that saved it
         first.setdefault(sid, who)

@@ -12,13 +12,13 @@ from typing import Any
 from torch import nn
 
 from branchgraph.errors import ConfigError
+from branchgraph.example import example_for
 from branchgraph.graph.capture import Capture, capture
 from branchgraph.graph.cost import param_counts
 from branchgraph.graph.fmt import fmt_bytes, fmt_count, shape_text
 from branchgraph.graph.operators import operator_macs
 from branchgraph.graph.record import LayerRecord, Measurement, measure
 from branchgraph.graph.structure import Block, find_blocks
-from branchgraph.models.registry import example_for, resolve_model
 
 MB = 1024.0**2
 BYTES_PER_VALUE = 4  # torchsummary's convention: float32 everywhere
@@ -88,16 +88,15 @@ class Summary:
 
 
 def summary(
-    model: nn.Module | str, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
-    model_kwargs: dict[str, Any] | None = None,
+    module: nn.Module, input_size: tuple[int, ...], batch: int = 1, seed: int = 0, name: str | None = None
 ) -> Summary:
-    """Capture ``model`` (a registry name, model spec or module; ``model_kwargs`` for its factory), measure one
-    training step on a random batch of ``batch`` x ``input_size``, and tabulate per module and per branch. The
-    model itself is not modified.
-    """
+    """Capture ``module``, measure one training step on a random batch of ``batch`` x ``input_size``, and tabulate
+    per module and per branch. The module itself is not modified. (``branchgraph.summary`` also takes registry
+    names and model specs.)"""
     if batch <= 0:
         raise ConfigError(f"batch must be a positive integer; got {batch}", "batch")
-    name, module, size, _ = resolve_model(model, input_size, model_kwargs)
+    name = name or type(module).__name__
+    size = tuple(input_size)
     example, _ = example_for(size, batch, seed)
     work = copy.deepcopy(module)
     captured = capture(work, example)

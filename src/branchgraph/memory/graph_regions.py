@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +18,8 @@ import torch
 from torch import fx, nn
 
 from branchgraph.graph.capture import layer_failure, node_module
-from branchgraph.graph.cost import layer_macs
-from branchgraph.graph.record import SavedTensors, StorageTable, tensors
-from branchgraph.memory import saving_ops
+from branchgraph.graph.record import SavedTensors, StorageTable, leaf_macs, tensors
+from branchgraph.memory import saving_ops, unit_timing
 from branchgraph.memory.planner import Problem, Region, Saves, Shrink
 from branchgraph.memory.reversible import ReversibleSequence
 
@@ -64,7 +62,7 @@ class GraphProfile:
     element: np.ndarray  # per storage: bytes per element
     integer: np.ndarray  # per storage: holds integers (indices)
     widths: list[int]  # per unit: its first tensor input's last dimension
-    in_bytes: list[int]  # per unit: bytes of its first tensor input
+    saving_seconds: np.ndarray  # per unit: what its exact saving op adds to a step (0: none applies)
 
     @functools.cached_property
     def saving(self) -> np.ndarray:
@@ -86,9 +84,7 @@ class _Recorder(fx.Interpreter):
         self.current = -1
         self.outs: list[list[int]] = [[] for _ in range(count)]
         self.ins: list[set[int]] = [set() for _ in range(count)]
-        self.seconds = np.zeros(count)
         self.widths = [0] * count
-        self.in_bytes = [0] * count
         self.macs = np.zeros(count, dtype=np.int64)
 
     def run_node(self, n: fx.Node) -> Any:
@@ -101,21 +97,18 @@ class _Recorder(fx.Interpreter):
         self.ins[k] = {s for s in map(self.table.id, inputs) if s is not None}
         if inputs:
             self.widths[k] = inputs[0].shape[-1] if inputs[0].dim() else 1
-            self.in_bytes[k] = inputs[0].numel() * inputs[0].element_size()
-        start = time.perf_counter()
         result = getattr(self, n.op)(n.target, args, kwargs)
-        self.seconds[k] = time.perf_counter() - start
         outs = list(tensors(result))
         self.outs[k] = [s for s in map(self.table.id, outs) if s is not None]
-        if n.op == "call_module" and inputs and outs:
-            module = self.module.get_submodule(str(n.target))
-            if not list(module.children()):
-                self.macs[k] = layer_macs(module, inputs[0], outs[0])[0]
+        if n.op == "call_module":
+            macs = leaf_macs(self.module.get_submodule(str(n.target)), (args, kwargs), result)
+            self.macs[k] = 0 if macs is None else macs[0]
         return result
 
 
-def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -> GraphProfile:
-    """One warm-up and one recorded training forward of ``gm`` (whose parameters are ``model``'s)."""
+def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, repeats: int = 3) -> GraphProfile:
+    """One warm-up and one recorded training forward of ``gm`` (whose parameters are ``model``'s), then
+    ``repeats`` timed ones (``unit_timing``: the recording keeps every storage alive, which would skew times)."""
     table = StorageTable([*gm.parameters(), *gm.buffers(), example])
     gm.train()
     recorder = _Recorder(gm, table)
@@ -129,6 +122,8 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -
         raise layer_failure(model, node_module(node) if node else "", tuple(example.shape), exc) from None
     units = units_of(gm)
     pairs = saved.entries()
+    table.kept = None
+    seconds, saving_seconds = unit_timing.time_units(gm, units, example, repeats)
     saved_by: list[set[int]] = [set() for _ in units]
     for s, k in pairs:
         saved_by[k].add(int(s))
@@ -140,8 +135,8 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor) -
         [n.name for n in units], [node_module(n) for n in units],
         Saves(np.array(table.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
         np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
-        recorder.seconds, recorder.macs, users, args, inplace, np.array(table.element, dtype=np.int64),
-        np.array(table.integer, dtype=bool), recorder.widths, recorder.in_bytes)
+        seconds, recorder.macs, users, args, inplace, np.array(table.element, dtype=np.int64),
+        np.array(table.integer, dtype=bool), recorder.widths, saving_seconds)
 
 
 @dataclass(frozen=True)
@@ -242,10 +237,10 @@ class SavingOption:
     seconds: float
 
 
-def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, float]) -> list[SavingOption]:
+def saving_options(gm: fx.GraphModule, prof: GraphProfile) -> list[SavingOption]:
     """Where exact saving ops shrink what is kept: each max pool keeps 1-2 byte offsets instead of its int64
     indices and its input; each ReLU whose output only it (and max pools, replaced with it) keeps, a 1-byte
-    mask. Priced by ``rates`` (seconds per input byte)."""
+    mask. Priced by what each adds to a step, measured in place (``prof.saving_seconds``)."""
     nodes = units_of(gm)
     kinds = [saving_ops.kind(gm, node) for node in nodes]
     savers: dict[int, list[int]] = {}
@@ -260,7 +255,7 @@ def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, floa
         added = offsets // (8 // saving_ops.offset_bytes(gm, node, prof.widths[k]))
         if mine:
             pools[k] = SavingOption(k, "max_pool", [(k, s) for s in mine], {k: added},
-                                    rates["max_pool"] * prof.in_bytes[k])
+                                    float(prof.saving_seconds[k]))
     found = list(pools.values())
     for k in range(len(nodes)):
         if kinds[k] != "relu":
@@ -274,7 +269,7 @@ def saving_options(gm: fx.GraphModule, prof: GraphProfile, rates: dict[str, floa
         added = {k: sum(int(prof.saves.sizes[s] // prof.element[s]) for s in mine)}
         for j in partners:
             added.update(pools[j].added)
-        seconds = rates["relu"] * prof.in_bytes[k] + sum(pools[j].seconds for j in partners)
+        seconds = float(prof.saving_seconds[k]) + sum(pools[j].seconds for j in partners)
         found.append(SavingOption(k, "+".join(["relu", *("max_pool" for _ in partners)]), pairs, added, seconds))
     return found
 

@@ -4,7 +4,6 @@ marked) and every run of 2+ children of a plain ``nn.Sequential``, run by swappi
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,8 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.capture import layer_failure
-from branchgraph.graph.cost import layer_macs
-from branchgraph.graph.record import SavedTensors, StorageTable, tensors
+from branchgraph.graph.record import ModuleCalls, SavedTensors, StorageTable, leaf_macs, tensors
 from branchgraph.memory.planner import Problem, Region, Saves
 from branchgraph.memory.reversible import statistics_frozen
 
@@ -35,28 +33,17 @@ class _Profile:
 
 
 def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
-    names = {m: n for n, m in model.named_modules()}
     table = StorageTable([*model.parameters(), *model.buffers(), example])
-    path_index = {p: i for i, p in enumerate(names.values())}
+    path_index = {p: i for i, (p, _) in enumerate(model.named_modules())}
     inputs: dict[str, set[int]] = {}
     macs: dict[str, int] = {}
     seconds: dict[str, float] = {}
-    started: list[float] = []
-    stack: list[str] = []
 
-    def pre_hook(module: nn.Module, args: Any) -> None:
-        name = names[module]
-        stack.append(name)
-        found = {s for s in map(table.id, tensors(args)) if s is not None}
-        inputs.setdefault(name, set()).update(found)
-        started.append(time.perf_counter())
-
-    def post_hook(module: nn.Module, args: Any, output: Any) -> None:
-        elapsed = time.perf_counter() - started.pop()
-        name = stack.pop()
-        ins, outs = list(tensors(args)), list(tensors(output))
-        if ins and outs and not list(module.children()):
-            macs[name] = macs.get(name, 0) + layer_macs(module, ins[0], outs[0])[0]
+    def on_call(name: str, module: nn.Module, args: Any, output: Any, elapsed: float) -> None:
+        inputs.setdefault(name, set()).update(s for s in map(table.id, tensors(args)) if s is not None)
+        found = leaf_macs(module, args, output)
+        if found is not None:
+            macs[name] = macs.get(name, 0) + found[0]
             seconds[name] = seconds.get(name, 0.0) + elapsed
 
     model.train()
@@ -64,18 +51,13 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
         model(example)  # warm-up, so that the timed step does not pay first-call costs
     except Exception as exc:  # re-raised naming the innermost layer that was running
         raise layer_failure(model, "", tuple(example.shape), exc) from None
-    saved = SavedTensors(table, lambda: path_index[stack[-1] if stack else ""])
-    handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
-    handles += [m.register_forward_hook(post_hook) for m in model.modules()]
-    try:
-        with saved:
-            try:
-                model(example)
-            except Exception as exc:  # re-raised naming the innermost layer that was running
-                raise layer_failure(model, stack[-1] if stack else "", tuple(example.shape), exc) from None
-    finally:
-        for h in handles:
-            h.remove()
+    calls = ModuleCalls(model, on_call)
+    saved = SavedTensors(table, lambda: path_index[calls.current])
+    with calls, saved:
+        try:
+            model(example)
+        except Exception as exc:  # re-raised naming the innermost layer that was running
+            raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
     entries = saved.entries()
     return _Profile(list(path_index), np.array(table.sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
                     inputs, macs, seconds)
@@ -184,8 +166,6 @@ def _retype(module: nn.Module, mixin: type) -> None:
         prefix = "Checkpointed" if mixin is _Checkpointed else "Segmented"
         _CLASSES[base, mixin] = type(f"{prefix}{base.__name__}", (mixin, base), {"__module__": __name__})
     module.__class__ = _CLASSES[base, mixin]
-
-
 
 
 def apply_module_regions(model: nn.Module, regions: list[Region]) -> None:

@@ -98,6 +98,14 @@ class Planner:
         self.transient = np.array([self._recomputed_bytes(i, s) for i, s in enumerate(inside)], dtype=np.int64)
         self.largest = np.array([max(saves.sizes[s].max(initial=0), saves.sizes[i].max(initial=0))
                                  for s, i in zip(inside, inputs, strict=True)], dtype=np.int64)
+        # Candidate sets the greedy choice is run on, cheapest result kept: a greedy order that takes saving ops
+        # first can end dearer than recomputation alone.
+        plain = np.array([s is None and not ops for s, ops in zip(self.shrinks, self.inner, strict=True)])
+        apart = np.array([not ops for ops in self.inner])
+        self.families = [np.ones(len(masks), dtype=bool)]
+        for family in (apart, plain):
+            if family.any() and not any(np.array_equal(family, f) for f in self.families):
+                self.families.append(family)
 
     def _recomputed_bytes(self, i: int, inside: np.ndarray) -> int:
         """Bytes region i's recomputation saves: its ``inside`` storages, those its saving ops no longer save
@@ -159,10 +167,16 @@ class Planner:
         budget); where no such plan fits, the limit doubles until one does (or no limit is left)."""
         limit = budget if limit is None else limit
         while True:
-            chosen, saved = self._choose(budget, limit)
+            chosen, saved = self._cheapest(budget, limit)
             if saved <= budget or limit >= self.plain:
                 return chosen, saved
             limit *= 2
+
+    def _cheapest(self, budget: int, limit: int) -> tuple[list[int], int]:
+        """The cheapest of the greedy choices over each candidate family that fits the budget (else the one
+        keeping least)."""
+        found = [self._choose(budget, limit, family) for family in self.families]
+        return min(found, key=lambda c: (c[1] > budget, float(self.cost[c[0]].sum()) if c[1] <= budget else c[1]))
 
     def peak(self, chosen: list[int], grad: int, in_flight: int) -> int:
         """Predicted peak of a step: the kept bytes at the forward's end plus ``in_flight`` (the largest
@@ -196,12 +210,13 @@ class Planner:
         cap = self.plain if kept is None else kept
         for limit in self._limits(peak):
             for budget in {min(cap, peak - limit - grad - in_flight), min(cap, peak - limit - in_flight), 0}:
-                chosen, saved = self._choose(budget, limit)
-                if saved > cap or self.peak(chosen, grad, in_flight) > peak:
-                    continue
-                cost = float(self.cost[chosen].sum())
-                if best is None or cost < best[0]:
-                    best = (cost, chosen, saved)
+                for family in self.families:
+                    chosen, saved = self._choose(budget, limit, family)
+                    if saved > cap or self.peak(chosen, grad, in_flight) > peak:
+                        continue
+                    cost = float(self.cost[chosen].sum())
+                    if best is None or cost < best[0]:
+                        best = (cost, chosen, saved)
         return None if best is None else (best[1], best[2])
 
     def smallest_peak(self, grad: int, in_flight: int) -> int:
@@ -216,15 +231,17 @@ class Planner:
             values = values[np.unique(np.minimum(picks, len(values) - 1))]
         return [0, *map(int, values)]
 
-    def _choose(self, budget: int, limit: int) -> tuple[list[int], int]:
-        """Greedy by bytes freed per unit of recompute cost until the budget holds, then drop unneeded regions.
+    def _choose(self, budget: int, limit: int, family: np.ndarray | None = None) -> tuple[list[int], int]:
+        """Greedy by bytes freed per unit of recompute cost (over the candidates in ``family``, default all)
+        until the budget holds, then drop unneeded regions.
 
         Lazy greedy: a region's score from an earlier state is kept in a heap and re-evaluated only when it
         reaches the top (what a region frees only shrinks as others are chosen), so deep nets with thousands
         of candidate regions plan in seconds."""
         chosen: list[int] = []
         saved = self.plain
-        heap = [(-math.inf, i) for i in range(len(self.masks)) if self.transient[i] <= limit]
+        heap = [(-math.inf, i) for i in range(len(self.masks))
+                if self.transient[i] <= limit and (family is None or family[i])]
         heapq.heapify(heap)
         while saved > budget and heap:
             _, i = heapq.heappop(heap)

@@ -27,7 +27,6 @@ from branchgraph.errors import ConfigError
 from branchgraph.memory import graph_regions, graph_runtime, module_regions
 from branchgraph.memory.budget import MIB, parse_budget
 from branchgraph.memory.planner import Planner, Problem, Region
-from branchgraph.memory.saving_ops import overheads
 from branchgraph.timing import time_interleaved
 
 COSTS = ("time", "macs")
@@ -122,8 +121,7 @@ def _traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Prob
     if gm is None:
         return None
     prof = graph_regions.profile_graph(gm, net, example)
-    rates = overheads(example.is_contiguous(memory_format=torch.channels_last) and example.dim() == 4)
-    options = graph_regions.saving_options(gm, prof, rates) if saving else []
+    options = graph_regions.saving_options(gm, prof) if saving else []
     return graph_regions.graph_problem(prof, checkpoint_overhead(), options)
 
 

@@ -4,20 +4,17 @@
 branch's last ReLU before a concatenation, or a ReLU before a compact max pool); ``compact_max_pool2d`` keeps
 each window's argmax as a 1- or 2-byte offset instead of aten's 8-byte flat index, and not its input (its
 backward needs only the input's shape). Both give bit-identical outputs and gradients; both cost extra
-elementwise passes, which the planner weighs (``extra_seconds``) against recomputation.
+elementwise passes, which the planner weighs (measured in place, ``unit_timing``) against recomputation.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-
-from branchgraph.timing import time_interleaved
 
 RELUS = (F.relu, torch.relu)
 MAX_POOLS = (F.max_pool2d, torch.max_pool2d)
@@ -148,6 +145,17 @@ def replacement(gm: fx.GraphModule, node: fx.Node) -> tuple[Any, tuple[Any, ...]
     return None if pool is None else (compact_max_pool2d, *pool)
 
 
+def pair(gm: fx.GraphModule, node: fx.Node) -> tuple[Callable[[torch.Tensor], torch.Tensor], ...] | None:
+    """(the node's op, its saving op) as functions of the node's first input, for timing; None if neither."""
+    if _relu_kind(gm, node) is not None:
+        return torch.relu, masked_relu
+    pool = _max_pool_args(gm, node)
+    if pool is None:
+        return None
+    rest, kwargs = pool[0][1:], pool[1]
+    return (lambda t: F.max_pool2d(t, *rest, **kwargs)), (lambda t: compact_max_pool2d(t, *rest, **kwargs))
+
+
 def kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """"relu" or "max_pool" for a node a saving op can replace, else None."""
     if replacement(gm, node) is None:
@@ -165,24 +173,3 @@ def replace(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
-
-
-@functools.cache
-def overheads(channels_last: bool, repeats: int = 9) -> dict[str, float]:
-    """Seconds each saving op adds to a training step per byte of its float32 input, on this machine: medians
-    of interleaved forward+backward timings against the plain op, measured once per process and layout."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 32, 48, 48, generator=generator)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    pairs = {"relu": (torch.relu, masked_relu),
-             "max_pool": (lambda t: F.max_pool2d(t, 3, 2, 1), lambda t: compact_max_pool2d(t, 3, 2, 1))}
-
-    def step(op: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
-        return lambda: op(x.detach().requires_grad_(True)).sum().backward()
-
-    found = {}
-    for kind, (plain, saving) in pairs.items():
-        medians = time_interleaved({"plain": step(plain), "saving": step(saving)}, repeats, warmup=0)
-        found[kind] = max(0.0, medians["saving"] - medians["plain"]) / (x.numel() * 4)
-    return found

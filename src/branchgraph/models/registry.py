@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from branchgraph.errors import ConfigError
@@ -94,15 +93,3 @@ def resolve_model(
         raise ConfigError(f"model {name!r} is not in the registry, so its input size is unknown: give "
                           "input_size as C,H,W", "input_size")
     return name, module, tuple(size), classes
-
-
-def example_for(
-    input_size: tuple[int, ...], batch: int, seed: int = 0, classes: int | None = None,
-    dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random input batch of ``input_size`` and class targets in [0, classes) (zeros without classes), drawn
-    from a generator seeded with ``seed``: the same batch on every call, the global RNG untouched."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch, *input_size), generator=generator, dtype=dtype)
-    y = torch.randint(0, classes or 1, (batch,), generator=generator)
-    return x.to(device), y.to(device)

@@ -6,7 +6,9 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torch import fx
+from torch import fx, nn
+
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 REPORTS_KEY = "branchgraph.pass_reports"
 MODES = ("train", "eval")

@@ -32,7 +32,6 @@ FP32_VARIANTS: tuple[tuple[str, bool, bool, bool], ...] = (
 )
 REDUCED_PRECISION_TOLERANCE = 0.1  # bf16/fp16: within this of eager torch.autocast's own error
 SGD_LR = 0.1
-FAMILIES = ("outputs", "gradients", "weights_after_step")
 
 
 class VerificationError(BranchgraphError):

@@ -9,22 +9,19 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Iterator
-from typing import TypeVar
 
-from torch import fx, nn
+from torch import fx
 
 from branchgraph.graph.structure import Block, find_blocks
-from branchgraph.passes.base import check_mode, finish, start
+from branchgraph.passes.base import DROPOUTS, check_mode, finish, start
 from branchgraph.passes.parallel_runtime import ParallelBranches
 
-T = TypeVar("T")
-RANDOM_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 RANDOM_FUNCTIONS = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
                     "rand", "randn", "rand_like", "randn_like", "randint", "bernoulli", "multinomial", "normal")
 
 def _is_random(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(str(node.target)), RANDOM_MODULES)
+        return isinstance(gm.get_submodule(str(node.target)), DROPOUTS)
     return node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) \
         in RANDOM_FUNCTIONS
 

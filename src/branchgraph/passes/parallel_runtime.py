@@ -114,6 +114,11 @@ class ParallelBranches(nn.Module):
         self.inputs = [list(index) for index in inputs]
         self.workers = workers
 
+    def original_name(self, key: str) -> str:
+        """A name under this module (``branches.<i>.<path>``) as it was before the parallel pass: each branch
+        keeps its modules' paths in the model it came from."""
+        return key.split(".", 2)[2]
+
     def branch_parameters(self) -> list[list[nn.Parameter]]:
         return [list(branch.parameters()) for branch in self.branches]
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from branchgraph.passes.base import check_mode, finish, start
-
-DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+from branchgraph.passes.base import DROPOUTS, check_mode, finish, start
 
 
 def zeros_like_batch(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from branchgraph.passes.base import check_mode, finish, start
-from branchgraph.passes.fuse_parallel import FusedConv2d
+from branchgraph.passes.names import is_fused
 
 
 def _only_user(node: fx.Node) -> fx.Node | None:
@@ -34,7 +34,7 @@ def _set(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
 def _chain(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Conv2d, nn.BatchNorm2d | None, nn.Conv2d, list[str]] | None:
     """(first conv, its BatchNorm or None, second conv, their targets) when ``node`` starts a prunable chain."""
     first = _module(gm, node, nn.Conv2d)
-    if first is None or first.groups != 1 or isinstance(first, FusedConv2d):
+    if first is None or first.groups != 1 or is_fused(first):
         return None
     step = _only_user(node)
     bn = _module(gm, step, nn.BatchNorm2d)
@@ -46,7 +46,7 @@ def _chain(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Conv2d, nn.BatchNorm2d
         return None
     consumer = _only_user(step)
     second = _module(gm, consumer, nn.Conv2d)
-    if second is None or second.groups != 1 or isinstance(second, FusedConv2d) or len(consumer.args) != 1:
+    if second is None or second.groups != 1 or is_fused(second) or len(consumer.args) != 1:
         return None
     return first, bn, second, [*targets, str(consumer.target)]
 

@@ -11,13 +11,14 @@ import torch
 from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import ConfigError
 from branchgraph.graph import capture
+from branchgraph.hardware import resolve_device
 from branchgraph.passes.base import reports
 from branchgraph.passes.prune_channels import prune_channels
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import DistInfo
 from branchgraph.train.evaluation import ema_weights, evaluate
 from branchgraph.train.run_state import load_checkpoint
-from branchgraph.train.setup import build_model, build_preprocess, resolve_device
+from branchgraph.train.setup import build_model, build_preprocess
 from branchgraph.train.trainer import Trainer
 
 

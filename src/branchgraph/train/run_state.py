@@ -51,7 +51,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass a run directory made by 'branchgraph train'")
+        raise CheckpointError(f"no checkpoint at {path}; pass a run directory made by training")
     return path
 
 

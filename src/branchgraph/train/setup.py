@@ -23,15 +23,6 @@ from branchgraph.tune import tune
 AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' means CUDA when available, else CPU; asking for CUDA without it is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but CUDA is not available; use device cpu", "device")
-    return torch.device(name)
-
-
 def autocast_for(config: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
     """Autocast context for the configured precision (nothing for fp32)."""
     if config.precision == "fp32":

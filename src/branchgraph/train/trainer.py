@@ -23,6 +23,7 @@ from tqdm import tqdm
 from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
 from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
+from branchgraph.hardware import resolve_device
 from branchgraph.memory.planning import CheckpointPlan, plan
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import all_reduce_sum, init_distributed, shutdown
@@ -43,7 +44,6 @@ from branchgraph.train.setup import (
     ema_update,
     make_optimizer,
     make_scheduler,
-    resolve_device,
     to_device,
     tune_precision,
 )
