@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from branchgraph.memory import exact
+
 
 @dataclass(frozen=True)
 class Region:
@@ -163,14 +165,20 @@ class Planner:
         return [*result, i]
 
     def choose(self, budget: int, limit: int | None = None) -> tuple[list[int], int]:
-        """The cheapest plan found whose regions each materialise at most ``limit`` bytes again (default: the
-        budget); where no such plan fits, the limit doubles until one does (or no limit is left)."""
+        """The cheapest plan found (greedy over each candidate family, or the integer program's, ``exact``, where
+        cheaper) whose regions each materialise at most ``limit`` bytes again (default: the budget); where no
+        such plan fits, the limit doubles until one does (or no limit is left)."""
         limit = budget if limit is None else limit
         while True:
             chosen, saved = self._cheapest(budget, limit)
             if saved <= budget or limit >= self.plain:
-                return chosen, saved
+                break
             limit *= 2
+        solved = exact.solve(self, budget, limit=limit)
+        if solved is not None and self.saved(solved) <= budget and (
+                saved > budget or self.cost[solved].sum() < self.cost[chosen].sum()):
+            return solved, self.saved(solved)
+        return chosen, saved
 
     def _cheapest(self, budget: int, limit: int) -> tuple[list[int], int]:
         """The cheapest of the greedy choices over each candidate family that fits the budget (else the one
@@ -205,7 +213,8 @@ class Planner:
                     ) -> tuple[list[int], int] | None:
         """The cheapest plan found whose predicted peak (``peak()``) fits, and whose kept bytes fit ``kept`` if
         given: tries limits on one region's recomputation, each with the kept budget that leaves room for it
-        (and with the least kept, which ``smallest_peak`` reports); None if none fits."""
+        (and with the least kept, which ``smallest_peak`` reports), and the integer program with the peak as a
+        constraint; None if none fits."""
         best: tuple[float, list[int], int] | None = None
         cap = self.plain if kept is None else kept
         for limit in self._limits(peak):
@@ -217,6 +226,10 @@ class Planner:
                     cost = float(self.cost[chosen].sum())
                     if best is None or cost < best[0]:
                         best = (cost, chosen, saved)
+        solved = exact.solve(self, kept, (peak, grad, in_flight))
+        if solved is not None and self.saved(solved) <= cap and self.peak(solved, grad, in_flight) <= peak and (
+                best is None or self.cost[solved].sum() < best[0]):
+            best = (float(self.cost[solved].sum()), solved, self.saved(solved))
         return None if best is None else (best[1], best[2])
 
     def smallest_peak(self, grad: int, in_flight: int) -> int:

@@ -4,7 +4,8 @@
 saves, and who saved them. Exact *saving ops* go in first where they pay (max pools keep 1-byte argmax offsets
 instead of 8-byte indices; a ReLU whose output nothing else keeps saves a 1-byte mask). Then regions of the graph
 (ranges between cut points, short ranges such as a branch or a BatchNorm+ReLU before a convolution) are chosen
-greedily by bytes freed per second of recomputation, and run under ``torch.utils.checkpoint`` inside the model.
+for the least measured recomputation (greedy by bytes freed per second, and an integer program where it does
+better), and run under ``torch.utils.checkpoint`` inside the model.
 Models fx cannot trace are planned on module regions instead (with a note).
 
 During a recomputation BatchNorm statistics are frozen, so running statistics are updated once per step. State-dict
