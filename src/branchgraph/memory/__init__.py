@@ -2,8 +2,8 @@
 
 from branchgraph.memory.budget import parse_budget
 from branchgraph.memory.measure import VariantResult, compare_variants, step_memory, table
-from branchgraph.memory.planner import Region
 from branchgraph.memory.planning import CheckpointPlan, apply_plan, plan, remove_plan
+from branchgraph.memory.problem import Region
 from branchgraph.memory.reversible import AdditiveCoupling, ReversibleSequence
 
 __all__ = ["AdditiveCoupling", "CheckpointPlan", "Region", "ReversibleSequence", "VariantResult", "apply_plan",

@@ -9,32 +9,45 @@ checked with ``Planner.peak`` by the caller.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-if TYPE_CHECKING:
-    from branchgraph.memory.planner import Planner
+from branchgraph.memory.problem import Saves, Shrink
 
 
-def _units(planner: Planner, i: int) -> np.ndarray:
+@dataclass
+class Candidates:
+    """What the program chooses from (what the planner knows): per candidate its units (``masks``, none for a
+    saving op), input storages, cost, saving op (or None), bytes rematerialised and largest tensor."""
+
+    saves: Saves
+    masks: np.ndarray
+    inputs: list[np.ndarray]
+    cost: np.ndarray
+    shrinks: list[Shrink | None]
+    transient: np.ndarray
+    largest: np.ndarray
+
+
+def _units(candidates: Candidates, i: int) -> np.ndarray:
     """Units a candidate occupies: its range's, or the units a saving op replaces."""
-    shrink = planner.shrinks[i]
-    if shrink is not None and not planner.masks[i].any():
+    shrink = candidates.shrinks[i]
+    if shrink is not None and not candidates.masks[i].any():
         return np.array(sorted({shrink.unit, *shrink.added}), dtype=np.int64)
-    return np.flatnonzero(planner.masks[i])
+    return np.flatnonzero(candidates.masks[i])
 
 
-def solve(planner: Planner, budget: int | None, peak: tuple[int, int, int] | None = None,
+def solve(candidates: Candidates, budget: int | None, peak: tuple[int, int, int] | None = None,
           limit: int | None = None, seconds: float = 10.0) -> list[int] | None:
     """Candidate indices minimising the summed cost with kept bytes <= ``budget`` and (``peak`` = (bytes,
     parameter gradients, largest gradient)) the predicted peak bounded; regions rematerialising more than
     ``limit`` are left out. None if the program finds nothing in ``seconds``."""
-    saves, sizes = planner.saves, planner.saves.sizes.astype(np.float64)
-    regions, storages = len(planner.masks), len(sizes)
-    allowed = np.ones(regions, dtype=bool) if limit is None else planner.transient <= limit
+    saves, sizes = candidates.saves, candidates.saves.sizes.astype(np.float64)
+    regions, storages = len(candidates.masks), len(sizes)
+    allowed = np.ones(regions, dtype=bool) if limit is None else candidates.transient <= limit
     rows: list[tuple[int, int, float]] = []  # (row, column, value); columns: regions, then storages
     lower: list[float] = []
     upper: list[float] = []
@@ -47,26 +60,26 @@ def solve(planner: Planner, budget: int | None, peak: tuple[int, int, int] | Non
 
     occupied: dict[int, list[int]] = {}
     for i in range(regions):
-        for u in _units(planner, i):
+        for u in _units(candidates, i):
             occupied.setdefault(int(u), []).append(i)
     for members in occupied.values():
         if len(members) > 1:
             row([(i, 1.0) for i in members], -np.inf, 1.0)
     stoppers: dict[int, list[int]] = {}  # entry -> saving ops that stop it
-    for i, shrink in enumerate(planner.shrinks):
+    for i, shrink in enumerate(candidates.shrinks):
         if shrink is not None:
             for e in shrink.entries:
                 stoppers.setdefault(int(e), []).append(i)
     for e, (s, u) in enumerate(zip(saves.entry_storage, saves.entry_unit, strict=True)):
-        covering = [i for i in occupied.get(int(u), []) if planner.shrinks[i] is None or planner.masks[i].any()]
+        covering = [i for i in occupied.get(int(u), []) if candidates.shrinks[i] is None or candidates.masks[i].any()]
         row([(regions + int(s), 1.0), *((i, 1.0) for i in covering), *((i, 1.0) for i in stoppers.get(e, []))],
             1.0, np.inf)
-    for i, inputs in enumerate(planner.inputs):
+    for i, inputs in enumerate(candidates.inputs):
         for s in inputs:
             row([(regions + int(s), 1.0), (i, -1.0)], 0.0, np.inf)
     added = np.zeros(regions)
-    for i, shrink in enumerate(planner.shrinks):
-        if shrink is not None and not planner.masks[i].any():
+    for i, shrink in enumerate(candidates.shrinks):
+        if shrink is not None and not candidates.masks[i].any():
             added[i] = sum(shrink.added.values())
     kept = [*((i, added[i]) for i in range(regions) if added[i]), *((regions + s, sizes[s]) for s in range(storages))]
     if budget is not None:
@@ -76,21 +89,21 @@ def solve(planner: Planner, budget: int | None, peak: tuple[int, int, int] | Non
         row(kept, -np.inf, float(bound - in_flight))
         early = np.full(storages, np.iinfo(np.int64).max)
         np.minimum.at(early, saves.entry_storage, saves.entry_unit)
-        for i, inputs in enumerate(planner.inputs):
-            units = np.flatnonzero(planner.masks[i])
+        for i, inputs in enumerate(candidates.inputs):
+            units = np.flatnonzero(candidates.masks[i])
             if len(units) and len(inputs):
                 early[inputs] = np.minimum(early[inputs], units[0])
         big = float(sizes.sum() + added.sum())
         for i in range(regions):
-            units = np.flatnonzero(planner.masks[i])
+            units = np.flatnonzero(candidates.masks[i])
             if not len(units) or not allowed[i]:
                 continue
             stop = int(units[-1]) + 1
             held = [(regions + int(s), sizes[s]) for s in np.flatnonzero(early < stop)]
-            held += [(j, added[j]) for j in range(regions) if added[j] and min(_units(planner, j)) < stop]
-            need = float(planner.transient[i] + grad + 2 * min(int(planner.largest[i]), in_flight))
+            held += [(j, added[j]) for j in range(regions) if added[j] and min(_units(candidates, j)) < stop]
+            need = float(candidates.transient[i] + grad + 2 * min(int(candidates.largest[i]), in_flight))
             row([*held, (i, big)], -np.inf, float(bound) - need + big)
-    cost = np.concatenate([planner.cost.astype(np.float64), np.zeros(storages)])
+    cost = np.concatenate([candidates.cost.astype(np.float64), np.zeros(storages)])
     r, c, v = zip(*rows, strict=True) if rows else ((), (), ())
     matrix = coo_array((v, (r, c)), shape=(len(lower), regions + storages)).tocsr()
     high = np.concatenate([allowed.astype(np.float64), np.ones(storages)])

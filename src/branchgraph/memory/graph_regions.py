@@ -20,7 +20,7 @@ from torch import fx, nn
 from branchgraph.graph.capture import layer_failure, node_module
 from branchgraph.graph.record import SavedTensors, StorageTable, leaf_macs, tensors
 from branchgraph.memory import saving_ops, unit_timing
-from branchgraph.memory.planner import Problem, Region, Saves, Shrink
+from branchgraph.memory.problem import Problem, Region, Saves, Shrink
 from branchgraph.memory.reversible import ReversibleSequence
 
 COMPUTE = ("call_module", "call_function", "call_method")

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.record import ModuleCalls, SavedTensors, StorageTable, leaf_macs, tensors
-from branchgraph.memory.planner import Problem, Region, Saves
+from branchgraph.memory.problem import Problem, Region, Saves
 from branchgraph.memory.reversible import statistics_frozen
 
 

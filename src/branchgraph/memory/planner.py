@@ -1,4 +1,5 @@
-"""Which regions to recompute: predicted kept bytes, recomputation and peak of sets of regions, and a greedy choice.
+"""Which regions to recompute: predicted kept bytes, recomputation and peak of sets of regions, and the choice
+(greedy, with the integer program of ``exact`` beside it).
 
 A *unit* is what the profile attributes saved tensors to (a graph node, or a module); a region is a set of units
 (a contiguous range). Checkpointing regions drops every storage saved only by units inside them and keeps the
@@ -10,54 +11,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from branchgraph.memory import exact
-
-
-@dataclass(frozen=True)
-class Region:
-    """What one checkpoint recomputes: module ``path`` whole ("module"), its children [start, stop) (an
-    nn.Sequential's "segment"), or units [start, stop) of the traced graph ("graph", nodes first..last)."""
-
-    path: str
-    kind: str
-    start: int | None = None
-    stop: int | None = None
-    first: str = ""
-    last: str = ""
-
-    @property
-    def name(self) -> str:
-        if self.kind == "graph":
-            return self.first if self.first == self.last else f"{self.first} .. {self.last}"
-        base = self.path or "<model>"
-        return base if self.start is None else f"{base}[{self.start}:{self.stop}]"
-
-
-@dataclass
-class Saves:
-    """Which storages one training forward saved for backward, and which unit saved each (pairs)."""
-
-    sizes: np.ndarray  # bytes per storage
-    entry_storage: np.ndarray  # (storage, unit) pairs: storage index ...
-    entry_unit: np.ndarray  # ... and the saving unit's index
-
-    def total(self) -> int:
-        """Bytes of every saved storage, each once."""
-        return int(self.sizes[np.unique(self.entry_storage)].sum())
-
-
-@dataclass
-class Shrink:
-    """Saving ops from ``unit`` on: the (storage, unit) entries ``entries`` are no longer saved; ``added`` (unit
-    -> bytes: masks, offsets) is saved instead, unless a checkpointed region covers ``unit``."""
-
-    unit: int
-    entries: np.ndarray
-    added: dict[int, int]
+from branchgraph.memory.problem import Saves, Shrink
 
 
 def _added(ops: list[Shrink], before: int | None = None) -> int:
@@ -66,23 +24,6 @@ def _added(ops: list[Shrink], before: int | None = None) -> int:
     for op in ops:
         merged.update(op.added)
     return sum(v for k, v in merged.items() if before is None or k < before)
-
-
-@dataclass
-class Problem:
-    """What the planner chooses from: the profile's saves, and per candidate region its units (mask), input
-    storages, recomputation time and MACs; and the whole forward's time and MACs."""
-
-    saves: Saves
-    regions: list[Region]
-    masks: np.ndarray  # (region, unit) bool
-    inputs: list[np.ndarray]
-    seconds: np.ndarray
-    macs: np.ndarray
-    forward_seconds: float
-    forward_macs: int
-    shrinks: list[Shrink | None] | None = None  # per region: what its saving op keeps instead
-    inner: list[list[int]] | None = None  # per region: the saving ops (region indices) its recomputation runs
 
 
 class Planner:
@@ -108,6 +49,10 @@ class Planner:
         for family in (apart, plain):
             if family.any() and not any(np.array_equal(family, f) for f in self.families):
                 self.families.append(family)
+
+    def candidates(self) -> exact.Candidates:
+        return exact.Candidates(self.saves, self.masks, self.inputs, self.cost, self.shrinks, self.transient,
+                                self.largest)
 
     def _recomputed_bytes(self, i: int, inside: np.ndarray) -> int:
         """Bytes region i's recomputation saves: its ``inside`` storages, those its saving ops no longer save
@@ -174,7 +119,7 @@ class Planner:
             if saved <= budget or limit >= self.plain:
                 break
             limit *= 2
-        solved = exact.solve(self, budget, limit=limit)
+        solved = exact.solve(self.candidates(), budget, limit=limit)
         if solved is not None and self.saved(solved) <= budget and (
                 saved > budget or self.cost[solved].sum() < self.cost[chosen].sum()):
             return solved, self.saved(solved)
@@ -226,7 +171,7 @@ class Planner:
                     cost = float(self.cost[chosen].sum())
                     if best is None or cost < best[0]:
                         best = (cost, chosen, saved)
-        solved = exact.solve(self, kept, (peak, grad, in_flight))
+        solved = exact.solve(self.candidates(), kept, (peak, grad, in_flight))
         if solved is not None and self.saved(solved) <= cap and self.peak(solved, grad, in_flight) <= peak and (
                 best is None or self.cost[solved].sum() < best[0]):
             best = (float(self.cost[solved].sum()), solved, self.saved(solved))

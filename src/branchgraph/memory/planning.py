@@ -27,7 +27,8 @@ from torch.utils.checkpoint import checkpoint
 from branchgraph.errors import ConfigError
 from branchgraph.memory import graph_regions, graph_runtime, module_regions
 from branchgraph.memory.budget import MIB, parse_budget
-from branchgraph.memory.planner import Planner, Problem, Region
+from branchgraph.memory.planner import Planner
+from branchgraph.memory.problem import Problem, Region
 from branchgraph.timing import time_interleaved
 
 COSTS = ("time", "macs")
