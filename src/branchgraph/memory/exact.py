@@ -41,7 +41,7 @@ def _units(candidates: Candidates, i: int) -> np.ndarray:
 
 
 def solve(candidates: Candidates, budget: int | None, peak: tuple[int, int, int] | None = None,
-          limit: int | None = None, seconds: float = 10.0) -> list[int] | None:
+          limit: int | None = None, seconds: float = 2.0) -> list[int] | None:
     """Candidate indices minimising the summed cost with kept bytes <= ``budget`` and (``peak`` = (bytes,
     parameter gradients, largest gradient)) the predicted peak bounded; regions rematerialising more than
     ``limit`` are left out. None if the program finds nothing in ``seconds``."""

@@ -158,8 +158,9 @@ class Planner:
                     ) -> tuple[list[int], int] | None:
         """The cheapest plan found whose predicted peak (``peak()``) fits, and whose kept bytes fit ``kept`` if
         given: tries limits on one region's recomputation, each with the kept budget that leaves room for it
-        (and with the least kept, which ``smallest_peak`` reports), and the integer program with the peak as a
-        constraint; None if none fits."""
+        (and with the least kept, which ``smallest_peak`` reports); None if none fits. (The integer program is
+        not used here: it drives plans to the edge of the peak prediction, which is an estimate, and measured
+        peaks went past it.)"""
         best: tuple[float, list[int], int] | None = None
         cap = self.plain if kept is None else kept
         for limit in self._limits(peak):
@@ -171,10 +172,6 @@ class Planner:
                     cost = float(self.cost[chosen].sum())
                     if best is None or cost < best[0]:
                         best = (cost, chosen, saved)
-        solved = exact.solve(self.candidates(), kept, (peak, grad, in_flight))
-        if solved is not None and self.saved(solved) <= cap and self.peak(solved, grad, in_flight) <= peak and (
-                best is None or self.cost[solved].sum() < best[0]):
-            best = (float(self.cost[solved].sum()), solved, self.saved(solved))
         return None if best is None else (best[1], best[2])
 
     def smallest_peak(self, grad: int, in_flight: int) -> int:
