@@ -14,6 +14,7 @@ from torch import nn
 
 from branchgraph.data import Preprocess
 from branchgraph.errors import ConfigError
+from branchgraph.example import example_for
 from branchgraph.models import create_model
 from branchgraph.models.spec import check_fits, is_spec
 from branchgraph.train.config import TrainConfig
@@ -119,10 +120,8 @@ def tune_precision(model: nn.Module, c: TrainConfig, device: torch.device, info:
     choice, tuning = "", None
     if info.is_main:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            gen = torch.Generator().manual_seed(c.seed)
-            batch = c.batch_size // info.world_size
-            example = torch.randn(batch, 1, size, size, generator=gen).to(device)
-            target = torch.randint(0, 10, (batch,), generator=gen).to(device)
+            example, target = example_for((1, size, size), c.batch_size // info.world_size, c.seed, 10,
+                                          device=device)
             try:
                 result = tune(model, example, target, "train", layouts=layouts, precisions=precisions)
             except RuntimeError as exc:
