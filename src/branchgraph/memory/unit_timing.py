@@ -65,8 +65,8 @@ def time_units(gm: fx.GraphModule, units: list[fx.Node], example: torch.Tensor, 
     position = {n: k for k, n in enumerate(units)}
     pairs = {k: p for k, n in enumerate(units) if saving_ops.kind(gm, n) and (p := saving_ops.pair(gm, n))}
     runs, saving = [], np.zeros(len(units))
+    gc.collect()  # garbage of the recording run must not be freed inside a timed one
     for r in range(repeats):
-        gc.collect()
         timer = _Timer(gm, position, pairs if r == 0 else {}, repeats)
         timer.run(example)
         runs.append(timer.seconds)
