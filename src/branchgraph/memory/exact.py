@@ -2,9 +2,8 @@
 
 Variables: one 0/1 per candidate region (take it) and per saved storage (keep it). A storage is kept when a unit
 outside every chosen region saves it (unless a chosen saving op stops that save) or a chosen region reads it;
-regions and saving ops cover disjoint units. The kept bytes are exactly ``Planner.saved``'s; the peak bound is
-linear and conservative (a storage counts as held from its earliest possible keeper on), and every solution is
-checked with ``Planner.peak`` by the caller.
+regions and saving ops cover disjoint units. The kept bytes are exactly ``Planner.saved``'s. There is no peak
+bound: the peak prediction is an estimate, and a program driving plans to its edge gave measured peaks past it.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from branchgraph.memory.problem import Saves, Shrink
 @dataclass
 class Candidates:
     """What the program chooses from (what the planner knows): per candidate its units (``masks``, none for a
-    saving op), input storages, cost, saving op (or None), bytes rematerialised and largest tensor."""
+    saving op), input storages, cost, saving op (or None) and bytes rematerialised."""
 
     saves: Saves
     masks: np.ndarray
@@ -29,7 +28,6 @@ class Candidates:
     cost: np.ndarray
     shrinks: list[Shrink | None]
     transient: np.ndarray
-    largest: np.ndarray
 
 
 def _units(candidates: Candidates, i: int) -> np.ndarray:
@@ -40,11 +38,9 @@ def _units(candidates: Candidates, i: int) -> np.ndarray:
     return np.flatnonzero(candidates.masks[i])
 
 
-def solve(candidates: Candidates, budget: int | None, peak: tuple[int, int, int] | None = None,
-          limit: int | None = None, seconds: float = 2.0) -> list[int] | None:
-    """Candidate indices minimising the summed cost with kept bytes <= ``budget`` and (``peak`` = (bytes,
-    parameter gradients, largest gradient)) the predicted peak bounded; regions rematerialising more than
-    ``limit`` are left out. None if the program finds nothing in ``seconds``."""
+def solve(candidates: Candidates, budget: int, limit: int | None = None, seconds: float = 2.0) -> list[int] | None:
+    """Candidate indices minimising the summed cost with kept bytes <= ``budget``; regions rematerialising more
+    than ``limit`` are left out. None if the program finds nothing in ``seconds``."""
     saves, sizes = candidates.saves, candidates.saves.sizes.astype(np.float64)
     regions, storages = len(candidates.masks), len(sizes)
     allowed = np.ones(regions, dtype=bool) if limit is None else candidates.transient <= limit
@@ -82,27 +78,7 @@ def solve(candidates: Candidates, budget: int | None, peak: tuple[int, int, int]
         if shrink is not None and not candidates.masks[i].any():
             added[i] = sum(shrink.added.values())
     kept = [*((i, added[i]) for i in range(regions) if added[i]), *((regions + s, sizes[s]) for s in range(storages))]
-    if budget is not None:
-        row(kept, -np.inf, float(budget))
-    if peak is not None:
-        bound, grad, in_flight = peak
-        row(kept, -np.inf, float(bound - in_flight))
-        early = np.full(storages, np.iinfo(np.int64).max)
-        np.minimum.at(early, saves.entry_storage, saves.entry_unit)
-        for i, inputs in enumerate(candidates.inputs):
-            units = np.flatnonzero(candidates.masks[i])
-            if len(units) and len(inputs):
-                early[inputs] = np.minimum(early[inputs], units[0])
-        big = float(sizes.sum() + added.sum())
-        for i in range(regions):
-            units = np.flatnonzero(candidates.masks[i])
-            if not len(units) or not allowed[i]:
-                continue
-            stop = int(units[-1]) + 1
-            held = [(regions + int(s), sizes[s]) for s in np.flatnonzero(early < stop)]
-            held += [(j, added[j]) for j in range(regions) if added[j] and min(_units(candidates, j)) < stop]
-            need = float(candidates.transient[i] + grad + 2 * min(int(candidates.largest[i]), in_flight))
-            row([*held, (i, big)], -np.inf, float(bound) - need + big)
+    row(kept, -np.inf, float(budget))
     cost = np.concatenate([candidates.cost.astype(np.float64), np.zeros(storages)])
     r, c, v = zip(*rows, strict=True) if rows else ((), (), ())
     matrix = coo_array((v, (r, c)), shape=(len(lower), regions + storages)).tocsr()

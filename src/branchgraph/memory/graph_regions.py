@@ -106,9 +106,11 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, repeats: int = 3) -> GraphProfile:
+def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, repeats: int = 3,
+                  saving: bool = True) -> GraphProfile:
     """One warm-up and one recorded training forward of ``gm`` (whose parameters are ``model``'s), then
-    ``repeats`` timed ones (``unit_timing``: the recording keeps every storage alive, which would skew times)."""
+    ``repeats`` timed ones (``unit_timing``: the recording keeps every storage alive, which would skew times),
+    timing the saving ops too where ``saving``."""
     table = StorageTable([*gm.parameters(), *gm.buffers(), example])
     gm.train()
     recorder = _Recorder(gm, table)
@@ -123,7 +125,7 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, r
     units = units_of(gm)
     pairs = saved.entries()
     table.kept = None
-    seconds, saving_seconds = unit_timing.time_units(gm, units, example, repeats)
+    seconds, saving_seconds = unit_timing.time_units(gm, units, example, repeats, saving)
     saved_by: list[set[int]] = [set() for _ in units]
     for s, k in pairs:
         saved_by[k].add(int(s))
@@ -228,13 +230,15 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
 @dataclass
 class SavingOption:
     """Units replaced by their saving ops (``added``: unit -> bytes it keeps instead): the (unit, storage) saves
-    ``pairs`` are no longer made, at ``seconds``. ``unit`` is the first replaced unit, ``kind`` what it is."""
+    ``pairs`` are no longer made, at ``seconds``. ``unit`` is the first replaced unit, ``kind`` what it is;
+    ``rebuilt``: unit -> bytes its backward materialises for a moment (a pool's int64 indices)."""
 
     unit: int
     kind: str
     pairs: list[tuple[int, int]]
     added: dict[int, int]
     seconds: float
+    rebuilt: dict[int, int]
 
 
 def saving_options(gm: fx.GraphModule, prof: GraphProfile) -> list[SavingOption]:
@@ -255,7 +259,7 @@ def saving_options(gm: fx.GraphModule, prof: GraphProfile) -> list[SavingOption]
         added = offsets // (8 // saving_ops.offset_bytes(gm, node, prof.widths[k]))
         if mine:
             pools[k] = SavingOption(k, "max_pool", [(k, s) for s in mine], {k: added},
-                                    float(prof.saving_seconds[k]))
+                                    float(prof.saving_seconds[k]), {k: offsets})
     found = list(pools.values())
     for k in range(len(nodes)):
         if kinds[k] != "relu":
@@ -267,10 +271,13 @@ def saving_options(gm: fx.GraphModule, prof: GraphProfile) -> list[SavingOption]
         partners = sorted({j for s in mine for j in savers[s] if j != k})
         pairs = [(k, s) for s in mine] + [pair for j in partners for pair in pools[j].pairs]
         added = {k: sum(int(prof.saves.sizes[s] // prof.element[s]) for s in mine)}
+        rebuilt: dict[int, int] = {}
         for j in partners:
             added.update(pools[j].added)
+            rebuilt.update(pools[j].rebuilt)
         seconds = float(prof.saving_seconds[k]) + sum(pools[j].seconds for j in partners)
-        found.append(SavingOption(k, "+".join(["relu", *("max_pool" for _ in partners)]), pairs, added, seconds))
+        found.append(SavingOption(k, "+".join(["relu", *("max_pool" for _ in partners)]), pairs, added, seconds,
+                                  rebuilt))
     return found
 
 
@@ -308,7 +315,7 @@ def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOptio
         entries_of.setdefault((k, s), []).append(e)
     for o in options:
         entries = sorted({e for pair in o.pairs for e in entries_of[pair]})
-        shrinks.append(Shrink(o.unit, np.array(entries, dtype=np.int64), o.added))
+        shrinks.append(Shrink(o.unit, np.array(entries, dtype=np.int64), o.added, o.rebuilt))
     inner = [[first + j for j in ops] for ops in inside] + [[] for _ in options]
     return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
                    float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner)

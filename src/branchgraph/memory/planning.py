@@ -122,7 +122,7 @@ def _traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Prob
     gm = graph_regions.trace(net.train())
     if gm is None:
         return None
-    prof = graph_regions.profile_graph(gm, net, example)
+    prof = graph_regions.profile_graph(gm, net, example, saving=saving)
     options = graph_regions.saving_options(gm, prof) if saving else []
     return graph_regions.graph_problem(prof, checkpoint_overhead(), options)
 

@@ -3,7 +3,7 @@ saved them, and the saving ops that shrink them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,11 +44,13 @@ class Saves:
 @dataclass
 class Shrink:
     """Saving ops from ``unit`` on: the (storage, unit) entries ``entries`` are no longer saved; ``added`` (unit
-    -> bytes: masks, offsets) is saved instead, unless a checkpointed region covers ``unit``."""
+    -> bytes: masks, offsets) is saved instead, unless a checkpointed region covers ``unit``; ``rebuilt`` (unit ->
+    bytes) is what a unit's backward materialises again for a moment (a compact max pool's int64 indices)."""
 
     unit: int
     entries: np.ndarray
     added: dict[int, int]
+    rebuilt: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass

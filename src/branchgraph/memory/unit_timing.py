@@ -58,19 +58,20 @@ class _Timer(fx.Interpreter):
         return result
 
 
-def time_units(gm: fx.GraphModule, units: list[fx.Node], example: torch.Tensor, repeats: int = 3
-               ) -> tuple[np.ndarray, np.ndarray]:
+def time_units(gm: fx.GraphModule, units: list[fx.Node], example: torch.Tensor, repeats: int = 3,
+               saving: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(per unit: median seconds over ``repeats`` training forwards, per unit: seconds its saving op adds to a
-    step, 0 where none applies). Each forward's saved tensors are freed before the next, as in training."""
+    step, 0 where none applies or ``saving`` is off). Each forward's saved tensors are freed before the next, as
+    in training."""
     position = {n: k for k, n in enumerate(units)}
-    pairs = {k: p for k, n in enumerate(units) if saving_ops.kind(gm, n) and (p := saving_ops.pair(gm, n))}
-    runs, saving = [], np.zeros(len(units))
+    pairs = {k: p for k, n in enumerate(units) if saving and saving_ops.kind(gm, n) and (p := saving_ops.pair(gm, n))}
+    runs, overheads = [], np.zeros(len(units))
     gc.collect()  # garbage of the recording run must not be freed inside a timed one
     for r in range(repeats):
         timer = _Timer(gm, position, pairs if r == 0 else {}, repeats)
         timer.run(example)
         runs.append(timer.seconds)
         if r == 0:
-            saving = timer.saving
+            overheads = timer.saving
         del timer
-    return np.median(np.stack(runs), axis=0), saving
+    return np.median(np.stack(runs), axis=0), overheads
