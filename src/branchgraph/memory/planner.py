@@ -10,7 +10,6 @@ covers no units and costs its measured overhead.
 from __future__ import annotations
 
 import heapq
-import math
 
 import numpy as np
 
@@ -34,6 +33,7 @@ class Planner:
         self.saves, self.masks, self.inputs, self.cost = saves, masks, inputs, cost
         self.shrinks = shrinks or [None] * len(masks)
         self.inner = inner or [[] for _ in masks]
+        self.bounds = [(int(u[0]), int(u[-1]) + 1) if len(u) else (0, 0) for u in map(np.flatnonzero, masks)]
         self.saved_storages = np.zeros(len(saves.sizes), dtype=bool)
         self.saved_storages[saves.entry_storage] = True
         self.plain = saves.total()
@@ -41,6 +41,9 @@ class Planner:
         self.transient = np.array([self._recomputed_bytes(i, s) for i, s in enumerate(inside)], dtype=np.int64)
         self.largest = np.array([max(saves.sizes[s].max(initial=0), saves.sizes[i].max(initial=0))
                                  for s, i in zip(inside, inputs, strict=True)], dtype=np.int64)
+        # Each region's score alone (bytes freed per unit of cost), where every greedy choice starts.
+        self.alone = np.array([(self.plain - self.saved([i])) / max(float(self.cost[i]), 1e-12)
+                               for i in range(len(masks))])
         # Candidate sets the greedy choice is run on, cheapest result kept: a greedy order that takes saving ops
         # first can end dearer than recomputation alone.
         plain = np.array([s is None and not ops for s, ops in zip(self.shrinks, self.inner, strict=True)])
@@ -79,16 +82,13 @@ class Planner:
         """(units covered by chosen regions, entries still saved, chosen saving ops outside the regions)."""
         covered = np.zeros(self.masks.shape[1], dtype=bool)
         for i in chosen:
-            covered |= self.masks[i]
+            a, b = self.bounds[i]
+            covered[a:b] = True
         active = ~covered[self.saves.entry_unit]
-        ops = []
-        for i in chosen:
-            shrink = self.shrinks[i]
-            if shrink is not None:
-                active[shrink.entries] = False
-                if not covered[shrink.unit]:
-                    ops.append(shrink)
-        return covered, active, ops
+        ops = [shrink for i in chosen if (shrink := self.shrinks[i]) is not None]
+        if ops:
+            active[np.concatenate([op.entries for op in ops])] = False
+        return covered, active, [op for op in ops if not covered[op.unit]]
 
     def saved(self, chosen: list[int]) -> int:
         _, active, ops = self._state(chosen)
@@ -99,14 +99,17 @@ class Planner:
         return int(self.saves.sizes[kept].sum()) + _added(ops)
 
     def _merge(self, chosen: list[int], i: int) -> list[int] | None:
-        """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly."""
-        mask = self.masks[i]
+        """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly.
+        Regions are unit ranges (``bounds``), so this compares integers."""
+        a, b = self.bounds[i]
+        if a == b:
+            return [*chosen, i]  # covers no units
         result = []
         for j in chosen:
-            other = self.masks[j]
-            if not (mask & other).any():
+            c, d = self.bounds[j]
+            if d <= a or b <= c or c == d:
                 result.append(j)
-            elif (other & ~mask).any():
+            elif not (a <= c and d <= b):
                 return None  # i is inside j, or they overlap partly
         return [*result, i]
 
@@ -199,12 +202,12 @@ class Planner:
         """Greedy by bytes freed per unit of recompute cost (over the candidates in ``family``, default all)
         until the budget holds, then drop unneeded regions.
 
-        Lazy greedy: a region's score from an earlier state is kept in a heap and re-evaluated only when it
-        reaches the top (what a region frees only shrinks as others are chosen), so deep nets with thousands
-        of candidate regions plan in seconds."""
+        Lazy greedy: a region's score from an earlier state (at first, ``alone``) is kept in a heap and
+        re-evaluated only when it reaches the top (what a region frees only shrinks as others are chosen), so
+        deep nets with thousands of candidate regions plan in seconds."""
         chosen: list[int] = []
         saved = self.plain
-        heap = [(-math.inf, i) for i in range(len(self.masks))
+        heap = [(-self.alone[i], i) for i in range(len(self.masks))
                 if self.transient[i] <= limit and (family is None or family[i])]
         heapq.heapify(heap)
         while saved > budget and heap:
