@@ -17,12 +17,17 @@ from branchgraph.memory import exact
 from branchgraph.memory.problem import Saves, Shrink
 
 
-def _added(ops: list[Shrink], before: int | None = None) -> int:
-    """Bytes the saving ops keep instead (a unit replaced by two options counted once), of units < ``before``."""
+def _merged(ops: list[Shrink]) -> dict[int, int]:
+    """Unit -> bytes the saving ops keep instead (a unit replaced by two options counted once)."""
     merged: dict[int, int] = {}
     for op in ops:
         merged.update(op.added)
-    return sum(v for k, v in merged.items() if before is None or k < before)
+    return merged
+
+
+def _below(added: dict[int, int], before: int) -> int:
+    """Bytes of ``added`` kept by units < ``before``."""
+    return sum(v for k, v in added.items() if k < before)
 
 
 class Planner:
@@ -69,7 +74,7 @@ class Planner:
             still[op.entries] = False
         kept = np.zeros(len(self.saves.sizes), dtype=bool)
         kept[self.saves.entry_storage[still]] = True
-        return int(self.saves.sizes[inside & kept].sum()) + _added(ops) + rebuilt
+        return int(self.saves.sizes[inside & kept].sum()) + sum(_merged(ops).values()) + rebuilt
 
     def _inside(self, mask: np.ndarray) -> np.ndarray:
         """Storages saved only by units inside ``mask`` (bool per storage): what recomputing it materialises
@@ -78,8 +83,10 @@ class Planner:
         outside[self.saves.entry_storage[~mask[self.saves.entry_unit]]] = True
         return self.saved_storages & ~outside
 
-    def _state(self, chosen: list[int]) -> tuple[np.ndarray, np.ndarray, list[Shrink]]:
-        """(units covered by chosen regions, entries still saved, chosen saving ops outside the regions)."""
+    def _state(self, chosen: list[int]) -> tuple[np.ndarray, np.ndarray, dict[int, int], dict[int, int]]:
+        """(units covered by chosen regions, entries still saved, unit -> bytes the chosen saving ops keep
+        instead and unit -> bytes their backward rebuilds, of the units outside the regions: a ReLU+pool op
+        whose ReLU a region recomputes still keeps the pool's offsets)."""
         covered = np.zeros(self.masks.shape[1], dtype=bool)
         for i in chosen:
             a, b = self.bounds[i]
@@ -88,15 +95,17 @@ class Planner:
         ops = [shrink for i in chosen if (shrink := self.shrinks[i]) is not None]
         if ops:
             active[np.concatenate([op.entries for op in ops])] = False
-        return covered, active, [op for op in ops if not covered[op.unit]]
+        added = {k: v for k, v in _merged(ops).items() if not covered[k]}
+        rebuilt = {k: v for op in ops for k, v in op.rebuilt.items() if not covered[k]}
+        return covered, active, added, rebuilt
 
     def saved(self, chosen: list[int]) -> int:
-        _, active, ops = self._state(chosen)
+        _, active, added, _ = self._state(chosen)
         kept = np.zeros(len(self.saves.sizes), dtype=bool)
         kept[self.saves.entry_storage[active]] = True
         for i in chosen:
             kept[self.inputs[i]] = True
-        return int(self.saves.sizes[kept].sum()) + _added(ops)
+        return int(self.saves.sizes[kept].sum()) + sum(added.values())
 
     def _merge(self, chosen: list[int], i: int) -> list[int] | None:
         """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly.
@@ -144,7 +153,7 @@ class Planner:
         outside the regions, what is kept from before it plus what it rebuilds (a pool's int64 indices, 8 bytes
         per output element) plus ``grad``, its output's gradient (4 bytes per output element) and its input's
         (up to 16, a stride-2 window's, and at most ``in_flight``)."""
-        _, active, ops = self._state(chosen)
+        _, active, added, rebuilt = self._state(chosen)
         never = np.iinfo(np.int64).max
         first = np.full(len(self.saves.sizes), never)
         np.minimum.at(first, self.saves.entry_storage[active], self.saves.entry_unit[active])
@@ -155,15 +164,14 @@ class Planner:
                 first[self.inputs[i]] = np.minimum(first[self.inputs[i]], units[0])
                 spans.append((i, int(units[-1]) + 1))
         sizes = self.saves.sizes
-        found = int(sizes[first < never].sum()) + _added(ops) + in_flight
+        found = int(sizes[first < never].sum()) + sum(added.values()) + in_flight
         for i, stop in spans:
-            before = int(sizes[first < stop].sum()) + _added(ops, stop)
+            before = int(sizes[first < stop].sum()) + _below(added, stop)
             gradients = 3 * min(int(self.largest[i]), in_flight)
             found = max(found, before + int(self.transient[i]) + grad + gradients)
-        for op in ops:
-            for unit, rebuilt in op.rebuilt.items():
-                before = int(sizes[first < unit + 1].sum()) + _added(ops, unit + 1)
-                found = max(found, before + rebuilt + grad + rebuilt // 2 + min(2 * rebuilt, in_flight))
+        for unit, indices in rebuilt.items():
+            before = int(sizes[first < unit + 1].sum()) + _below(added, unit + 1)
+            found = max(found, before + indices + grad + indices // 2 + min(2 * indices, in_flight))
         return found
 
     def choose_peak(self, peak: int, grad: int, in_flight: int, kept: int | None = None
