@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
+from branchgraph.errors import ConfigError
 from branchgraph.hardware import describe_text
 from branchgraph.memory import compare_variants, plan, table
 from branchgraph.models import create_model
@@ -66,7 +67,11 @@ def main() -> None:
         limits.append({"budget": float(kept), "peak": float(peak)})
     for limit in limits:
         name = "plan " + " ".join(f"{key} {value:g}" for key, value in limit.items())
-        planned, p = plan(model, x, **limit)
+        try:
+            planned, p = plan(model, x, **limit)
+        except ConfigError as exc:  # an unmeetable budget: one line, and the other variants still run
+            print(f"{name}: {exc}", flush=True)
+            continue
         variants[name], plans[name] = planned, p
         print(f"{name}: {p.to_text()}", flush=True)
     if isinstance(model, nn.Sequential):

@@ -42,8 +42,9 @@ def make_runner(
     return step
 
 
-def time_interleaved(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each closure; every round calls each once, so machine noise hits all alike."""
+def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call of each closure, per round; every round calls each once, so machine noise hits all
+    alike."""
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -53,4 +54,15 @@ def time_interleaved(runs: dict[str, Callable[[], None]], rounds: int, warmup: i
             start = time.perf_counter()
             run()
             times[variant].append(time.perf_counter() - start)
-    return {v: statistics.median(t) for v, t in times.items()}
+    return times
+
+
+def time_interleaved(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each closure, timed interleaved (``interleaved_times``)."""
+    return {v: statistics.median(t) for v, t in interleaved_times(runs, rounds, warmup).items()}
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """Median over rounds of a variant's time over the reference's in the same round: noise that lasts a round
+    (another process on a shared machine) cancels, where a ratio of medians keeps it."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))

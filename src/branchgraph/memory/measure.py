@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from branchgraph.graph.record import Measurement, measure
-from branchgraph.timing import make_runner, time_interleaved
+from branchgraph.timing import interleaved_times, make_runner, paired_ratio
 
 MIB = 2**20
 
@@ -31,20 +32,30 @@ def step_memory(model: nn.Module, example: torch.Tensor) -> Measurement:
 
 @dataclass
 class VariantResult:
-    """One variant's measured step: what its forward kept for backward, its peak, and its median step time."""
+    """One variant's measured step: what its forward kept for backward, its peak, and its step times (one per
+    interleaved round)."""
 
     name: str
     forward_bytes: int
     peak_bytes: int
-    median_s: float | None = None
+    times_s: list[float] | None = None
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.times_s) if self.times_s else None
 
     def to_dict(self, plain: VariantResult) -> dict[str, Any]:
+        """Figures and ratios against ``plain``; the step-time ratio is the median of per-round ratios, with
+        their range."""
+        timed = bool(self.times_s and plain.times_s)
+        ratios = [t / r for t, r in zip(self.times_s or [], plain.times_s or [], strict=True)]
         return {
             "name": self.name, "forward_mib": self.forward_bytes / MIB, "peak_mib": self.peak_bytes / MIB,
             "forward_vs_plain": self.forward_bytes / plain.forward_bytes,
             "peak_vs_plain": self.peak_bytes / plain.peak_bytes,
             "median_s": self.median_s,
-            "time_vs_plain": self.median_s / plain.median_s if self.median_s and plain.median_s else None,
+            "time_vs_plain": paired_ratio(self.times_s, plain.times_s) if timed else None,
+            "time_vs_plain_range": [min(ratios), max(ratios)] if timed else None,
         }
 
 
@@ -62,22 +73,24 @@ def compare_variants(
         results.append(VariantResult(name, m.forward_bytes, m.peak_bytes))
     if rounds > 0:
         copies = {name: copy.deepcopy(net).train() for name, net in variants.items()}
-        medians = time_interleaved({n: make_runner(net, example, target, "train") for n, net in copies.items()},
-                                   rounds, warmup=1)
+        times = interleaved_times({n: make_runner(net, example, target, "train") for n, net in copies.items()},
+                                  rounds, warmup=1)
         for result in results:
-            result.median_s = medians[result.name]
+            result.times_s = times[result.name]
     return results
 
 
 def table(results: list[VariantResult]) -> str:
-    """The results as aligned text, ratios against the first row."""
+    """The results as aligned text, ratios against the first row (step time: median of per-round ratios, and
+    their range)."""
     plain = results[0]
     lines = [f"{'variant':<24} {'kept MiB':>9} {'vs plain':>9} {'peak MiB':>9} {'vs plain':>9} {'step s':>7} "
-             f"{'vs plain':>9}"]
+             f"{'vs plain':>9} {'range':>11}"]
     for r in results:
         d = r.to_dict(plain)
-        timing = (f"{d['median_s']:>7.3f} {d['time_vs_plain']:>8.2f}x" if d["median_s"] is not None
-                  else f"{'-':>7} {'-':>9}")
+        low, high = d["time_vs_plain_range"] or (0.0, 0.0)
+        timing = (f"{d['median_s']:>7.3f} {d['time_vs_plain']:>8.2f}x {low:>5.2f}-{high:.2f}" if d["median_s"]
+                  is not None else f"{'-':>7} {'-':>9}")
         lines.append(f"{r.name:<24} {d['forward_mib']:>9.1f} {d['forward_vs_plain']:>8.1%} {d['peak_mib']:>9.1f} "
                      f"{d['peak_vs_plain']:>8.1%} {timing}")
     return "\n".join(lines)

@@ -174,28 +174,24 @@ class Planner:
             found = max(found, before + indices + grad + indices // 2 + min(2 * indices, in_flight))
         return found
 
-    def choose_peak(self, peak: int, grad: int, in_flight: int, kept: int | None = None
-                    ) -> tuple[list[int], int] | None:
-        """The cheapest plan found whose predicted peak (``peak()``) fits, and whose kept bytes fit ``kept`` if
-        given: tries limits on one region's recomputation, each with the kept budget that leaves room for it
-        (and with the least kept, which ``smallest_peak`` reports); None if none fits. (The integer program is
-        not used here: it drives plans to the edge of the peak prediction, which is an estimate, and measured
-        peaks went past it.)"""
-        best: tuple[float, list[int], int] | None = None
+    def peak_options(self, peak: int, grad: int, in_flight: int, kept: int | None = None
+                     ) -> list[tuple[float, list[int], int]]:
+        """Distinct plans for a peak budget, cheapest first, as (cost, regions, kept bytes): greedy choices over
+        limits on one region's recomputation, each with the kept budgets that leave room for it by ``peak()``
+        (and with the least kept), within ``kept`` if given. The caller measures them: the prediction is an
+        estimate."""
+        found: dict[tuple[int, ...], tuple[float, list[int], int]] = {}
         cap = self.plain if kept is None else kept
         for limit in self._limits(peak):
-            for budget in {min(cap, peak - limit - grad - in_flight), min(cap, peak - limit - in_flight), 0}:
+            for budget in {cap, min(cap, peak - limit - grad - in_flight), min(cap, peak - limit - in_flight), 0}:
                 for family in self.families:
-                    chosen, saved = self._choose(budget, limit, family)
-                    if saved > cap or self.peak(chosen, grad, in_flight) > peak:
-                        continue
-                    cost = float(self.cost[chosen].sum())
-                    if best is None or cost < best[0]:
-                        best = (cost, chosen, saved)
-        return None if best is None else (best[1], best[2])
+                    chosen, saved = self._choose(max(budget, 0), limit, family)
+                    if saved <= cap:
+                        found.setdefault(tuple(sorted(chosen)), (float(self.cost[chosen].sum()), chosen, saved))
+        return sorted(found.values(), key=lambda option: option[0])
 
     def smallest_peak(self, grad: int, in_flight: int) -> int:
-        """The least predicted peak any limit on one region's recomputation gives (``choose_peak``'s floor)."""
+        """The least predicted peak any limit on one region's recomputation gives."""
         return min(self.peak(self._choose(0, limit)[0], grad, in_flight) for limit in self._limits(self.plain + 1))
 
     def _limits(self, below: int, count: int = 16) -> list[int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from branchgraph.errors import ConfigError
 from branchgraph.memory import graph_regions, graph_runtime, module_regions
 from branchgraph.memory.budget import MIB, parse_budget
+from branchgraph.memory.measure import step_memory
 from branchgraph.memory.planner import Planner
 from branchgraph.memory.problem import Problem, Region
 from branchgraph.timing import time_interleaved
@@ -36,11 +38,12 @@ COSTS = ("time", "macs")
 
 @dataclass
 class CheckpointPlan:
-    """The regions to recompute and what the plan predicts for one training step at ``input_shape``.
+    """The regions to recompute, what the plan predicts for one training step at ``input_shape`` and the step's
+    measured heap peak.
 
     The predicted peak is the larger of the kept bytes at the forward's end and, for each region recomputed in
     backward, what is still kept from before it + its recomputation + ``grad_bytes`` (parameter gradients and the
-    largest activation's gradient)."""
+    largest activation's gradient). A fractional peak budget is of the plain step's measured peak."""
 
     input_shape: list[int]
     budget_bytes: int | None  # the kept-bytes budget (None: only a peak budget was given)
@@ -61,6 +64,8 @@ class CheckpointPlan:
     grad_bytes: int = 0
     peak_budget_bytes: int | None = None
     note: str | None = None
+    plain_measured_peak_bytes: int | None = None  # heap peaks of one step, plain and planned (None: not measured)
+    measured_peak_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -85,6 +90,10 @@ class CheckpointPlan:
             f"({self.predicted_peak_bytes / self.plain_peak_bytes:.1%} of plain's "
             f"{self.plain_peak_bytes / MIB:.1f} MiB)",
         ]
+        if self.measured_peak_bytes is not None and self.plain_measured_peak_bytes:
+            lines.append(f"measured peak {self.measured_peak_bytes / MIB:.1f} MiB "
+                         f"({self.measured_peak_bytes / self.plain_measured_peak_bytes:.1%} of plain's "
+                         f"{self.plain_measured_peak_bytes / MIB:.1f} MiB)")
         if self.note:
             lines.append(f"note: {self.note}")
         lines += [f"  {r.kind:<8} {r.name}" for r in self.regions]
@@ -127,17 +136,32 @@ def _traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Prob
     return graph_regions.graph_problem(prof, checkpoint_overhead(), options)
 
 
+MEASURED = 6  # plans measured at most for a peak budget, cheapest first
+WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor of the budget (predictions of
+# googlenet-d2l's plans ran up to 60 % above the measured peaks, and up to 12 % below on smaller nets)
+
+
+def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPlan | None) -> int | None:
+    """The heap peak of one training step of ``model`` with the plan (None: plain), or None where the heap
+    cannot be read."""
+    net = copy.deepcopy(model) if result is None else apply_plan(copy.deepcopy(model), result)
+    with torch.random.fork_rng(devices=[]):
+        return step_memory(net, example).peak_bytes
+
+
 def plan(
     model: nn.Module, example: torch.Tensor, budget: float | int | str | None = None, *, peak: float | int | str |
-    None = None, cost: str = "time", saving_ops: bool = True, inplace: bool = False,
+    None = None, cost: str = "time", saving_ops: bool = True, inplace: bool = False, measure: bool = True,
 ) -> tuple[nn.Module, CheckpointPlan]:
     """Plan checkpointing of ``model`` (trained on batches shaped like ``example``) with the least recomputation
     (measured forward time, ``cost="time"``, or MACs, ``cost="macs"``) so that the activations saved for backward
-    fit ``budget``, and/or the step's predicted peak fits ``peak`` (each a fraction of the plain model's, or bytes).
+    fit ``budget``, and/or the step's measured peak fits ``peak`` (each a fraction of the plain model's, or bytes).
 
-    ``saving_ops`` (exact, on by default) lets max pools and lone ReLUs keep smaller tensors for backward.
-    Returns the model set up to train with the plan (a copy unless ``inplace``) and the plan. A peak below what
-    any plan reaches raises ConfigError naming the smallest achievable one."""
+    Under ``peak`` the cheapest plans whose predicted peak is near it are run for one step each and the first whose
+    measured heap peak fits is taken (``measure=False``, or no readable heap: the prediction decides); the plan
+    reports predicted and measured peaks. ``saving_ops`` (exact, on by default) lets max pools and lone ReLUs keep
+    smaller tensors for backward. Returns the model set up to train with the plan (a copy unless ``inplace``) and
+    the plan. A peak no plan reaches raises ConfigError naming the smallest one found."""
     if cost not in COSTS:
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
     if budget is None and peak is None:
@@ -162,35 +186,78 @@ def plan(
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
                       problem.inner)
     plain_peak = planner.peak([], grad, in_flight)
+    plain_measured = _measured_peak(model, example, None) if measure else None
     kept_bytes = None if kept_budget is None else _bytes(kept_budget, plain)
-    peak_bytes = None if peak_budget is None else _bytes(peak_budget, plain_peak)
-    if peak_bytes is None or peak_bytes >= plain_peak:
-        chosen, saved = ([], plain) if kept_bytes is None or kept_bytes >= plain else planner.choose(kept_bytes)
+    peak_bytes = None if peak_budget is None else _bytes(peak_budget, plain_measured or plain_peak)
+
+    def build(chosen: list[int], saved: int) -> CheckpointPlan:
+        chosen = sorted(chosen, key=lambda i: (problem.regions[i].start or 0, i))
+        ranges = [i for i in chosen if problem.regions[i].kind != "saving"]
+        saving = [problem.regions[i] for i in chosen if problem.regions[i].kind == "saving"]
+        ops = [op for op in (planner.shrinks[j] for i in chosen for j in [i, *planner.inner[i]]) if op is not None]
+        return CheckpointPlan(
+            list(example.shape), kept_bytes, plain, saved,
+            problem.forward_macs, int(problem.macs[chosen].sum()), problem.forward_seconds,
+            float(problem.seconds[chosen].sum()), checkpoint_overhead(),
+            int(planner.transient[chosen].max()) if chosen else 0, planner.peak(chosen, grad, in_flight), plain_peak,
+            [problem.regions[i] for i in ranges],
+            "modules" if found is None else "graph", sorted({k for op in ops for k in op.added}),
+            [f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)], grad,
+            peak_bytes, note, plain_measured_peak_bytes=plain_measured)
+
+    if peak_bytes is None or peak_bytes >= (plain_measured or plain_peak):
+        result = build(*(([], plain) if kept_bytes is None or kept_bytes >= plain else planner.choose(kept_bytes)))
+        result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
     else:
-        found_peak = planner.choose_peak(peak_bytes, grad, in_flight, kept_bytes)
-        if found_peak is None:
-            least = planner.smallest_peak(grad, in_flight)
-            also = "" if kept_bytes is None else f" with at most {kept_bytes / MIB:.1f} MiB kept"
-            raise ConfigError(
-                f"peak budget {peak_bytes / MIB:.1f} MiB{also} cannot be met at input {list(example.shape)}: the "
-                f"smallest predicted peak is {least / MIB:.1f} MiB ({least / plain_peak:.1%} of plain); ask for "
-                "at least that, or a smaller batch")
-        chosen, saved = found_peak
-    chosen = sorted(chosen, key=lambda i: (problem.regions[i].start or 0, i))
-    ranges = [i for i in chosen if problem.regions[i].kind != "saving"]
-    saving = [problem.regions[i] for i in chosen if problem.regions[i].kind == "saving"]
-    ops = [op for op in (planner.shrinks[j] for i in chosen for j in [i, *planner.inner[i]]) if op is not None]
-    result = CheckpointPlan(
-        list(example.shape), kept_bytes, plain, saved,
-        problem.forward_macs, int(problem.macs[chosen].sum()), problem.forward_seconds,
-        float(problem.seconds[chosen].sum()), checkpoint_overhead(),
-        int(planner.transient[chosen].max()) if chosen else 0, planner.peak(chosen, grad, in_flight), plain_peak,
-        [problem.regions[i] for i in ranges],
-        "modules" if found is None else "graph", sorted({k for op in ops for k in op.added}),
-        [f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)], grad,
-        peak_bytes, note)
+        result = _fit_peak(model, example, planner, build, peak_bytes, kept_bytes, grad, in_flight, measure,
+                           plain_measured or plain_peak)
     target = model if inplace else copy.deepcopy(model)
     return apply_plan(target, result), result
+
+
+def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
+              build: Callable[[list[int], int], CheckpointPlan], peak: int, kept: int | None, grad: int,
+              in_flight: int, measure: bool, reference: int) -> CheckpointPlan:
+    """The cheapest of the planner's peak options found to fit ``peak``, measuring at most MEASURED: first the
+    cheapest predicted to fit, then cheaper ones predicted within WINDOW of it (the prediction is an estimate:
+    for large nets mostly above the measurement), taking the first whose measured peak fits. Without a
+    measurement (``measure`` off, or no readable heap) the cheapest predicted to fit. Else ConfigError naming the
+    smallest peak found, and its share of ``reference`` (plain's peak)."""
+    options = [(cost, chosen, saved, predicted)
+               for cost, chosen, saved in planner.peak_options(peak, grad, in_flight, kept)
+               if (predicted := planner.peak(chosen, grad, in_flight)) <= WINDOW * peak]
+    measured: list[int] = []
+    best: tuple[float, CheckpointPlan] | None = None
+
+    def fits(chosen: list[int], saved: int) -> CheckpointPlan | None:
+        result = build(chosen, saved)
+        result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
+        if result.measured_peak_bytes is None:
+            return result
+        measured.append(result.measured_peak_bytes)
+        return result if result.measured_peak_bytes <= peak else None
+
+    for cost, chosen, saved, predicted in options:
+        if predicted <= peak and len(measured) < MEASURED and (result := fits(chosen, saved)) is not None:
+            best = (cost, result)
+            break
+    verified = measure and (best is None or best[1].measured_peak_bytes is not None)
+    for cost, chosen, saved, predicted in options if verified else []:
+        if len(measured) >= MEASURED or (best is not None and cost >= best[0]):
+            break
+        if predicted > peak and (result := fits(chosen, saved)) is not None:
+            best = (cost, result)
+            break
+    if best is not None:
+        return best[1]
+    also = "" if kept is None else f" with at most {kept / MIB:.1f} MiB kept"
+    if measured:
+        smallest, what = min(measured), f"smallest measured peak of {len(measured)} plans tried"
+    else:
+        smallest, what = planner.smallest_peak(grad, in_flight), "smallest predicted peak"
+    least = f"the {what} is {smallest / MIB:.1f} MiB ({smallest / reference:.1%} of plain)"
+    raise ConfigError(f"peak budget {peak / MIB:.1f} MiB{also} cannot be met at input {list(example.shape)}: "
+                      f"{least}; ask for at least that, or a smaller batch")
 
 
 def apply_plan(model: nn.Module, plan: CheckpointPlan) -> nn.Module:
