@@ -16,6 +16,8 @@ import numpy as np
 from branchgraph.memory import exact
 from branchgraph.memory.problem import Saves, Shrink
 
+EXACT_SECONDS = 2.0  # the integer program's time limit per plan
+
 
 def _merged(ops: list[Shrink]) -> dict[int, int]:
     """Unit -> bytes the saving ops keep instead (a unit replaced by two options counted once)."""
@@ -57,6 +59,7 @@ class Planner:
         for family in (apart, plain):
             if family.any() and not any(np.array_equal(family, f) for f in self.families):
                 self.families.append(family)
+        self._chosen: dict[tuple[int, int, int], tuple[list[int], int]] = {}
 
     def candidates(self) -> exact.Candidates:
         """What the integer program chooses from."""
@@ -132,7 +135,7 @@ class Planner:
             if saved <= budget or limit >= self.plain:
                 break
             limit *= 2
-        solved = exact.solve(self.candidates(), budget, limit=limit)
+        solved = exact.solve(self.candidates(), budget, limit=limit, seconds=EXACT_SECONDS)
         if solved is not None and self.saved(solved) <= budget and (
                 saved > budget or self.cost[solved].sum() < self.cost[chosen].sum()):
             return solved, self.saved(solved)
@@ -141,7 +144,7 @@ class Planner:
     def _cheapest(self, budget: int, limit: int) -> tuple[list[int], int]:
         """The cheapest of the greedy choices over each candidate family that fits the budget (else the one
         keeping least)."""
-        found = [self._choose(budget, limit, family) for family in self.families]
+        found = [self._choose(budget, limit, family) for family in range(len(self.families))]
         return min(found, key=lambda c: (c[1] > budget, float(self.cost[c[0]].sum()) if c[1] <= budget else c[1]))
 
     def peak(self, chosen: list[int], grad: int, in_flight: int) -> int:
@@ -184,7 +187,7 @@ class Planner:
         cap = self.plain if kept is None else kept
         for limit in self._limits(peak):
             for budget in {cap, min(cap, peak - limit - grad - in_flight), min(cap, peak - limit - in_flight), 0}:
-                for family in self.families:
+                for family in range(len(self.families)):
                     chosen, saved = self._choose(max(budget, 0), limit, family)
                     if saved <= cap:
                         found.setdefault(tuple(sorted(chosen)), (float(self.cost[chosen].sum()), chosen, saved))
@@ -194,7 +197,7 @@ class Planner:
         """The least predicted peak any limit on one region's recomputation gives."""
         return min(self.peak(self._choose(0, limit)[0], grad, in_flight) for limit in self._limits(self.plain + 1))
 
-    def _limits(self, below: int, count: int = 16) -> list[int]:
+    def _limits(self, below: int, count: int = 10) -> list[int]:
         """Up to ``count`` limits on one region's recomputation, spread geometrically over the regions' values."""
         values = np.unique(self.transient[(self.transient > 0) & (self.transient < below)])
         if len(values) > count:
@@ -202,17 +205,22 @@ class Planner:
             values = values[np.unique(np.minimum(picks, len(values) - 1))]
         return [0, *map(int, values)]
 
-    def _choose(self, budget: int, limit: int, family: np.ndarray | None = None) -> tuple[list[int], int]:
-        """Greedy by bytes freed per unit of recompute cost (over the candidates in ``family``, default all)
-        until the budget holds, then drop unneeded regions.
+    def _choose(self, budget: int, limit: int, family: int = 0) -> tuple[list[int], int]:
+        """Greedy by bytes freed per unit of recompute cost (over the candidates in ``families[family]``, the
+        first being all) until the budget holds, then drop unneeded regions; remembered per arguments.
 
         Lazy greedy: a region's score from an earlier state (at first, ``alone``) is kept in a heap and
         re-evaluated only when it reaches the top (what a region frees only shrinks as others are chosen), so
         deep nets with thousands of candidate regions plan in seconds."""
+        key = (budget, limit, family)
+        if key not in self._chosen:
+            self._chosen[key] = self._greedy(budget, limit, self.families[family])
+        return self._chosen[key]
+
+    def _greedy(self, budget: int, limit: int, family: np.ndarray) -> tuple[list[int], int]:
         chosen: list[int] = []
         saved = self.plain
-        heap = [(-self.alone[i], i) for i in range(len(self.masks))
-                if self.transient[i] <= limit and (family is None or family[i])]
+        heap = [(-self.alone[i], i) for i in range(len(self.masks)) if self.transient[i] <= limit and family[i]]
         heapq.heapify(heap)
         while saved > budget and heap:
             _, i = heapq.heappop(heap)
