@@ -136,7 +136,7 @@ def _traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Prob
     return graph_regions.graph_problem(prof, checkpoint_overhead(), options)
 
 
-MEASURED = 6  # plans measured at most for a peak budget, cheapest first
+MEASURED = 8  # plans measured at most for a peak budget, cheapest first
 WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor of the budget (predictions of
 # googlenet-d2l's plans ran up to 60 % above the measured peaks, and up to 12 % below on smaller nets)
 
@@ -219,8 +219,9 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
               build: Callable[[list[int], int], CheckpointPlan], peak: int, kept: int | None, grad: int,
               in_flight: int, measure: bool, reference: int) -> CheckpointPlan:
     """The cheapest of the planner's peak options found to fit ``peak``, measuring at most MEASURED: first the
-    cheapest predicted to fit, then cheaper ones predicted within WINDOW of it (the prediction is an estimate:
-    for large nets mostly above the measurement), taking the first whose measured peak fits. Without a
+    cheapest predicted to fit (once one measures over, predictions are scaled by the worst ratio seen: on small
+    nets they run below the measurement), then cheaper ones predicted within WINDOW of it (for large nets they
+    mostly run above), taking the first whose measured peak fits. Without a
     measurement (``measure`` off, or no readable heap) the cheapest predicted to fit. Else ConfigError naming the
     smallest peak found, and its share of ``reference`` (plain's peak)."""
     options = [(cost, chosen, saved, predicted)
@@ -237,10 +238,14 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
         measured.append(result.measured_peak_bytes)
         return result if result.measured_peak_bytes <= peak else None
 
+    scale = 1.0  # after a plan predicted to fit measures over, predictions are scaled by the worst such ratio
     for cost, chosen, saved, predicted in options:
-        if predicted <= peak and len(measured) < MEASURED and (result := fits(chosen, saved)) is not None:
+        if predicted * scale > peak or len(measured) >= MEASURED:
+            continue
+        if (result := fits(chosen, saved)) is not None:
             best = (cost, result)
             break
+        scale = max(scale, measured[-1] / predicted)
     verified = measure and (best is None or best[1].measured_peak_bytes is not None)
     for cost, chosen, saved, predicted in options if verified else []:
         if len(measured) >= MEASURED or (best is not None and cost >= best[0]):
