@@ -180,12 +180,14 @@ class Planner:
     def peak_options(self, peak: int, grad: int, in_flight: int, kept: int | None = None
                      ) -> list[tuple[float, list[int], int]]:
         """Distinct plans for a peak budget, cheapest first, as (cost, regions, kept bytes): greedy choices over
-        limits on one region's recomputation, each with the kept budgets that leave room for it by ``peak()``
+        limits on one region's recomputation (spread over the regions' values, and the kept budget doubled as
+        ``choose`` tries), each with the kept budgets that leave room for it by ``peak()``
         (and with the least kept), within ``kept`` if given. The caller measures them: the prediction is an
         estimate."""
         found: dict[tuple[int, ...], tuple[float, list[int], int]] = {}
         cap = self.plain if kept is None else kept
-        for limit in self._limits(peak):
+        doubling = [cap * 2**k for k in range(64) if cap * 2**k < peak] if cap else []  # as ``choose`` tries
+        for limit in sorted({*self._limits(peak), *doubling}):
             for budget in {cap, min(cap, peak - limit - grad - in_flight), min(cap, peak - limit - in_flight), 0}:
                 for family in range(len(self.families)):
                     chosen, saved = self._choose(max(budget, 0), limit, family)
