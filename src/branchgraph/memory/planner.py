@@ -162,10 +162,10 @@ class Planner:
         np.minimum.at(first, self.saves.entry_storage[active], self.saves.entry_unit[active])
         spans = []
         for i in chosen:
-            units = np.flatnonzero(self.masks[i])
-            if len(units):
-                first[self.inputs[i]] = np.minimum(first[self.inputs[i]], units[0])
-                spans.append((i, int(units[-1]) + 1))
+            start, stop = self.bounds[i]
+            if stop > start:
+                first[self.inputs[i]] = np.minimum(first[self.inputs[i]], start)
+                spans.append((i, stop))
         sizes = self.saves.sizes
         found = int(sizes[first < never].sum()) + sum(added.values()) + in_flight
         for i, stop in spans:

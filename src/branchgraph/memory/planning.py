@@ -144,7 +144,7 @@ WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor o
 def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPlan | None) -> int | None:
     """The heap peak of one training step of ``model`` with the plan (None: plain), or None where the heap
     cannot be read."""
-    net = copy.deepcopy(model) if result is None else apply_plan(copy.deepcopy(model), result)
+    net = model if result is None else apply_plan(copy.deepcopy(model), result)  # step_memory runs a copy
     with torch.random.fork_rng(devices=[]):
         return step_memory(net, example).peak_bytes
 
@@ -221,9 +221,9 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
     """The cheapest of the planner's peak options found to fit ``peak``, measuring at most MEASURED: first the
     cheapest predicted to fit (once one measures over, predictions are scaled by the worst ratio seen: on small
     nets they run below the measurement), then cheaper ones predicted within WINDOW of it (for large nets they
-    mostly run above), taking the first whose measured peak fits. Without a
-    measurement (``measure`` off, or no readable heap) the cheapest predicted to fit. Else ConfigError naming the
-    smallest peak found, and its share of ``reference`` (plain's peak)."""
+    mostly run above), taking the first whose measured peak fits. Without a measurement (``measure`` off, or no
+    readable heap) the cheapest predicted to fit. Else ConfigError naming the smallest peak found, and its share
+    of ``reference`` (plain's peak)."""
     options = [(cost, chosen, saved, predicted)
                for cost, chosen, saved in planner.peak_options(peak, grad, in_flight, kept)
                if (predicted := planner.peak(chosen, grad, in_flight)) <= WINDOW * peak]
@@ -240,7 +240,9 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
 
     scale = 1.0  # after a plan predicted to fit measures over, predictions are scaled by the worst such ratio
     for cost, chosen, saved, predicted in options:
-        if predicted * scale > peak or len(measured) >= MEASURED:
+        if len(measured) >= MEASURED:
+            break
+        if predicted * scale > peak:
             continue
         if (result := fits(chosen, saved)) is not None:
             best = (cost, result)
