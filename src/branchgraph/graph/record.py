@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -233,6 +234,7 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
     position = {p: i for i, p in enumerate(paths)}
     table = StorageTable([*model.parameters(), *model.buffers(), example], keep=False)
     order: list[str] = []
+    gc.collect()  # garbage of earlier work must not be freed inside the measured step, below its base
     base = heap_in_use()
     peak = [0]
     backward = [False]  # saves during backward are recomputations, transient: sampled for the peak only

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -19,15 +18,13 @@ MIB = 2**20
 
 def step_memory(model: nn.Module, example: torch.Tensor) -> Measurement:
     """One training step of a copy of ``model``, measured after a warm-up step (the first call of some
-    operators, checkpoint's among them, allocates caches once, which is not activation memory) and a
-    garbage collection."""
+    operators, checkpoint's among them, allocates caches once, which is not activation memory)."""
     net = copy.deepcopy(model).train()
     out = net(example)
     sum(t.float().sum() for t in (out if isinstance(out, tuple) else (out,))).backward()
     net.zero_grad(set_to_none=True)
     del out
-    gc.collect()  # garbage of earlier runs (module cycles) must not be freed inside the measured step
-    return measure(net, example)
+    return measure(net, example)  # which collects garbage first
 
 
 @dataclass
