@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,8 @@ from torch import fx, nn
 
 from branchgraph.errors import ConfigError
 from branchgraph.memory import graph_regions, plan, remove_plan, step_memory
+from branchgraph.memory.planner import REGION_SHARE, Planner
+from branchgraph.memory.problem import Saves
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
 from tests.conftest import run_cli
 
@@ -228,7 +231,6 @@ def test_predicted_kept_bytes_hold_when_a_region_covers_part_of_a_saving_op() ->
 
     import branchgraph as bg
     from branchgraph.memory import apply_plan, planning
-    from branchgraph.memory.planner import Planner
 
     torch.manual_seed(0)
     model, x = bg.create_model("googlenet-d2l"), torch.randn(4, 1, 96, 96)
@@ -248,3 +250,21 @@ def test_predicted_kept_bytes_hold_when_a_region_covers_part_of_a_saving_op() ->
         measured = step_memory(apply_plan(copy.deepcopy(model), spec), x).forward_bytes
         predicted = planner.saved(list(chosen))
         assert abs((measured - plain) - (predicted - planner.plain)) <= 0.001 * planner.plain
+
+
+def test_kept_budget_takes_the_cheapest_region_size_up_to_the_share_not_the_first_that_fits() -> None:
+    """Five units saving 10 bytes each; single-unit regions cost 10, two-unit ones 12. Budget 10 fits with four
+    single-unit regions (40) at the budget as the limit, but two two-unit regions (24, 20 bytes each = 40 % of
+    plain) are cheaper: choose() takes them; with the limit given it keeps to it."""
+    saves = Saves(np.array([10, 10, 10, 10, 10, 0]), np.arange(5), np.arange(5))
+    spans = [(k, k + 1) for k in range(5)] + [(0, 2), (2, 4)]
+    masks = np.zeros((len(spans), 5), dtype=bool)
+    for i, (a, b) in enumerate(spans):
+        masks[i, a:b] = True
+    cost = np.array([10.0] * 5 + [12.0, 12.0])
+    planner = Planner(saves, masks, [np.array([5])] * len(spans), cost)
+    chosen, saved = planner.choose(10)
+    assert saved <= 10 and sorted(chosen) == [5, 6] and cost[chosen].sum() == 24
+    assert planner.transient[chosen].max() <= REGION_SHARE * planner.plain
+    chosen, saved = planner.choose(10, limit=10)
+    assert saved <= 10 and all(i < 5 for i in chosen) and cost[chosen].sum() == 40
