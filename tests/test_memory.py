@@ -230,3 +230,21 @@ def test_training_under_a_memory_budget_equals_plain_training(tmp_path, data_dir
 def test_train_rejects_a_bad_memory_budget(tmp_path) -> None:
     r = run_cli("train", "--memory-budget", "-3", "--out-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "memory budget" in r.stderr
+
+
+def test_compare_variants_reports_paired_per_round_ratios_and_kept_bytes() -> None:
+    """Plain against a checkpointed copy: kept bytes measured per variant, the step-time ratio the median of the
+    per-round ratios (not a ratio of medians) and their range; the reference's own ratio is exactly 1."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
+    planned, _ = plan(net, x, 0.3, measure=False)
+    results = bg.memory.compare_variants({"plain": net, "planned": planned}, x, y, rounds=3)
+    plain, other = results
+    assert other.forward_bytes < plain.forward_bytes and len(other.times_s or []) == 3
+    d = other.to_dict(plain)
+    ratios = sorted(t / r for t, r in zip(other.times_s or [], plain.times_s or [], strict=True))
+    assert d["time_vs_plain"] == pytest.approx(ratios[1]) and d["time_vs_plain_range"] == [ratios[0], ratios[2]]
+    assert plain.to_dict(plain)["time_vs_plain"] == 1.0 and d["forward_vs_plain"] < 1
+    assert "planned" in bg.memory.table(results) and "x" in bg.memory.table(results)

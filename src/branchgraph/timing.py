@@ -62,7 +62,7 @@ def time_interleaved(runs: dict[str, Callable[[], None]], rounds: int, warmup: i
     return {v: statistics.median(t) for v, t in interleaved_times(runs, rounds, warmup).items()}
 
 
-def paired_ratio(times: list[float], reference: list[float]) -> float:
-    """Median over rounds of a variant's time over the reference's in the same round: noise that lasts a round
-    (another process on a shared machine) cancels, where a ratio of medians keeps it."""
-    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
+def paired_ratios(times: list[float], reference: list[float]) -> list[float]:
+    """A variant's time over the reference's in the same round, per round: their median cancels noise that lasts
+    a round (another process on a shared machine), where a ratio of medians keeps it."""
+    return [t / r for t, r in zip(times, reference, strict=True)]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from branchgraph.graph.record import Measurement, measure
-from branchgraph.timing import interleaved_times, make_runner, paired_ratio
+from branchgraph.timing import interleaved_times, make_runner, paired_ratios
 
 MIB = 2**20
 
@@ -44,15 +44,14 @@ class VariantResult:
     def to_dict(self, plain: VariantResult) -> dict[str, Any]:
         """Figures and ratios against ``plain``; the step-time ratio is the median of per-round ratios, with
         their range."""
-        timed = bool(self.times_s and plain.times_s)
-        ratios = [t / r for t, r in zip(self.times_s or [], plain.times_s or [], strict=True)]
+        ratios = paired_ratios(self.times_s, plain.times_s) if self.times_s and plain.times_s else []
         return {
             "name": self.name, "forward_mib": self.forward_bytes / MIB, "peak_mib": self.peak_bytes / MIB,
             "forward_vs_plain": self.forward_bytes / plain.forward_bytes,
             "peak_vs_plain": self.peak_bytes / plain.peak_bytes,
             "median_s": self.median_s,
-            "time_vs_plain": paired_ratio(self.times_s, plain.times_s) if timed else None,
-            "time_vs_plain_range": [min(ratios), max(ratios)] if timed else None,
+            "time_vs_plain": statistics.median(ratios) if ratios else None,
+            "time_vs_plain_range": [min(ratios), max(ratios)] if ratios else None,
         }
 
 
