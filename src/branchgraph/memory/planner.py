@@ -133,7 +133,7 @@ class Planner:
         cheaper) whose regions each materialise at most ``limit`` bytes again (default: the budget); where no
         such plan fits, the limit doubles until one does (or no limit is left). Without a given limit, doubling
         goes on up to REGION_SHARE of the plain saved bytes, keeping the cheapest plan: larger regions often
-        recompute less (channels_last googlenet-d2l at 10 %: 0.27 s instead of 0.35 s)."""
+        recompute less (channels_last googlenet-d2l at 10 %: 0.80 of the forward's time instead of 1.84)."""
         fixed = limit is not None
         limit = budget if limit is None else limit
         best: tuple[list[int], int, int] | None = None
