@@ -58,8 +58,8 @@ def test_bad_recipe_values_fail_in_one_line(tmp_path: Path, flag: str, value: st
 
 def test_accurate_preset_is_the_documented_recipe() -> None:
     config = build_config("accurate")
-    assert (config.epochs, config.crop_padding, config.hflip, config.random_erasing, config.ema_decay,
-            config.tta_flip) == (25, 2, True, 0.25, 0.999, True)
+    assert (config.model_kwargs, config.epochs, config.crop_padding, config.hflip, config.random_erasing,
+            config.ema_decay, config.tta_flip) == ({"width": 0.5}, 50, 2, True, 0.5, 0.999, True)
     assert json.loads(config.to_json())["ema_decay"] == 0.999
     with pytest.raises(ConfigError):
         build_config("accurate", overrides={"random_erasing": -0.1})
