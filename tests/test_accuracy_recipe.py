@@ -63,3 +63,10 @@ def test_accurate_preset_is_the_documented_recipe() -> None:
     assert json.loads(config.to_json())["ema_decay"] == 0.999
     with pytest.raises(ConfigError):
         build_config("accurate", overrides={"random_erasing": -0.1})
+
+
+def test_a_presets_model_options_stay_with_its_model() -> None:
+    assert build_config("accurate", overrides={"model": "vgg16"}).model_kwargs == {}
+    assert build_config("accurate", overrides={"model": "googlenet-fmnist"}).model_kwargs == {"width": 0.5}
+    given = build_config("accurate", overrides={"model": "vgg16", "model_kwargs": {"in_channels": 1}})
+    assert given.model_kwargs == {"in_channels": 1}

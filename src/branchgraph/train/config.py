@@ -115,19 +115,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {},
     # The best accuracy: the 28-px network at half width (4x the default's parameters), trained 50 epochs with
     # crop, flip and random erasing, an EMA of the weights and mirrored test-time augmentation (README, Results).
-    "accurate": dict(model_kwargs={"width": 0.5}, epochs=50, crop_padding=2, hflip=True, random_erasing=0.5,
-                     ema_decay=0.999, tta_flip=True),
+    "accurate": dict(model="googlenet-fmnist", model_kwargs={"width": 0.5}, epochs=50, crop_padding=2, hflip=True,
+                     random_erasing=0.5, ema_decay=0.999, tta_flip=True),
 }
 
 
 def build_config(
     preset: str = "fast", config_file: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Preset, then a JSON config file, then explicit overrides (``None`` values are ignored)."""
+    """Preset, then a JSON config file, then explicit overrides (``None`` values are ignored). A preset's
+    ``model_kwargs`` are its model's: another model given without its own ``model_kwargs`` gets none."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     data: dict[str, Any] = asdict(TrainConfig())
     data.update(PRESETS[preset])
+    later: dict[str, Any] = {}
     if config_file is not None:
         path = Path(config_file)
         try:
@@ -137,6 +139,9 @@ def build_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a JSON object of settings")
         TrainConfig.from_dict(loaded, source=str(path))
-        data.update(loaded)
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        later.update(loaded)
+    later.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if later.get("model", data["model"]) != data["model"] and "model_kwargs" not in later:
+        data["model_kwargs"] = {}
+    data.update(later)
     return TrainConfig.from_dict(data).validate()
