@@ -15,7 +15,11 @@ import branchgraph as bg
 from branchgraph import hardware
 from branchgraph import tune as tune_module
 from branchgraph.errors import ConfigError
+from branchgraph.models import create_model
 from branchgraph.passes import optimize
+from branchgraph.train import build_config
+from branchgraph.train.distributed import DistInfo
+from branchgraph.train.setup import tune_precision
 from branchgraph.tune import CACHE_NAME, Candidate, candidates, tune
 from tests.conftest import run_cli
 
@@ -60,6 +64,8 @@ def test_bf16_is_a_candidate_only_where_native(monkeypatch: pytest.MonkeyPatch, 
     assert "fp16" in left_out  # CPU: fp16 autocast is emulated
     with pytest.raises(ConfigError, match="unknown precision bogus"):
         candidates(CPU, "train", precisions=("bogus",))
+    forced, left_out = candidates(CPU, "train", precisions=("bf16", "fp16"))  # named: timed even where emulated
+    assert {c.precision for c in forced} == {"bf16", "fp16"} and not left_out
 
 
 def test_native_bf16_reads_the_processor_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,3 +191,17 @@ def test_step_gflop_counts_forward_and_backward() -> None:
 
 def test_matmul_peak_is_a_rate() -> None:
     assert hardware.matmul_peak(torch.float32, size=128, rounds=2) > 0.01
+
+
+def test_a_forced_precision_is_trained_where_it_is_emulated(monkeypatch: pytest.MonkeyPatch,
+                                                            tuning_cache: Path) -> None:
+    """``--precision bf16`` on a CPU without native bf16 times only the layout in bf16, not refused."""
+    monkeypatch.setattr(tune_module, "native_bf16", lambda device: False)
+    config = build_config("fast", overrides={"precision": "bf16", "batch_size": 4, "model_kwargs": {"width": 0.25}})
+    model = create_model("googlenet-fmnist", width=0.25)
+    tuning, resolved = tune_precision(model, config, torch.device("cpu"), DistInfo())
+    assert resolved.precision == "bf16" and isinstance(resolved.channels_last, bool)
+    assert sorted(tuning["median_ms"]) == ["bf16 NCHW", "bf16 channels_last"] and not tuning["left_out"]
+    with pytest.raises(ConfigError, match=r"too far from fp32.*use fp32 or auto"):
+        tune(model, torch.randn(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), precisions=("bf16",),
+             tolerance=0.0, cache=False)

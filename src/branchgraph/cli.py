@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--budget", help="bound the activations kept for backward: a fraction of the plain "
                    "model's (0.1) or a size (300MiB)")
-    p.add_argument("--peak", help="bound the step's predicted peak (alone or with --budget): a fraction of the "
+    p.add_argument("--peak", help="bound the step's measured peak (alone or with --budget): a fraction of the "
                    "plain step's (0.35) or a size (300MiB)")
     p.add_argument("--no-saving-ops", action="store_true", help="do not let max pools keep 1-byte offsets and "
                    "lone ReLUs 1-byte masks (exact; chosen only where they beat recomputation)")

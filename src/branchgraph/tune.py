@@ -109,24 +109,24 @@ def candidates(
     pass_sets: Sequence[Sequence[str] | None] = (None,), precisions: Sequence[str] | None = None,
 ) -> tuple[list[Candidate], dict[str, str]]:
     """Every precision x layout x pass set worth timing on ``device``, and those left out with the reason:
-    bf16 only where it is native (emulated bf16 is several times slower), fp16 only on CUDA. ``layout`` and
-    ``precision`` in a pass set are dropped: they are the layout and precision axes."""
+    bf16 only where it is native (emulated bf16 is several times slower), fp16 only on CUDA; precisions named in
+    ``precisions`` are timed as given (the user forced them). ``layout`` and ``precision`` in a pass set are
+    dropped: they are the layout and precision axes."""
     wanted = list(precisions or DTYPES)
     unknown = [p for p in wanted if p not in DTYPES]
     if unknown:
         raise ConfigError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(DTYPES)}")
     kept, left_out = [], {}
     for p in wanted:
-        if p == "bf16" and not native_bf16(device):
+        if precisions is not None:
+            kept.append(p)
+        elif p == "bf16" and not native_bf16(device):
             where = "GPU" if device.type == "cuda" else f"CPU ({cpu_capability()}, no avx512_bf16/amx_bf16 flag)"
             left_out[p] = f"no native bf16 on this {where}: emulated, several times slower"
         elif p == "fp16" and device.type != "cuda":
             left_out[p] = "fp16 autocast is for CUDA; CPUs run it emulated"
         else:
             kept.append(p)
-    if not kept:
-        raise ConfigError(f"none of the precisions {', '.join(wanted)} can run well here: "
-                          f"{'; '.join(left_out.values())}")
     sets = [None if ps is None else tuple(p for p in ps if p not in ("layout", "precision")) for ps in pass_sets]
     for passes in sets:
         if passes is not None:
@@ -247,6 +247,9 @@ def tune(
                 rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {tolerance:g})"
                 continue
         runs[cand.name] = make_runner(net, x, y, mode, autocast=cand.autocast)
+    if not runs:
+        raise ConfigError(f"every precision asked for is too far from fp32 on this model: "
+                          f"{'; '.join(f'{k}: {v}' for k, v in rejected.items())}; use fp32 or auto")
     medians = time_interleaved(runs, rounds, warmup)
     by_name = {c.name: c for c in found}
     chosen = by_name[min(medians, key=medians.__getitem__)]
