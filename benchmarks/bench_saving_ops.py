@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from branchgraph.hardware import describe_text
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
+from branchgraph.memory.unit_timing import forward_backward
 from branchgraph.timing import interleaved_times, paired_ratios
 
 CASES = {  # name: (input shape, plain op, saving op)
@@ -28,14 +28,6 @@ CASES = {  # name: (input shape, plain op, saving op)
                                   lambda t: compact_max_pool2d(t, 3, 1, 1)),
     "relu, 64x48x48": ((128, 64, 48, 48), torch.relu, masked_relu),
 }
-
-
-def _call(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    """One forward and backward of ``op`` on a fresh leaf copy of ``x``."""
-    def run() -> None:
-        leaf = x.detach().requires_grad_()
-        op(leaf).backward(grad)
-    return run
 
 
 def main() -> None:
@@ -49,8 +41,8 @@ def main() -> None:
         for name, (shape, plain, saving) in CASES.items():
             x = torch.randn(shape).contiguous(memory_format=layout)
             grad = torch.randn_like(plain(x))
-            times = interleaved_times({"plain": _call(plain, x, grad), "saving": _call(saving, x, grad)},
-                                      args.rounds, warmup=2)
+            runs = {"plain": forward_backward(plain, x, grad), "saving": forward_backward(saving, x, grad)}
+            times = interleaved_times(runs, args.rounds, warmup=2)
             ratios = paired_ratios(times["saving"], times["plain"])
             row = {"case": name, "layout": "channels_last" if layout is torch.channels_last else "NCHW",
                    "plain_ms": statistics.median(times["plain"]) * 1e3,

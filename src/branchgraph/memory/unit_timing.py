@@ -18,17 +18,21 @@ from branchgraph.timing import time_interleaved
 Op = Callable[[torch.Tensor], torch.Tensor]
 
 
+def forward_backward(op: Op, x: torch.Tensor, grad: torch.Tensor | None = None) -> Callable[[], None]:
+    """One forward and backward of ``op`` on a fresh leaf copy of ``x``, with ``grad`` as the output's gradient
+    (default ones shaped and laid out like the output, as a network's are)."""
+
+    def run() -> None:
+        out = op(x.detach().requires_grad_(True))
+        out.backward(torch.ones_like(out) if grad is None else grad)
+    return run
+
+
 def saving_overhead(plain: Op, saving: Op, x: torch.Tensor, repeats: int) -> float:
-    """Seconds ``saving`` adds to a forward+backward of ``plain`` on ``x`` (gradients shaped and laid out like
-    the output, as a network's are): the difference of interleaved medians, at least 0."""
-
-    def step(op: Op) -> Callable[[], None]:
-        def run() -> None:
-            out = op(x.detach().requires_grad_(True))
-            out.backward(torch.ones_like(out))
-        return run
-
-    medians = time_interleaved({"plain": step(plain), "saving": step(saving)}, repeats, warmup=1)
+    """Seconds ``saving`` adds to a forward+backward of ``plain`` on ``x``: the difference of interleaved
+    medians, at least 0."""
+    medians = time_interleaved({"plain": forward_backward(plain, x), "saving": forward_backward(saving, x)},
+                               repeats, warmup=1)
     return max(0.0, medians["saving"] - medians["plain"])
 
 
