@@ -2,7 +2,8 @@
 (memory per variant, SGD step times interleaved).
 
 For each budget (kept bytes) and each peak budget: the bytes the forward keeps for backward, the step's measured
-peak (sampled after every operator) against the planner's prediction, and the median step time.
+peak (sampled after every operator) against the planner's prediction, and the median step time; then the
+forward's share of a plain step (recomputing a fraction f of the forward costs about 1 + f x that share).
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
      [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--json out.json]
 """
@@ -10,9 +11,13 @@ Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
+import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
@@ -34,6 +39,24 @@ class UniformCheckpoint(nn.Module):
         if not torch.is_grad_enabled():
             return self.model(x)
         return checkpoint_sequential(self.model, self.segments, x, use_reentrant=False)
+
+
+def forward_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
+    """Per plain SGD step (after one warm-up): the forward's share of the step's time."""
+    net = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    shares = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        out = net(x)
+        loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        forward = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step:
+            shares.append((forward - start) / (time.perf_counter() - start))
+    return shares
 
 
 def main() -> None:
@@ -87,10 +110,13 @@ def main() -> None:
         print(f"{name}: kept predicted {p.saved_bytes / 2**20:.1f} MiB, measured {measured.forward_bytes / 2**20:.1f} "
               f"MiB; peak predicted {p.predicted_peak_bytes / 2**20:.1f} MiB, measured "
               f"{measured.peak_bytes / 2**20:.1f} MiB")
+    shares = forward_shares(model, x, y, max(args.rounds, 5))
+    print(f"forward share of a plain step: median {statistics.median(shares):.2f} ({min(shares):.2f}-"
+          f"{max(shares):.2f}) over {len(shares)} steps")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"plans": {n: p.to_dict() for n, p in plans.items()},
-                       "results": [r.to_dict(results[0]) for r in results]}, fh, indent=2)
+                       "results": [r.to_dict(results[0]) for r in results], "forward_shares": shares}, fh, indent=2)
 
 
 if __name__ == "__main__":
