@@ -5,7 +5,10 @@ For each budget (kept bytes) and each peak budget: the bytes the forward keeps f
 peak (sampled after every operator) against the planner's prediction, and the median step time; then the
 forward's share of a plain step (recomputing a fraction f of the forward costs about 1 + f x that share).
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
-     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--json out.json]
+     [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--least SECONDS]
+     [--json out.json]
+With --least, the integer program also runs for that long at each kept budget with no limit on a region's size:
+the least recomputation it finds (a share of the forward's time) is what any plan at that budget costs at least.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import describe_text
-from branchgraph.memory import compare_variants, plan, table
+from branchgraph.memory import compare_variants, exact, plan, table
+from branchgraph.memory.planner import Planner
+from branchgraph.memory.planning import traced_problem
 from branchgraph.models import create_model
 from foreign_nets import InceptionV3Like  # benchmarks/, the script's folder, is on sys.path
 
@@ -59,6 +64,17 @@ def forward_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
     return shares
 
 
+def least_recomputation(model: nn.Module, x: torch.Tensor, budget: float, seconds: float) -> float | None:
+    """The integer program's least recomputation at a kept ``budget`` (fraction), as a share of the forward's
+    time; None if it finds no plan in ``seconds``."""
+    problem = traced_problem(copy.deepcopy(model), x, saving=True)
+    if problem is None:
+        return None
+    planner = Planner(problem.saves, problem.masks, problem.inputs, problem.seconds, problem.shrinks, problem.inner)
+    solved = exact.solve(planner.candidates(), int(budget * problem.saves.total()), seconds=seconds)
+    return None if solved is None else float(planner.cost[solved].sum()) / problem.forward_seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="googlenet-d2l", help="a registry name or inception-v3-like")
@@ -70,6 +86,8 @@ def main() -> None:
     parser.add_argument("--peaks", type=float, nargs="*", default=[0.4])
     parser.add_argument("--both", nargs="*", default=[], metavar="KEPT:PEAK",
                         help="plans under a kept budget and a peak budget at once, e.g. 0.1:0.4")
+    parser.add_argument("--least", type=float, metavar="SECONDS",
+                        help="also run the integer program this long at each kept budget (the least recomputation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -113,10 +131,16 @@ def main() -> None:
     shares = forward_shares(model, x, y, max(args.rounds, 5))
     print(f"forward share of a plain step: median {statistics.median(shares):.2f} ({min(shares):.2f}-"
           f"{max(shares):.2f}) over {len(shares)} steps")
+    least = {}
+    for budget in args.budgets if args.least else []:
+        least[budget] = least_recomputation(model, x, budget, args.least)
+        found = "none found" if least[budget] is None else f"{least[budget]:.2f} of the forward's time"
+        print(f"least recomputation at budget {budget:g} (integer program, {args.least:g} s): {found}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"plans": {n: p.to_dict() for n, p in plans.items()},
-                       "results": [r.to_dict(results[0]) for r in results], "forward_shares": shares}, fh, indent=2)
+                       "results": [r.to_dict(results[0]) for r in results], "forward_shares": shares,
+                       "least_recomputation": least}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def test_predicted_kept_bytes_hold_when_a_region_covers_part_of_a_saving_op() ->
 
     torch.manual_seed(0)
     model, x = bg.create_model("googlenet-d2l"), torch.randn(4, 1, 96, 96)
-    problem = planning._traced_problem(copy.deepcopy(model), x, saving=True)
+    problem = planning.traced_problem(copy.deepcopy(model), x, saving=True)
     planner = Planner(problem.saves, problem.masks, problem.inputs, problem.seconds, problem.shrinks, problem.inner)
     regions = problem.regions
     pairs = [(r, s) for r, region in enumerate(regions) if region.kind == "graph" and not planner.inner[r]

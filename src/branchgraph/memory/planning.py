@@ -126,7 +126,7 @@ def _grad_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def _traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Problem | None:
+def traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Problem | None:
     """Candidate graph regions and saving options of ``net`` (traced by fx); None where fx cannot trace it."""
     gm = graph_regions.trace(net.train())
     if gm is None:
@@ -171,7 +171,7 @@ def plan(
     net = copy.deepcopy(model)
     note = None
     with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
-        found = _traced_problem(net, example, saving_ops)
+        found = traced_problem(net, example, saving_ops)
         if found is None:
             note = (f"torch.fx could not trace {type(model).__name__}: regions are whole modules and nn.Sequential "
                     "runs, without saving ops")
