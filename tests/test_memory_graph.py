@@ -17,6 +17,7 @@ from branchgraph.memory import graph_regions, plan, remove_plan, step_memory
 from branchgraph.memory.planner import REGION_SHARE, Planner
 from branchgraph.memory.problem import Saves
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
+from branchgraph.passes import run_passes
 from tests.conftest import run_cli
 
 
@@ -105,6 +106,19 @@ def test_functional_batch_norm_and_in_place_ops_in_regions(budget: float) -> Non
     planned, p = plan(model, x, budget)
     assert p.regions
     _assert_equal_training(model, planned, x)
+
+
+@pytest.mark.parametrize("passes", [(), ("fuse_parallel",)])
+def test_plan_of_a_graph_module_and_its_deep_copy(inception, passes: tuple[str, ...]) -> None:
+    """A GraphModule (what ``optimize`` returns) plans and measures its peak like any model, and a deep copy of
+    the planned model trains like it (a GraphModule's copy once recursed forever through the planned class)."""
+    model, x = inception
+    gm = run_passes(fx.symbolic_trace(copy.deepcopy(model)), passes, "train")
+    planned, p = plan(gm, x, 0.2)
+    assert p.regions and p.measured_peak_bytes is not None
+    twin = copy.deepcopy(planned)
+    assert type(twin) is not type(gm) and twin.state_dict().keys() == gm.state_dict().keys()
+    _assert_equal_training(gm, twin, x)
 
 
 class Untraceable(nn.Module):

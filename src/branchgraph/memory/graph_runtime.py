@@ -8,6 +8,7 @@ subclass whose forward runs that code), so its module tree and state-dict keys s
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import threading
 from collections.abc import Callable, Iterator
@@ -165,6 +166,17 @@ class _Planned(nn.Module):
         if not (self.training and torch.is_grad_enabled()) or _container_hooks(self):
             return super().forward(*args, **kwargs)
         return self.__dict__["_bg_program"].forward(self, self, *args, **kwargs)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
+        """A planned copy: the model's own class is copied (a GraphModule's copy makes a class of its own, which
+        must not derive from the planned one), then planned again with the same program."""
+        program = self.__dict__["_bg_program"]
+        uninstall(self)
+        try:
+            twin = copy.deepcopy(self, memo)
+        finally:
+            install(self, program)
+        return install(twin, program)
 
 
 def install(model: nn.Module, program: Program) -> nn.Module:
