@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from branchgraph.graph.record import heap_in_use
 from branchgraph.hardware import describe_text
+from branchgraph.heap import heap_in_use
 from branchgraph.models import create_model
 from branchgraph.timing import make_runner, time_interleaved
 

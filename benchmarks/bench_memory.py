@@ -6,7 +6,7 @@ peak (sampled after every operator) against the planner's prediction, and the me
 forward's share of a plain step (recomputing a fraction f of the forward costs about 1 + f x that share).
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
      [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--least SECONDS]
-     [--json out.json]
+     [--heap keep|system] [--json out.json]
 With --least, the integer program also runs for that long at each kept budget with no limit on a region's size:
 the least recomputation it finds (a share of the forward's time) is what any plan at that budget costs at least.
 """
@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import describe_text
+from branchgraph.heap import HEAP_POLICIES, apply_heap_policy
 from branchgraph.memory import compare_variants, exact, plan, table
 from branchgraph.memory.planner import Planner
 from branchgraph.memory.planning import traced_problem
@@ -89,8 +90,10 @@ def main() -> None:
     parser.add_argument("--least", type=float, metavar="SECONDS",
                         help="also run the integer program this long at each kept budget (the least recomputation)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help="branchgraph.heap policy (as train)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    apply_heap_policy(args.heap)
     torch.manual_seed(args.seed)
     if args.model == "inception-v3-like":
         model: nn.Module = InceptionV3Like(in_chans=1)

@@ -1,7 +1,7 @@
 """Training-step throughput by precision and memory layout, variants interleaved in one process, and what
 ``--precision auto`` (branchgraph.tune) picks on this machine.
 
-    python benchmarks/bench_train.py [--model googlenet-fmnist] [--batch 128] [--rounds 15] [--json]
+  python benchmarks/bench_train.py [--model googlenet-fmnist] [--batch 128] [--rounds 15] [--heap keep|system] [--json]
 
 Each round times one optimiser step of every variant in turn, so machine noise hits all of them alike;
 the table gives the median step time and its ratio to fp32 NCHW. bf16 rows run even where bf16 is emulated,
@@ -17,6 +17,7 @@ import torch
 
 import branchgraph as bg
 from branchgraph.hardware import describe, describe_text
+from branchgraph.heap import HEAP_POLICIES, apply_heap_policy
 from branchgraph.models import model_info
 from branchgraph.timing import make_runner, time_interleaved
 from branchgraph.tune import Candidate, build_candidate, tune
@@ -36,7 +37,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help="branchgraph.heap policy (as train)")
     args = parser.parse_args()
+    apply_heap_policy(args.heap)
     torch.manual_seed(0)
     model = bg.create_model(args.model).train()
     x = torch.randn(args.batch, *model_info(args.model).input_size)

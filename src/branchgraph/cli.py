@@ -25,6 +25,7 @@ from branchgraph.commands import (
     cmd_train,
 )
 from branchgraph.errors import BranchgraphError, Interrupted
+from branchgraph.heap import HEAP_POLICIES
 from branchgraph.memory.planning import COSTS
 from branchgraph.passes.base import MODES
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
@@ -91,6 +92,8 @@ FLAGS = {"input_size": "--input"}  # library parameters whose flag is not their 
 PASSES_HELP = (f"comma-separated passes, of: {', '.join(PASSES)} (default: the mode's lossless set, "
                + "; ".join(f"{mode}: {','.join(names)}" for mode, names in DEFAULT_PASSES.items()) + ")")
 ROUNDS_HELP = "interleaved timing rounds per variant (default 10)"
+HEAP_HELP = ("keep: freed tensor memory stays in the process for the next step (no page faults on reuse; resident "
+             "memory stays at the peak); system: the C library's own policy")
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
@@ -125,6 +128,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "device": dict(choices=DEVICES, help="auto: CUDA when available, else CPU"),
     "seed": dict(type=int, help="seed of the initial weights, batch order and augmentation"),
     "threads": dict(type=_positive_int, help="intra-op CPU threads"),
+    "heap": dict(choices=HEAP_POLICIES, help=HEAP_HELP),
     "data_dir": dict(help="folder with the Fashion-MNIST IDX files (default $BRANCHGRAPH_DATA or Debian's)"),
     "out_dir": dict(help="parent folder of run directories (default runs)"),
 }
@@ -134,6 +138,10 @@ TRAIN_SWITCHES = {
     "deterministic": "deterministic algorithms, no timing-based choices (bit-exact resume)",
     "nesterov": "Nesterov momentum for SGD", "tta_flip": "evaluate each image and its mirror image, logits averaged",
 }
+
+
+def _add_heap_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help=HEAP_HELP + " (default keep)")
 
 
 def _add_input_flags(
@@ -217,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     p.add_argument("--tune", action="store_true", help="add the variant chosen by timing precisions (bf16 only "
                    "where native), layouts and {eager, --passes} on this machine (and it compiled)")
+    _add_heap_flag(p)
 
     p = add("bench-parallel", cmd_bench_parallel, "the model's branches run one after another vs concurrently "
             "(the parallel pass), interleaved, at each batch size")
@@ -227,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_flags(p, batch=None)
     p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP)
     p.add_argument("--workers", type=_positive_int, help="threads per block on CPU (default: one per branch)")
+    _add_heap_flag(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available, else CPU")
 
     p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
@@ -243,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model, "
                    "and time --rounds of both")
     p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP + " (with --measure)")
+    _add_heap_flag(p)
 
     p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
     p.add_argument("model", help=MODEL_HELP)

@@ -9,6 +9,7 @@ from typing import Any
 
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
+from branchgraph.heap import apply_heap_policy
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -180,6 +181,7 @@ def cmd_bench_parallel(args: argparse.Namespace) -> int:
     from branchgraph.bench import bench_parallel
     from branchgraph.hardware import resolve_device
 
+    apply_heap_policy(args.heap)
     result = bench_parallel(args.model, args.mode, args.batches, args.input, rounds=args.rounds,
                             workers=args.workers, device=str(resolve_device(args.device)),
                             model_kwargs=args.model_kwargs, seed=args.seed)
@@ -191,6 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
     from branchgraph.bench import bench
 
+    apply_heap_policy(args.heap)
     result = bench(args.model, args.mode, args.batch, args.input, rounds=args.rounds, compile=not args.no_compile,
                    passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs)
     _emit(args, result.to_dict(), result.to_text())
@@ -199,9 +202,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_memory(args: argparse.Namespace) -> int:
     """Plan checkpointing under a budget; with --measure, run steps of the plain and planned model to check it."""
-
     from branchgraph.memory import compare_variants, plan, table
 
+    apply_heap_policy(args.heap)
     if args.budget is None and args.peak is None:
         raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
     model, size, classes = _model(args)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import time
 from collections import defaultdict
@@ -18,36 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.cost import layer_macs
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def _load_mallinfo2() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    return fn
-
-
-_MALLINFO2 = _load_mallinfo2()
-
-
-def heap_in_use() -> int | None:
-    """Bytes the C heap has handed out and not taken back (glibc ``mallinfo2``: arenas plus mmap'd blocks).
-
-    PyTorch's CPU tensors live there, so differences of this number measure tensor memory. ``None`` where
-    the C library has no ``mallinfo2`` (not glibc >= 2.33).
-    """
-    if _MALLINFO2 is None:
-        return None
-    info = _MALLINFO2()
-    return int(info.uordblks + info.hblkhd)
+from branchgraph.heap import heap_in_use
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from branchgraph.errors import ConfigError
+from branchgraph.heap import HEAP_POLICIES
 from branchgraph.memory.budget import parse_budget
 from branchgraph.models import list_models, model_info
 from branchgraph.models.spec import is_spec
@@ -51,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None
+    heap: str = "keep"  # "keep": freed tensor memory stays in the process for the next step (branchgraph.heap)
     data_dir: str | None = None
     out_dir: str = "runs"
 
@@ -60,7 +62,8 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(list_models())}")
         if not is_spec(self.model) and model_info(self.model).num_classes is None:
             raise ConfigError(f"model {self.model!r} has no classifier head and cannot be trained on Fashion-MNIST")
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES}
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS, "device": DEVICES,
+                   "heap": HEAP_POLICIES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}", key)

@@ -24,6 +24,7 @@ from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
 from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.hardware import resolve_device
+from branchgraph.heap import apply_heap_policy
 from branchgraph.memory.planning import CheckpointPlan, plan
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import all_reduce_sum, init_distributed, shutdown
@@ -82,6 +83,7 @@ class Trainer:
         self.info = init_distributed(self.device.type)
         if config.threads:
             torch.set_num_threads(config.threads)
+        apply_heap_policy(config.heap)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
