@@ -2,7 +2,9 @@
 policy and round, the two policies alternating (a heap policy is process-wide, so the variants cannot share one
 process): median step time, page faults per step and resident peak, and the median of per-round ratios.
 
-    python benchmarks/bench_heap.py [--rounds 5] [--steps 6] [--json out.json]
+    python benchmarks/bench_heap.py [--rounds 5] [--steps 6] [--beside] [--json out.json]
+
+``--beside`` runs a one-thread matrix-multiply loop in another process throughout, as on a shared machine.
 
 Cases: ``googlenet-d2l`` batch 128 at 96² in fp32 NCHW, and the ``accurate`` preset's network (``googlenet-fmnist``
 width 0.5) at batch 128, 28², under bf16 autocast in channels_last, which ``--precision auto`` picks where bf16 is
@@ -31,6 +33,8 @@ CASES = {
     "accurate preset's net bf16 channels_last": ("googlenet-fmnist", {"width": 0.5}, 28, True),
 }
 
+BUSY = "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile True:\n    a @ a"
+
 
 def child(case: str, policy: str, steps: int) -> dict[str, float]:
     """Time ``steps`` SGD steps (after two warm-up steps) under ``policy``."""
@@ -57,24 +61,36 @@ def child(case: str, policy: str, steps: int) -> dict[str, float]:
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def run_rounds(rounds: int, steps: int) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """Each case under each policy once per round, the policies' order alternating between rounds."""
+    results: dict[str, dict[str, list[dict[str, float]]]] = {c: {"system": [], "keep": []} for c in CASES}
+    for r in range(rounds):
+        for case in CASES:
+            for policy in ("system", "keep") if r % 2 == 0 else ("keep", "system"):
+                out = subprocess.run([sys.executable, __file__, "--steps", str(steps), "--child", case, policy],
+                                     check=True, capture_output=True, text=True).stdout
+                results[case][policy].append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--beside", action="store_true", help="a one-thread matmul loop running alongside")
     parser.add_argument("--json")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.steps)))
         return
-    print(describe_text())
-    results: dict[str, dict[str, list[dict[str, float]]]] = {c: {"system": [], "keep": []} for c in CASES}
-    for r in range(args.rounds):
-        for case in CASES:
-            for policy in ("system", "keep") if r % 2 == 0 else ("keep", "system"):
-                out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", case, policy],
-                                     check=True, capture_output=True, text=True).stdout
-                results[case][policy].append(json.loads(out.strip().splitlines()[-1]))
+    print(describe_text() + (", a one-thread matmul loop beside" if args.beside else ""))
+    busy = subprocess.Popen([sys.executable, "-c", BUSY]) if args.beside else None
+    try:
+        results = run_rounds(args.rounds, args.steps)
+    finally:
+        if busy is not None:
+            busy.kill()
     summary = {}
     for case, runs in results.items():
         ratios = [k["median_s"] / s["median_s"] for s, k in zip(runs["system"], runs["keep"], strict=True)]
@@ -88,7 +104,8 @@ def main() -> None:
               f"system {row['keep_over_system']:.3f}x (rounds {min(ratios):.3f}-{max(ratios):.3f})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": describe_text(), "rounds": args.rounds, "cases": summary}, f, indent=2)
+            json.dump({"machine": describe_text(), "rounds": args.rounds, "beside": args.beside, "cases": summary}, f,
+                      indent=2)
 
 
 if __name__ == "__main__":
