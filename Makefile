@@ -69,6 +69,7 @@ graphviz:
 bench: setup data
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_heap.py
 	$(BIN)/python benchmarks/bench_revnet.py
 	$(BIN)/python benchmarks/bench_branch_stats.py
 	$(BIN)/branchgraph bench googlenet-d2l --mode eval --batch 128 --rounds 10 --tune
