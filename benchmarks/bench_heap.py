@@ -38,7 +38,8 @@ BUSY = "import torch\ntorch.set_num_threads(1)\na = torch.randn(512, 512)\nwhile
 
 def child(case: str, policy: str, steps: int) -> dict[str, float]:
     """Time ``steps`` SGD steps (after two warm-up steps) under ``policy``."""
-    apply_heap_policy(policy)
+    if apply_heap_policy(policy) != (policy == "keep"):
+        raise SystemExit(f"bench_heap: the {policy!r} policy cannot be set here (glibc's mallopt is missing)")
     name, kwargs, size, bf16 = CASES[case]
     torch.manual_seed(0)
     model = create_model(name, **kwargs)
@@ -91,6 +92,7 @@ def main() -> None:
     finally:
         if busy is not None:
             busy.kill()
+            busy.wait()
     summary = {}
     for case, runs in results.items():
         ratios = [k["median_s"] / s["median_s"] for s, k in zip(runs["system"], runs["keep"], strict=True)]

@@ -1,7 +1,8 @@
 """Training-step throughput by precision and memory layout, variants interleaved in one process, and what
 ``--precision auto`` (branchgraph.tune) picks on this machine.
 
-  python benchmarks/bench_train.py [--model googlenet-fmnist] [--batch 128] [--rounds 15] [--heap keep|system] [--json]
+    python benchmarks/bench_train.py [--model googlenet-fmnist] [--batch 128] [--rounds 15]
+        [--heap keep|system] [--json]
 
 Each round times one optimiser step of every variant in turn, so machine noise hits all of them alike;
 the table gives the median step time and its ratio to fp32 NCHW. bf16 rows run even where bf16 is emulated,

@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from branchgraph.errors import ConfigError
 from branchgraph.memory import graph_regions, plan, remove_plan, step_memory
+from branchgraph.memory.graph_runtime import _Planned
 from branchgraph.memory.planner import REGION_SHARE, Planner
 from branchgraph.memory.problem import Saves
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
@@ -116,8 +117,11 @@ def test_plan_of_a_graph_module_and_its_deep_copy(inception, passes: tuple[str, 
     gm = run_passes(fx.symbolic_trace(copy.deepcopy(model)), passes, "train")
     planned, p = plan(gm, x, 0.2)
     assert p.regions and p.measured_peak_bytes is not None
+    planned_class = type(planned)
     twin = copy.deepcopy(planned)
-    assert type(twin) is not type(gm) and twin.state_dict().keys() == gm.state_dict().keys()
+    assert type(planned) is planned_class and isinstance(planned, _Planned)  # the original stays planned
+    assert isinstance(twin, _Planned) and twin.state_dict().keys() == gm.state_dict().keys()
+    assert step_memory(twin, x).forward_bytes < 0.5 * step_memory(gm, x).forward_bytes  # the copy runs the plan
     _assert_equal_training(gm, twin, x)
 
 

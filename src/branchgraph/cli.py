@@ -128,7 +128,7 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "device": dict(choices=DEVICES, help="auto: CUDA when available, else CPU"),
     "seed": dict(type=int, help="seed of the initial weights, batch order and augmentation"),
     "threads": dict(type=_positive_int, help="intra-op CPU threads"),
-    "heap": dict(choices=HEAP_POLICIES, help=HEAP_HELP),
+    "heap": dict(choices=HEAP_POLICIES, help=HEAP_HELP + " (default keep)"),
     "data_dir": dict(help="folder with the Fashion-MNIST IDX files (default $BRANCHGRAPH_DATA or Debian's)"),
     "out_dir": dict(help="parent folder of run directories (default runs)"),
 }

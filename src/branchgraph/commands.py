@@ -50,11 +50,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _train_overrides(args)
     if args.resume:
-        extra = sorted(set(overrides) - {"epochs", "data_dir"})
+        extra = sorted(set(overrides) - {"epochs", "data_dir", "heap"})
         if extra or args.config or args.preset:
             named = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "--preset/--config"
-            raise ConfigError(f"--resume continues the run's saved settings; drop {named} (only --epochs may change)")
-        result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"))
+            raise ConfigError(f"--resume continues the run's saved settings; drop {named} (only --epochs, --heap "
+                              "and --data-dir may change)")
+        result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"),
+                        heap=overrides.get("heap"), data_dir=overrides.get("data_dir"))
     else:
         config = build_config(args.preset or "fast", args.config, overrides)
         result = train(config, progress=not args.quiet)

@@ -36,6 +36,10 @@ _MALLINFO2 = _libc_function("mallinfo2")
 if _MALLINFO2 is not None:
     _MALLINFO2.restype = _MallInfo2
 _MALLOPT = _libc_function("mallopt")
+if _MALLOPT is not None:
+    _MALLOPT.argtypes, _MALLOPT.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+CAN_KEEP = _MALLOPT is not None  # glibc's mallopt is there (under an LD_PRELOADed allocator it changes nothing)
+_kept = False
 
 
 def heap_in_use() -> int | None:
@@ -51,19 +55,28 @@ def heap_in_use() -> int | None:
 
 
 def keep_freed_memory() -> bool:
-    """From now on, in this process, serve every block from glibc's heap (no mmap) and keep freed memory for reuse
-    instead of returning it to the kernel (resident memory stays at the peak). Returns False, changing nothing,
-    where the C library has no ``mallopt``."""
-    if _MALLOPT is None:
-        return False
-    return bool(_MALLOPT(_M_MMAP_MAX, 0)) and bool(_MALLOPT(_M_TRIM_THRESHOLD, _INT_MAX))
+    """From now on, for the rest of this process, serve every block from glibc's heap (no mmap) and keep freed
+    memory for reuse instead of returning it to the kernel (resident memory stays at least at the peak). Returns
+    whether memory is kept: False, changing nothing, where the C library has no ``mallopt``."""
+    global _kept
+    if _MALLOPT is not None and not _kept:
+        unmapped = _MALLOPT(_M_MMAP_MAX, 0)
+        untrimmed = _MALLOPT(_M_TRIM_THRESHOLD, _INT_MAX)
+        _kept = bool(unmapped and untrimmed)
+    return _kept
+
+
+def keeping() -> bool:
+    """Whether this process keeps freed memory (``keep_freed_memory`` has taken effect)."""
+    return _kept
 
 
 def apply_heap_policy(policy: str) -> bool:
-    """``keep``: ``keep_freed_memory``; ``system``: leave the C library's defaults. Returns whether memory is kept."""
+    """``keep``: ``keep_freed_memory``; ``system``: leave the C library as it is (a process that kept memory
+    once keeps it: the policy is process-wide). Returns whether memory is kept."""
     if policy not in HEAP_POLICIES:
         raise ConfigError(f"heap must be one of {', '.join(HEAP_POLICIES)}; got {policy!r}", param="heap")
-    return policy == "keep" and keep_freed_memory()
+    return keep_freed_memory() if policy == "keep" else keeping()
 
 
-__all__ = ["HEAP_POLICIES", "apply_heap_policy", "heap_in_use", "keep_freed_memory"]
+__all__ = ["CAN_KEEP", "HEAP_POLICIES", "apply_heap_policy", "heap_in_use", "keep_freed_memory", "keeping"]

@@ -20,6 +20,7 @@ from torch import nn
 
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model, native_bf16
+from branchgraph.heap import keeping
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.manager import resolve
 from branchgraph.passes.optimize import REDUCED_PRECISION_TOLERANCE, optimize
@@ -225,7 +226,7 @@ def tune(
     key = {"cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "threads": torch.get_num_threads(), "model": _model_id(model), "input": list(example.shape),
-           "mode": mode, "candidates": [c.name for c in found]}
+           "mode": mode, "candidates": [c.name for c in found], "heap": "keep" if keeping() else "system"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / CACHE_NAME
     entries, note = _load_cache(path) if cache else ({}, None)

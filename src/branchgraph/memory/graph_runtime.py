@@ -170,21 +170,25 @@ class _Planned(nn.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
         """A planned copy: the model's own class is copied (a GraphModule's copy makes a class of its own, which
         must not derive from the planned one), then planned again with the same program."""
-        program = self.__dict__["_bg_program"]
+        program, planned = self.__dict__["_bg_program"], type(self)
         uninstall(self)
         try:
             twin = copy.deepcopy(self, memo)
         finally:
-            install(self, program)
+            self.__class__ = planned
+            self.__dict__["_bg_program"] = program
         return install(twin, program)
 
 
 def install(model: nn.Module, program: Program) -> nn.Module:
     """Make ``model`` (in place) run ``program``; its class becomes ``Planned<Cls>``, a subclass of its own."""
     base = type(model)
-    if base not in _CLASSES:
-        _CLASSES[base] = type(f"Planned{base.__name__}", (_Planned, base), {"__module__": __name__})
-    model.__class__ = _CLASSES[base]
+    if issubclass(base, fx.GraphModule):  # a class per instance: not cached, so it goes with its model
+        model.__class__ = type(f"Planned{base.__name__}", (_Planned, base), {"__module__": __name__})
+    else:
+        if base not in _CLASSES:
+            _CLASSES[base] = type(f"Planned{base.__name__}", (_Planned, base), {"__module__": __name__})
+        model.__class__ = _CLASSES[base]
     model.__dict__["_bg_program"] = program
     return model
 

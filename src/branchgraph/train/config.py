@@ -52,7 +52,8 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None
-    heap: str = "keep"  # "keep": freed tensor memory stays in the process for the next step (branchgraph.heap)
+    heap: str = "keep"  # "keep": freed tensor memory stays in the process for the next step (branchgraph.heap;
+    # process-wide: train() from Python switches the calling process too)
     data_dir: str | None = None
     out_dir: str = "runs"
 

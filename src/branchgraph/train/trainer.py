@@ -329,11 +329,17 @@ def train(config: TrainConfig, run_dir: Path | None = None, progress: bool = Tru
     return Trainer(config, run_dir, progress=progress).run()
 
 
-def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None) -> TrainResult:
-    """Continue a run from its checkpoint with its saved settings (``epochs`` may extend it)."""
+def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None, heap: str | None = None,
+           data_dir: str | None = None) -> TrainResult:
+    """Continue a run from its checkpoint with its saved settings (``epochs`` may extend it; ``heap`` and
+    ``data_dir``, which do not change results, may differ)."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
     config = TrainConfig.from_dict(dict(state["config"]), source=str(run_dir / CHECKPOINT_NAME))
+    if heap is not None:
+        config.heap = heap
+    if data_dir is not None:
+        config.data_dir = data_dir
     if epochs is not None:
         if epochs < state["epoch"]:
             raise ConfigError(f"epochs {epochs} is fewer than the {state['epoch']} epochs already done", "epochs")
