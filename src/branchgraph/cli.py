@@ -26,6 +26,7 @@ from branchgraph.commands import (
 )
 from branchgraph.errors import BranchgraphError, Interrupted
 from branchgraph.heap import HEAP_POLICIES
+from branchgraph.memory.lossy import LOSSY
 from branchgraph.memory.planning import COSTS
 from branchgraph.passes.base import MODES
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "plain step's (0.35) or a size (300MiB)")
     p.add_argument("--no-saving-ops", action="store_true", help="do not let max pools keep 1-byte offsets and "
                    "lone ReLUs 1-byte masks (exact; chosen only where they beat recomputation)")
+    p.add_argument("--lossy-saves", choices=LOSSY, help="LOSSY, off by default: keep saved activations in bf16 "
+                   "(half of float32's bytes; checkpoint inputs stay whole); refused where the float64 gradients "
+                   "change by more than the documented tolerance")
     _add_input_flags(p, batch=32, batch_help="training batch size the plan is for")
     p.add_argument("--cost", choices=COSTS, default="time",
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")

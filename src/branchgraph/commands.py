@@ -212,7 +212,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
     model, size, classes = _model(args)
     example, target = example_for(size, args.batch, args.seed, classes)
     planned, p = plan(model, example, args.budget, peak=args.peak, cost=args.cost,
-                      saving_ops=not args.no_saving_ops)
+                      saving_ops=not args.no_saving_ops, lossy_saves=args.lossy_saves)
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
     text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
     if args.measure:

@@ -1,8 +1,9 @@
 """The least-recomputation choice of regions as an integer program (scipy's HiGHS), where greedy orders get stuck.
 
 Variables: one 0/1 per candidate region (take it) and per saved storage (keep it). A storage is kept when a unit
-outside every chosen region saves it (unless a chosen saving op stops that save) or a chosen region reads it;
-regions and saving ops cover disjoint units. The kept bytes are exactly ``Planner.saved``'s. There is no peak
+outside every chosen region saves it (unless a chosen saving op stops that save) or a chosen region reads it (a
+storage whose saves are narrowed, lossy, has a second variable for its whole form a region reads); regions and
+saving ops cover disjoint units. The kept bytes are exactly ``Planner.saved``'s. There is no peak
 bound: the peak prediction is an estimate, and a program driving plans to its edge gave measured peaks past it.
 """
 
@@ -28,6 +29,8 @@ class Candidates:
     cost: np.ndarray
     shrinks: list[Shrink | None]
     transient: np.ndarray
+    input_sizes: np.ndarray | None = None  # per storage, as a region's input (None: as saved; larger where other
+    # saves are narrowed, and then kept in both forms)
 
 
 def _units(candidates: Candidates, i: int) -> np.ndarray:
@@ -43,6 +46,11 @@ def solve(candidates: Candidates, budget: int, limit: int | None = None, seconds
     than ``limit`` are left out. None if the program finds nothing in ``seconds``."""
     saves, sizes = candidates.saves, candidates.saves.sizes.astype(np.float64)
     regions, storages = len(candidates.masks), len(sizes)
+    whole = sizes if candidates.input_sizes is None else candidates.input_sizes.astype(np.float64)
+    split = np.flatnonzero(whole != sizes)  # storages with a column of their own as a region's input
+    column = np.arange(regions, regions + storages)
+    column[split] = regions + storages + np.arange(len(split))
+    columns = regions + storages + len(split)
     allowed = np.ones(regions, dtype=bool) if limit is None else candidates.transient <= limit
     rows: list[tuple[int, int, float]] = []  # (row, column, value); columns: regions, then storages
     lower: list[float] = []
@@ -72,17 +80,18 @@ def solve(candidates: Candidates, budget: int, limit: int | None = None, seconds
             1.0, np.inf)
     for i, inputs in enumerate(candidates.inputs):
         for s in inputs:
-            row([(regions + int(s), 1.0), (i, -1.0)], 0.0, np.inf)
+            row([(int(column[s]), 1.0), (i, -1.0)], 0.0, np.inf)
     added = np.zeros(regions)
     for i, shrink in enumerate(candidates.shrinks):
         if shrink is not None and not candidates.masks[i].any():
             added[i] = sum(shrink.added.values())
-    kept = [*((i, added[i]) for i in range(regions) if added[i]), *((regions + s, sizes[s]) for s in range(storages))]
+    kept = [*((i, added[i]) for i in range(regions) if added[i]), *((regions + s, sizes[s]) for s in range(storages)),
+            *((int(column[s]), whole[s]) for s in split)]
     row(kept, -np.inf, float(budget))
-    cost = np.concatenate([candidates.cost.astype(np.float64), np.zeros(storages)])
+    cost = np.concatenate([candidates.cost.astype(np.float64), np.zeros(columns - regions)])
     r, c, v = zip(*rows, strict=True) if rows else ((), (), ())
-    matrix = coo_array((v, (r, c)), shape=(len(lower), regions + storages)).tocsr()
-    high = np.concatenate([allowed.astype(np.float64), np.ones(storages)])
+    matrix = coo_array((v, (r, c)), shape=(len(lower), columns)).tocsr()
+    high = np.concatenate([allowed.astype(np.float64), np.ones(columns - regions)])
     result = milp(cost, constraints=LinearConstraint(matrix, lower, upper), integrality=np.ones(len(cost)),
                   bounds=Bounds(np.zeros(len(cost)), high),
                   options={"time_limit": seconds, "mip_rel_gap": 1e-2})

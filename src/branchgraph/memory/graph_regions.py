@@ -318,4 +318,4 @@ def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOptio
         shrinks.append(Shrink(o.unit, np.array(entries, dtype=np.int64), o.added, o.rebuilt))
     inner = [[first + j for j in ops] for ops in inside] + [[] for _ in options]
     return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
-                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner)
+                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner, prof.element, prof.integer)

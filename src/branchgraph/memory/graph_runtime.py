@@ -21,6 +21,7 @@ from torch import fx, nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.memory.graph_regions import apply_saving_ops, units_of
+from branchgraph.memory.lossy import exact_saves, narrowed_saves
 from branchgraph.memory.reversible import statistics_frozen
 
 _STATE = threading.local()  # .recomputing: a checkpointed range is being run again for backward
@@ -87,8 +88,9 @@ def _caller(function: Callable[..., Any], modules: list[str], index: int) -> Cal
         if not torch.is_grad_enabled():
             return function(root, *inputs)
         used = [root.get_submodule(p) for p in modules]
-        return checkpoint(function, root, *inputs, use_reentrant=False, preserve_rng_state=True,
-                          context_fn=lambda: (contextlib.nullcontext(), _recompute(used)))
+        with exact_saves():  # its inputs kept whole under lossy saves: the recomputation is the forward's
+            return checkpoint(function, root, *inputs, use_reentrant=False, preserve_rng_state=True,
+                              context_fn=lambda: (contextlib.nullcontext(), _recompute(used)))
 
     run.__name__ = run.__qualname__ = f"checkpointed_range_{index}"
     return run
@@ -96,12 +98,15 @@ def _caller(function: Callable[..., Any], modules: list[str], index: int) -> Cal
 
 @dataclass
 class Program:
-    """The compiled planned forward: ``forward(root, root, *inputs)``."""
+    """The compiled planned forward: ``forward(root, root, *inputs)``; ``lossy``: run with saved activations
+    kept in bfloat16 (``lossy.narrowed_saves``)."""
 
     forward: Callable[..., Any]
+    lossy: bool = False
 
 
-def build_program(gm: fx.GraphModule, ranges: list[tuple[int, int]], saving: list[int]) -> Program:
+def build_program(gm: fx.GraphModule, ranges: list[tuple[int, int]], saving: list[int],
+                  lossy: bool = False) -> Program:
     """Generate the planned forward of ``gm``'s graph with units [start, stop) of each range checkpointed and
     the ``saving`` units replaced by their saving ops (``gm``'s graph is changed)."""
     apply_saving_ops(gm, saving)
@@ -138,7 +143,7 @@ def build_program(gm: fx.GraphModule, ranges: list[tuple[int, int]], saving: lis
         else:
             for i, out in enumerate(outputs):
                 env[out] = main.call_function(operator.getitem, (call, i))
-    return Program(_compile(main, "planned forward"))
+    return Program(_compile(main, "planned forward"), lossy)
 
 
 _CLASSES: dict[type, type] = {}
@@ -165,7 +170,9 @@ class _Planned(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not (self.training and torch.is_grad_enabled()) or _container_hooks(self):
             return super().forward(*args, **kwargs)
-        return self.__dict__["_bg_program"].forward(self, self, *args, **kwargs)
+        program = self.__dict__["_bg_program"]
+        with narrowed_saves() if program.lossy else contextlib.nullcontext():
+            return program.forward(self, self, *args, **kwargs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
         """A planned copy: the model's own class is copied (a GraphModule's copy makes a class of its own, which

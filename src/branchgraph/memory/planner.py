@@ -39,8 +39,13 @@ class Planner:
     """Predicted saved bytes, recompute cost and transient bytes of sets of regions, from one profile."""
 
     def __init__(self, saves: Saves, masks: np.ndarray, inputs: list[np.ndarray], cost: np.ndarray,
-                 shrinks: list[Shrink | None] | None = None, inner: list[list[int]] | None = None) -> None:
+                 shrinks: list[Shrink | None] | None = None, inner: list[list[int]] | None = None,
+                 recomputed_sizes: np.ndarray | None = None) -> None:
         self.saves, self.masks, self.inputs, self.cost = saves, masks, inputs, cost
+        # What a recomputation materialises, and a region's input is kept as, per storage: as saved, unless other
+        # saves are kept narrower (lossy); a narrowed storage a region reads is kept in both forms.
+        self.recomputed_sizes = saves.sizes if recomputed_sizes is None else recomputed_sizes
+        self.split = self.recomputed_sizes != saves.sizes
         self.shrinks = shrinks or [None] * len(masks)
         self.inner = inner or [[] for _ in masks]
         self.bounds = [(int(u[0]), int(u[-1]) + 1) if len(u) else (0, 0) for u in map(np.flatnonzero, masks)]
@@ -49,7 +54,8 @@ class Planner:
         self.plain = saves.total()
         inside = [self._inside(m) for m in masks]
         self.transient = np.array([self._recomputed_bytes(i, s) for i, s in enumerate(inside)], dtype=np.int64)
-        self.largest = np.array([max(saves.sizes[s].max(initial=0), saves.sizes[i].max(initial=0))
+        full = self.recomputed_sizes
+        self.largest = np.array([max(full[s].max(initial=0), full[i].max(initial=0))
                                  for s, i in zip(inside, inputs, strict=True)], dtype=np.int64)
         # Each region's score alone (bytes freed per unit of cost), where every greedy choice starts.
         self.alone = np.array([(self.plain - self.saved([i])) / max(float(self.cost[i]), 1e-12)
@@ -66,21 +72,23 @@ class Planner:
 
     def candidates(self) -> exact.Candidates:
         """What the integer program chooses from."""
-        return exact.Candidates(self.saves, self.masks, self.inputs, self.cost, self.shrinks, self.transient)
+        return exact.Candidates(self.saves, self.masks, self.inputs, self.cost, self.shrinks, self.transient,
+                                self.recomputed_sizes)
 
     def _recomputed_bytes(self, i: int, inside: np.ndarray) -> int:
         """Bytes region i's recomputation saves: its ``inside`` storages, those its saving ops no longer save
         replaced by what the ops keep."""
         ops = [op for op in (self.shrinks[j] for j in self.inner[i]) if op is not None]
+        sizes = self.recomputed_sizes
         if not ops:
-            return int(self.saves.sizes[inside].sum())
+            return int(sizes[inside].sum())
         rebuilt = max((b for op in ops for b in op.rebuilt.values()), default=0)
         still = np.ones(len(self.saves.entry_storage), dtype=bool)
         for op in ops:
             still[op.entries] = False
         kept = np.zeros(len(self.saves.sizes), dtype=bool)
         kept[self.saves.entry_storage[still]] = True
-        return int(self.saves.sizes[inside & kept].sum()) + sum(_merged(ops).values()) + rebuilt
+        return int(sizes[inside & kept].sum()) + sum(_merged(ops).values()) + rebuilt
 
     def _inside(self, mask: np.ndarray) -> np.ndarray:
         """Storages saved only by units inside ``mask`` (bool per storage): what recomputing it materialises
@@ -105,13 +113,22 @@ class Planner:
         rebuilt = {k: v for op in ops for k, v in op.rebuilt.items() if not covered[k]}
         return covered, active, added, rebuilt
 
+    def _kept_sizes(self, chosen: list[int], active: np.ndarray) -> np.ndarray:
+        """Bytes kept per storage: saved by an active entry, or read by a chosen region (a narrowed storage
+        read by a region is kept whole, and narrowed as well if an active entry saves it)."""
+        by_entry = np.zeros(len(self.saves.sizes), dtype=bool)
+        by_entry[self.saves.entry_storage[active]] = True
+        by_region = np.zeros(len(self.saves.sizes), dtype=bool)
+        for i in chosen:
+            by_region[self.inputs[i]] = True
+        kept = np.where(by_entry | by_region, self.saves.sizes, 0)
+        both = self.split & by_region
+        kept[both] = self.recomputed_sizes[both] + np.where(by_entry[both], self.saves.sizes[both], 0)
+        return kept
+
     def saved(self, chosen: list[int]) -> int:
         _, active, added, _ = self._state(chosen)
-        kept = np.zeros(len(self.saves.sizes), dtype=bool)
-        kept[self.saves.entry_storage[active]] = True
-        for i in chosen:
-            kept[self.inputs[i]] = True
-        return int(self.saves.sizes[kept].sum()) + sum(added.values())
+        return int(self._kept_sizes(chosen, active).sum()) + sum(added.values())
 
     def _merge(self, chosen: list[int], i: int) -> list[int] | None:
         """``chosen`` with region i added (replacing the regions it contains); None if it overlaps one partly.
@@ -176,7 +193,7 @@ class Planner:
             if stop > start:
                 first[self.inputs[i]] = np.minimum(first[self.inputs[i]], start)
                 spans.append((i, stop))
-        sizes = self.saves.sizes
+        sizes = self._kept_sizes(chosen, active)
         found = int(sizes[first < never].sum()) + sum(added.values()) + in_flight
         for i, stop in spans:
             before = int(sizes[first < stop].sum()) + _below(added, stop)

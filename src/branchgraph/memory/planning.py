@@ -26,11 +26,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.errors import ConfigError
-from branchgraph.memory import graph_regions, graph_runtime, module_regions
+from branchgraph.memory import graph_regions, graph_runtime, lossy, module_regions
 from branchgraph.memory.budget import MIB, parse_budget
 from branchgraph.memory.measure import step_memory
 from branchgraph.memory.planner import Planner
-from branchgraph.memory.problem import Problem, Region
+from branchgraph.memory.problem import Problem, Region, Saves
 from branchgraph.timing import time_interleaved
 
 COSTS = ("time", "macs")
@@ -66,6 +66,8 @@ class CheckpointPlan:
     note: str | None = None
     plain_measured_peak_bytes: int | None = None  # heap peaks of one step, plain and planned (None: not measured)
     measured_peak_bytes: int | None = None
+    lossy: str | None = None  # "bf16": saved activations kept in bfloat16 (branchgraph.memory.lossy), not exact
+    lossy_grad_error: float | None = None  # relative change of the parameter gradients it makes (float64)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -94,6 +96,9 @@ class CheckpointPlan:
             lines.append(f"measured peak {self.measured_peak_bytes / MIB:.1f} MiB "
                          f"({self.measured_peak_bytes / self.plain_measured_peak_bytes:.1%} of plain's "
                          f"{self.plain_measured_peak_bytes / MIB:.1f} MiB)")
+        if self.lossy is not None:
+            lines.append(f"lossy: saved activations kept in {self.lossy}; parameter gradients change by "
+                         f"{self.lossy_grad_error:.2e} relative in float64 (tolerance {lossy.TOLERANCE:g})")
         if self.note:
             lines.append(f"note: {self.note}")
         lines += [f"  {r.kind:<8} {r.name}" for r in self.regions]
@@ -136,6 +141,7 @@ def traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Probl
     return graph_regions.graph_problem(prof, checkpoint_overhead(), options)
 
 
+LOSSY_CHECK = 8  # samples of the example batch the float64 gradient check of lossy saves runs on
 MEASURED = 8  # plans measured at most for a peak budget, cheapest first
 WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor of the budget (predictions of
 # googlenet-d2l's plans ran up to 60 % above the measured peaks, and up to 12 % below on smaller nets)
@@ -152,6 +158,7 @@ def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPl
 def plan(
     model: nn.Module, example: torch.Tensor, budget: float | int | str | None = None, *, peak: float | int | str |
     None = None, cost: str = "time", saving_ops: bool = True, inplace: bool = False, measure: bool = True,
+    lossy_saves: str | None = None,
 ) -> tuple[nn.Module, CheckpointPlan]:
     """Plan checkpointing of ``model`` (trained on batches shaped like ``example``) with the least recomputation
     (measured forward time, ``cost="time"``, or MACs, ``cost="macs"``) so that the activations saved for backward
@@ -160,10 +167,15 @@ def plan(
     Under ``peak`` the cheapest plans whose predicted peak is near it are run for one step each and the first whose
     measured heap peak fits is taken (``measure=False``, or no readable heap: the prediction decides); the plan
     reports predicted and measured peaks. ``saving_ops`` (exact, on by default) lets max pools and lone ReLUs keep
-    smaller tensors for backward. Returns the model set up to train with the plan (a copy unless ``inplace``) and
-    the plan. A peak no plan reaches raises ConfigError naming the smallest one found."""
+    smaller tensors for backward. ``lossy_saves="bf16"`` (off by default; not exact) keeps the saved activations in
+    bfloat16 and plans with their narrowed bytes; the plan reports the gradients' change in float64 (on up to
+    LOSSY_CHECK samples of ``example``) and a change above ``lossy.TOLERANCE`` raises ConfigError. Returns the
+    model set up to train with the plan (a copy unless ``inplace``) and the plan. A peak no plan reaches raises
+    ConfigError naming the smallest one found."""
     if cost not in COSTS:
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
+    if lossy_saves is not None and lossy_saves not in lossy.LOSSY:
+        raise ConfigError(f"lossy saves must be one of {', '.join(lossy.LOSSY)}; got {lossy_saves!r}")
     if budget is None and peak is None:
         raise ConfigError("give a checkpoint plan a budget of kept bytes, a peak budget, or both")
     kept_budget = None if budget is None else parse_budget(budget)
@@ -182,10 +194,17 @@ def plan(
     plain = problem.saves.total()
     grad = _grad_bytes(model)
     in_flight = int(problem.saves.sizes.max()) if len(problem.saves.sizes) else 0
-    planner = Planner(problem.saves, problem.masks, problem.inputs,
+    saves = problem.saves
+    if lossy_saves is not None:
+        if problem.element is None or problem.integer is None:
+            raise ConfigError(f"lossy saves need a model torch.fx can trace; {type(model).__name__} cannot be "
+                              "traced: plan it without them")
+        saves = Saves(lossy.narrowed_bytes(saves.sizes, problem.element, problem.integer), saves.entry_storage,
+                      saves.entry_unit)
+    planner = Planner(saves, problem.masks, problem.inputs,
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
-                      problem.inner)
-    plain_peak = planner.peak([], grad, in_flight)
+                      problem.inner, recomputed_sizes=problem.saves.sizes)
+    plain_peak = plain + in_flight  # Planner.peak([]) of the plain saves
     plain_measured = _measured_peak(model, example, None) if measure else None
     kept_bytes = None if kept_budget is None else _bytes(kept_budget, plain)
     peak_bytes = None if peak_budget is None else _bytes(peak_budget, plain_measured or plain_peak)
@@ -203,14 +222,22 @@ def plan(
             [problem.regions[i] for i in ranges],
             "modules" if found is None else "graph", sorted({k for op in ops for k in op.added}),
             [f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)], grad,
-            peak_bytes, note, plain_measured_peak_bytes=plain_measured)
+            peak_bytes, note, plain_measured_peak_bytes=plain_measured, lossy=lossy_saves)
 
     if peak_bytes is None or peak_bytes >= (plain_measured or plain_peak):
-        result = build(*(([], plain) if kept_bytes is None or kept_bytes >= plain else planner.choose(kept_bytes)))
+        least = planner.plain  # what is kept without regions: plain's bytes, or narrowed ones
+        result = build(*(([], least) if kept_bytes is None or kept_bytes >= least else planner.choose(kept_bytes)))
         result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
     else:
         result = _fit_peak(model, example, planner, build, peak_bytes, kept_bytes, grad, in_flight, measure,
                            plain_measured or plain_peak)
+    if lossy_saves is not None:
+        result.lossy_grad_error = lossy.grad_error(model, apply_plan(copy.deepcopy(model), result),
+                                                   example[:LOSSY_CHECK])
+        if not result.lossy_grad_error <= lossy.TOLERANCE:
+            raise ConfigError(f"lossy {lossy_saves} saves change {type(model).__name__}'s parameter gradients by "
+                              f"{result.lossy_grad_error:.2e} relative (float64), above the tolerance "
+                              f"{lossy.TOLERANCE:g}: plan without lossy saves")
     target = model if inplace else copy.deepcopy(model)
     return apply_plan(target, result), result
 
@@ -272,7 +299,7 @@ def apply_plan(model: nn.Module, plan: CheckpointPlan) -> nn.Module:
     if plan.method == "modules":
         module_regions.apply_module_regions(model, plan.regions)
         return model
-    if not plan.regions and not plan.saving_ops:
+    if not plan.regions and not plan.saving_ops and plan.lossy is None:
         return model
     was_training = model.training
     gm = graph_regions.trace(model.train())
@@ -280,7 +307,8 @@ def apply_plan(model: nn.Module, plan: CheckpointPlan) -> nn.Module:
     if gm is None:
         raise ConfigError(f"torch.fx cannot trace {type(model).__name__} again to apply a graph plan")
     spans = [(int(r.start), int(r.stop)) for r in plan.regions if r.start is not None and r.stop is not None]
-    return graph_runtime.install(model, graph_runtime.build_program(gm, spans, plan.saving_ops))
+    program = graph_runtime.build_program(gm, spans, plan.saving_ops, lossy=plan.lossy is not None)
+    return graph_runtime.install(model, program)
 
 
 def remove_plan(model: nn.Module) -> nn.Module:

@@ -68,3 +68,5 @@ class Problem:
     forward_macs: int
     shrinks: list[Shrink | None] | None = None  # per region: what its saving op keeps instead
     inner: list[list[int]] | None = None  # per region: the saving ops (region indices) its recomputation runs
+    element: np.ndarray | None = None  # per storage: bytes per element (None: not profiled, module regions)
+    integer: np.ndarray | None = None  # per storage: holds integers (indices, masks)
