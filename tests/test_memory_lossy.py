@@ -5,6 +5,7 @@ of a narrowed storage a checkpointed region reads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,22 @@ def test_cli_lossy_saves_json_and_bad_value() -> None:
     done = run_cli("memory", "googlenet-fmnist", "--budget", "0.5", "--lossy-saves", "fp8")
     assert done.returncode == 2 and "invalid choice: 'fp8'" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_training_with_lossy_saves_tracks_exact_training_and_saves_the_plan(tmp_path, data_dir) -> None:
+    """One short fp32 epoch with and without --memory-lossy bf16 (and a budget): the run trains, its losses stay
+    within bf16 rounding's reach of the exact run's, and memory_plan.json says lossy with the measured change. A
+    bad value is one line, exit 2."""
+    finals = []
+    for extra in ([], ["--memory-budget", "0.4", "--memory-lossy", "bf16"]):
+        r = run_cli("train", "--model", "googlenet-fmnist", "--epochs", "1", "--limit", "640", "--batch-size", "64",
+                    "--precision", "fp32", "--out-dir", str(tmp_path), "--quiet", "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        finals.append(json.loads(r.stdout))
+    plain, narrowed = (f["final"] for f in finals)
+    assert narrowed["train_loss"] == pytest.approx(plain["train_loss"], rel=2e-2)
+    saved = json.loads((Path(finals[1]["run_dir"]) / "memory_plan.json").read_text())
+    assert saved["lossy"] == "bf16" and 0 < saved["lossy_grad_error"] <= lossy.TOLERANCE
+    assert saved["saved_bytes"] <= saved["budget_bytes"]
+    r = run_cli("train", "--memory-lossy", "fp8", "--out-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid choice: 'fp8'" in r.stderr

@@ -123,6 +123,8 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
                       "and keeps the fastest (cached per machine, model and input)"),
     "memory_budget": dict(metavar="BUDGET", help="checkpoint activations to fit this budget: a fraction of the "
                           "plain model's saved bytes (0.25) or a size (300MiB); see 'branchgraph memory'"),
+    "memory_lossy": dict(choices=LOSSY, help="LOSSY: keep saved activations in bf16 (alone, or under "
+                         "--memory-budget); refused where float64 gradients change by more than the tolerance"),
     "branch_stats": dict(type=_positive_int, nargs="?", const=10, metavar="K",
                          help="record per-branch gradient statistics every K steps (default 10) into "
                          "branch_stats.jsonl, the epoch metrics and a heatmap branch_stats.png"),

@@ -11,6 +11,7 @@ from typing import Any
 from branchgraph.errors import ConfigError
 from branchgraph.heap import HEAP_POLICIES
 from branchgraph.memory.budget import parse_budget
+from branchgraph.memory.lossy import LOSSY
 from branchgraph.models import list_models, model_info
 from branchgraph.models.spec import is_spec
 
@@ -47,6 +48,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto": timed on this machine (branchgraph.tune), resolved before training
     channels_last: bool | None = None  # None: timed with "auto" precision, else True
     memory_budget: str | None = None  # activation checkpointing under this budget (branchgraph.memory.plan)
+    memory_lossy: str | None = None  # "bf16": saved activations kept in bfloat16 (lossy; branchgraph.memory.lossy)
     branch_stats: int | None = None  # record per-branch gradient statistics every this many steps
     device: str = "auto"
     seed: int = 0
@@ -88,6 +90,9 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be >= 0; got {getattr(self, key)}", key)
         if self.memory_budget is not None:
             parse_budget(self.memory_budget)
+        if self.memory_lossy is not None and self.memory_lossy not in LOSSY:
+            raise ConfigError(f"memory_lossy must be one of {', '.join(LOSSY)}; got {self.memory_lossy!r}",
+                              "memory_lossy")
         if self.branch_stats is not None and not (isinstance(self.branch_stats, int) and self.branch_stats > 0):
             raise ConfigError(f"branch_stats must be a positive number of steps; got {self.branch_stats!r}",
                               "branch_stats")

@@ -123,11 +123,14 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_plan: CheckpointPlan | None = None
-        if config.memory_budget is not None:
+        if config.memory_budget is not None or config.memory_lossy is not None:
             size = config.resize or 28
-            example, _ = to_device(torch.zeros(config.batch_size // self.info.world_size, 1, size, size),
-                                    torch.zeros(1), self.device, config.channels_last)
-            self.model, self.memory_plan = plan(self.model, example, config.memory_budget, inplace=True)
+            # normalised images' scale (the float64 check of lossy saves needs more than zeros); its own generator
+            noise = torch.randn(config.batch_size // self.info.world_size, 1, size, size,
+                                generator=torch.Generator().manual_seed(0))
+            example, _ = to_device(noise, torch.zeros(1), self.device, config.channels_last)
+            self.model, self.memory_plan = plan(self.model, example, config.memory_budget or 1.0, inplace=True,
+                                                lossy_saves=config.memory_lossy)
         self.branch_records: list[dict[str, Any]] = []
         self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
                     if config.ema_decay is not None else None)
