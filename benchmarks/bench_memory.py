@@ -6,11 +6,11 @@ peak (sampled after every operator) against the planner's prediction, and the me
 forward's share of a plain step (recomputing a fraction f of the forward costs about 1 + f x that share).
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
      [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--least SECONDS]
-     [--lossy 0.5 0.1] [--heap keep|system] [--json out.json]
+     [--lossy 0.5 0.1:0.35] [--heap keep|system] [--json out.json]
 With --least, the integer program also runs for that long at each kept budget with no limit on a region's size:
 the least recomputation it finds (a share of the forward's time) is what any plan at that budget costs at least.
-With --lossy, each of those kept budgets is also planned with lossy bf16 saves (not exact; the plan prints the
-float64 gradient change).
+With --lossy, each kept budget given there (KEPT, or KEPT:PEAK) is planned with lossy bf16 saves (not exact; the
+plan prints the float64 gradient change).
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def main() -> None:
                         help="plans under a kept budget and a peak budget at once, e.g. 0.1:0.4")
     parser.add_argument("--least", type=float, metavar="SECONDS",
                         help="also run the integer program this long at each kept budget (the least recomputation)")
-    parser.add_argument("--lossy", type=float, nargs="*", default=[], metavar="BUDGET",
-                        help="kept budgets planned with lossy bf16 saves as well")
+    parser.add_argument("--lossy", nargs="*", default=[], metavar="KEPT[:PEAK]",
+                        help="budgets planned with lossy bf16 saves")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help="branchgraph.heap policy (as train)")
     parser.add_argument("--json")
@@ -109,12 +109,13 @@ def main() -> None:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     variants: dict[str, nn.Module] = {"plain": model}
     plans = {}
-    limits: list[dict[str, float | str]] = [*({"budget": b} for b in args.budgets),
-                                            *({"peak": p} for p in args.peaks),
-                                            *({"budget": b, "lossy_saves": "bf16"} for b in args.lossy)]
+    limits: list[dict[str, float | str]] = [*({"budget": b} for b in args.budgets), *({"peak": p} for p in args.peaks)]
     for pair in args.both:
         kept, peak = pair.split(":")
         limits.append({"budget": float(kept), "peak": float(peak)})
+    for spec in args.lossy:
+        kept, _, peak = spec.partition(":")
+        limits.append({"budget": float(kept), **({"peak": float(peak)} if peak else {}), "lossy_saves": "bf16"})
     for limit in limits:
         name = "plan " + " ".join(f"{key} {value:g}" if isinstance(value, float) else "lossy"
                                   for key, value in limit.items())
