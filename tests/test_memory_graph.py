@@ -145,6 +145,38 @@ def test_untraceable_model_falls_back_to_module_regions_with_a_note() -> None:
     _assert_equal_training(model, planned, x)
 
 
+class _CallsATracedBlock(nn.Module):
+    """Untraceable (a data-dependent branch) around a GraphModule child, as a user's traced-then-edited block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = fx.symbolic_trace(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                                                     nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > -1e9:
+            x = self.block(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_module_regions_on_a_graph_module_child_survive_a_deep_copy() -> None:
+    """A checkpointed GraphModule child deep-copies as a checkpointed child (its copy's class derived from the
+    retyped one made forward recurse without end); the copy keeps its savings, trains like the plain model and
+    unplans back to its own class."""
+    torch.manual_seed(0)
+    model, x = _CallsATracedBlock().double(), torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    planned, p = plan(model, x, 0.1)
+    assert p.method == "modules" and any(r.path == "block" for r in p.regions)
+    twin = copy.deepcopy(planned)
+    assert type(twin.block) is not type(planned.block) and type(twin.block).__name__.startswith("Checkpointed")
+    plain = step_memory(model, x).forward_bytes
+    assert step_memory(twin, x).forward_bytes < 0.5 * plain
+    _assert_equal_training(copy.deepcopy(model), twin, x)
+    remove_plan(twin)
+    assert isinstance(twin.block, fx.GraphModule) and "Checkpointed" not in type(twin.block).__name__
+
+
 def test_peak_budget_bounds_the_measured_peak_and_an_unmeetable_one_says_the_least() -> None:
     """An unmeetable peak names the smallest predicted one; a peak between it and plain's is met as measured in
     planning, and a step measured afterwards agrees (within 2 % of plain's peak). Without measuring, the

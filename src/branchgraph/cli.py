@@ -94,7 +94,7 @@ PASSES_HELP = (f"comma-separated passes, of: {', '.join(PASSES)} (default: the m
                + "; ".join(f"{mode}: {','.join(names)}" for mode, names in DEFAULT_PASSES.items()) + ")")
 ROUNDS_HELP = "interleaved timing rounds per variant (default 10)"
 HEAP_HELP = ("keep: freed tensor memory stays in the process for the next step (no page faults on reuse; resident "
-             "memory stays at the peak); system: the C library's own policy")
+             "memory stays at least at the peak); system: the C library's own policy")
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {

@@ -4,13 +4,14 @@ marked) and every run of 2+ children of a plain ``nn.Sequential``, run by swappi
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.capture import layer_failure
@@ -117,8 +118,24 @@ def _wants_checkpoint(module: nn.Module, args: tuple[Any, ...]) -> bool:
         any(t.requires_grad for t in tensors(args)) or any(p.requires_grad for p in module.parameters()))
 
 
+def _copy_retyped(module: nn.Module, memo: dict[int, Any], mixin: type) -> nn.Module:
+    """A deep copy of a retyped module, retyped the same way: its own class is copied (a GraphModule's copy makes
+    a class of its own, which must not derive from the retyped one: its forward recursed), then mixed again."""
+    retyped = type(module)
+    module.__class__ = retyped.__mro__[2]
+    try:
+        twin = copy.deepcopy(module, memo)
+    finally:
+        module.__class__ = retyped
+    _retype(twin, mixin)
+    return twin
+
+
 class _Checkpointed(nn.Module):
     """Mixed in before a module's class: its forward runs under torch.utils.checkpoint while autograd records."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
+        return _copy_retyped(self, memo, _Checkpointed)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         forward = super().forward
@@ -138,6 +155,9 @@ class _Segmented(nn.Sequential):
     """Mixed in before an nn.Sequential's class: the runs of children in ``_checkpoint_runs`` are checkpointed."""
 
     _checkpoint_runs: dict[int, int]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
+        return _copy_retyped(self, memo, _Segmented)
 
     def forward(self, x: Any) -> Any:
         children = list(self)
@@ -162,8 +182,11 @@ def _retype(module: nn.Module, mixin: type) -> None:
     base = type(module)
     if issubclass(base, mixin):
         return
+    prefix = "Checkpointed" if mixin is _Checkpointed else "Segmented"
+    if issubclass(base, fx.GraphModule):  # a class per instance: not cached, so it goes with its module
+        module.__class__ = type(f"{prefix}{base.__name__}", (mixin, base), {"__module__": __name__})
+        return
     if (base, mixin) not in _CLASSES:
-        prefix = "Checkpointed" if mixin is _Checkpointed else "Segmented"
         _CLASSES[base, mixin] = type(f"{prefix}{base.__name__}", (mixin, base), {"__module__": __name__})
     module.__class__ = _CLASSES[base, mixin]
 
