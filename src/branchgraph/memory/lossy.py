@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,9 +95,8 @@ def narrowed_saves() -> Iterator[None]:
         hooks.copies.clear()
 
 
-def narrowed_bytes(sizes: Any, element: Any, integer: Any) -> Any:
-    """Bytes per storage once floating storages of 4 or 8 bytes per element are kept in bfloat16 (numpy
-    arrays in, one out)."""
+def narrowed_bytes(sizes: np.ndarray, element: np.ndarray, integer: np.ndarray) -> np.ndarray:
+    """Bytes per storage once floating storages of 4 or 8 bytes per element are kept in bfloat16."""
     floating = ~integer & ((element == 4) | (element == 8))
     out = sizes.copy()
     out[floating] = sizes[floating] * 2 // element[floating]
