@@ -64,8 +64,11 @@ class StorageTable:
     autograd and are left out, as are meta tensors. ``keep`` holds every storage seen, so that no address is
     reused during the run (a profile can afford it; a peak measurement cannot)."""
 
-    def __init__(self, excluded: Iterable[torch.Tensor], keep: bool = True) -> None:
+    def __init__(self, excluded: Iterable[torch.Tensor], keep: bool = True,
+                 flag: Callable[[torch.Tensor], bool] | None = None) -> None:
         self.excluded = {t.untyped_storage().data_ptr() for t in excluded}
+        self.flag = flag  # per storage, of the first tensor seen on it: ``flagged``
+        self.flagged: list[bool] = []
         self.index: dict[int, int] = {}
         self.sizes: list[int] = []
         self.element: list[int] = []
@@ -83,6 +86,7 @@ class StorageTable:
             self.sizes.append(storage.nbytes())
             self.element.append(t.element_size())
             self.integer.append(not (t.is_floating_point() or t.is_complex()))
+            self.flagged.append(self.flag is not None and self.flag(t))
             if self.kept is not None:
                 self.kept.append(t)
         return self.index[ptr]

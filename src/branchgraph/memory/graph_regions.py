@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from branchgraph.graph.capture import layer_failure, node_module
 from branchgraph.graph.record import SavedTensors, StorageTable, leaf_macs, tensors
-from branchgraph.memory import saving_ops, unit_timing
+from branchgraph.memory import lossy, saving_ops, unit_timing
 from branchgraph.memory.problem import Problem, Region, Saves, Shrink
 from branchgraph.memory.reversible import ReversibleSequence
 
@@ -61,6 +61,7 @@ class GraphProfile:
     inplace_args: list[list[int]]  # per unit: the units whose outputs it may change in place
     element: np.ndarray  # per storage: bytes per element
     integer: np.ndarray  # per storage: holds integers (indices)
+    narrowable: np.ndarray  # per storage: lossy saves would keep it in bf16 (``lossy.narrows``)
     widths: list[int]  # per unit: its first tensor input's last dimension
     saving_seconds: np.ndarray  # per unit: what its exact saving op adds to a step (0: none applies)
 
@@ -111,7 +112,7 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, r
     """One warm-up and one recorded training forward of ``gm`` (whose parameters are ``model``'s), then
     ``repeats`` timed ones (``unit_timing``: the recording keeps every storage alive, which would skew times),
     timing the saving ops too where ``saving``."""
-    table = StorageTable([*gm.parameters(), *gm.buffers(), example])
+    table = StorageTable([*gm.parameters(), *gm.buffers(), example], flag=lossy.narrows)
     gm.train()
     recorder = _Recorder(gm, table)
     saved = SavedTensors(table, lambda: recorder.current if recorder.current >= 0 else None)
@@ -138,7 +139,7 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, r
         Saves(np.array(table.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
         np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
         seconds, recorder.macs, users, args, inplace, np.array(table.element, dtype=np.int64),
-        np.array(table.integer, dtype=bool), recorder.widths, saving_seconds)
+        np.array(table.integer, dtype=bool), np.array(table.flagged, dtype=bool), recorder.widths, saving_seconds)
 
 
 @dataclass(frozen=True)
@@ -318,4 +319,4 @@ def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOptio
         shrinks.append(Shrink(o.unit, np.array(entries, dtype=np.int64), o.added, o.rebuilt))
     inner = [[first + j for j in ops] for ops in inside] + [[] for _ in options]
     return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
-                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner, prof.element, prof.integer)
+                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner, prof.element, prof.narrowable)

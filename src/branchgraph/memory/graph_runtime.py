@@ -168,10 +168,12 @@ class _Planned(nn.Module):
     container module (which the traced graph inlines) has hooks, so that those hooks fire."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if not (self.training and torch.is_grad_enabled()) or _container_hooks(self):
+        if not (self.training and torch.is_grad_enabled()):
             return super().forward(*args, **kwargs)
         program = self.__dict__["_bg_program"]
         with narrowed_saves() if program.lossy else contextlib.nullcontext():
+            if _container_hooks(self):
+                return super().forward(*args, **kwargs)
             return program.forward(self, self, *args, **kwargs)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:

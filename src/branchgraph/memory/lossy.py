@@ -43,30 +43,45 @@ def exact_saves() -> Iterator[None]:
         _EXACT.depth -= 1
 
 
+def narrows(t: torch.Tensor) -> bool:
+    """Whether narrowed saves keep ``t`` in bfloat16: a float32/float64 activation (it has a ``grad_fn``) that is
+    not a view of a leaf. The profile records this per storage, so the planner counts what the hooks do."""
+    if t.dtype not in NARROWED or t.grad_fn is None or t.device.type == "meta":
+        return False
+    return t._base is None or t._base.grad_fn is not None  # a view of a leaf: a linear layer's weight.t()
+
+
 class _Narrowing:
-    """Pack and unpack hooks that keep saved activations in bfloat16, one copy per saved tensor and version."""
+    """Pack and unpack hooks that keep saved activations in bfloat16, one copy per tensor, view of it and version
+    (``F.linear`` on a 3-d input saves a new flattened view per call). Tensors kept as they are go with their
+    version, and unpacking one changed in place since raises, as autograd does without hooks."""
 
     def __init__(self) -> None:
-        self.copies: dict[int, tuple[weakref.ref[torch.Tensor], int, weakref.ref[torch.Tensor]]] = {}
+        # (id of the viewed tensor, offset, shape, strides, version) -> (the viewed tensor, its narrowed copy)
+        self.copies: dict[tuple[Any, ...], tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor]]] = {}
 
-    def pack(self, t: torch.Tensor) -> Any:
-        if t.dtype not in NARROWED or t.grad_fn is None or t.device.type == "meta" or getattr(_EXACT, "depth", 0):
-            return t
-        if t._base is not None and t._base.grad_fn is None:  # a view of a leaf: a linear layer's weight.t()
-            return t
-        found = self.copies.get(id(t))
-        if found is not None and found[0]() is t and found[1] == t._version and (narrow := found[2]()) is not None:
+    def pack(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.dtype | int]:
+        if getattr(_EXACT, "depth", 0) or not narrows(t):
+            # detached: a saved output holding its own grad_fn would make a reference cycle
+            return (t.detach() if t.grad_fn is not None else t), t._version
+        base = t if t._base is None else t._base
+        key = (id(base), t.storage_offset(), tuple(t.shape), t.stride(), t._version)
+        found = self.copies.get(key)
+        if found is not None and found[0]() is base and (narrow := found[1]()) is not None:
             return narrow, t.dtype
         narrow = t.detach().to(torch.bfloat16)
-        self.copies[id(t)] = (weakref.ref(t), t._version, weakref.ref(narrow))
+        self.copies[key] = (weakref.ref(base), weakref.ref(narrow))
         return narrow, t.dtype
 
     @staticmethod
-    def unpack(packed: Any) -> torch.Tensor:
-        if isinstance(packed, tuple):
-            narrow, dtype = packed
-            return narrow.to(dtype)
-        return packed
+    def unpack(packed: tuple[torch.Tensor, torch.dtype | int]) -> torch.Tensor:
+        kept, tag = packed
+        if isinstance(tag, torch.dtype):
+            return kept.to(tag)
+        if kept._version != tag:
+            raise RuntimeError("one of the variables needed for gradient computation has been modified by an "
+                               f"inplace operation: it is at version {kept._version}; expected version {tag}")
+        return kept
 
 
 @contextlib.contextmanager
@@ -81,12 +96,11 @@ def narrowed_saves() -> Iterator[None]:
         outer_pack, outer_unpack = outer
 
         def pack(t: torch.Tensor) -> Any:
-            found = hooks.pack(t)
-            return (outer_pack(found[0]), found[1]) if isinstance(found, tuple) else (outer_pack(found),)
+            kept, tag = hooks.pack(t)
+            return outer_pack(kept), tag
 
         def unpack(packed: Any) -> torch.Tensor:
-            inner = outer_unpack(packed[0])
-            return inner.to(packed[1]) if len(packed) == 2 else inner
+            return hooks.unpack((outer_unpack(packed[0]), packed[1]))
 
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -95,11 +109,10 @@ def narrowed_saves() -> Iterator[None]:
         hooks.copies.clear()
 
 
-def narrowed_bytes(sizes: np.ndarray, element: np.ndarray, integer: np.ndarray) -> np.ndarray:
-    """Bytes per storage once floating storages of 4 or 8 bytes per element are kept in bfloat16."""
-    floating = ~integer & ((element == 4) | (element == 8))
+def narrowed_bytes(sizes: np.ndarray, element: np.ndarray, narrowable: np.ndarray) -> np.ndarray:
+    """Bytes per storage once the ``narrowable`` ones (see ``narrows``) are kept in bfloat16."""
     out = sizes.copy()
-    out[floating] = sizes[floating] * 2 // element[floating]
+    out[narrowable] = sizes[narrowable] * 2 // element[narrowable]
     return out
 
 
@@ -109,14 +122,16 @@ def grad_error(plain: nn.Module, lossy: nn.Module, example: torch.Tensor) -> flo
     (both run on copies, same RNG state). The loss is a fixed random projection of the outputs: their plain sum
     has zero gradient through BatchNorm, which would leave only rounding to compare."""
     grads = []
+    devices = [example.device] if example.device.type == "cuda" else []
     for net in (plain, lossy):
         model = copy.deepcopy(net).double().train()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(0)
             outs = model(example.double())
             outs = outs if isinstance(outs, tuple) else (outs,)
             generator = torch.Generator().manual_seed(1)
-            sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum() for t in outs).backward()
+            sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)).sum()
+                for t in outs).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     exact, found = grads
     scale = float(exact.norm())

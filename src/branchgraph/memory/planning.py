@@ -196,10 +196,10 @@ def plan(
     in_flight = int(problem.saves.sizes.max()) if len(problem.saves.sizes) else 0
     saves = problem.saves
     if lossy_saves is not None:
-        if problem.element is None or problem.integer is None:
+        if problem.element is None or problem.narrowable is None:
             raise ConfigError(f"lossy saves need a model torch.fx can trace; {type(model).__name__} cannot be "
                               "traced: plan it without them")
-        saves = Saves(lossy.narrowed_bytes(saves.sizes, problem.element, problem.integer), saves.entry_storage,
+        saves = Saves(lossy.narrowed_bytes(saves.sizes, problem.element, problem.narrowable), saves.entry_storage,
                       saves.entry_unit)
     planner = Planner(saves, problem.masks, problem.inputs,
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,

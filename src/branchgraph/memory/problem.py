@@ -69,4 +69,4 @@ class Problem:
     shrinks: list[Shrink | None] | None = None  # per region: what its saving op keeps instead
     inner: list[list[int]] | None = None  # per region: the saving ops (region indices) its recomputation runs
     element: np.ndarray | None = None  # per storage: bytes per element (None: not profiled, module regions)
-    integer: np.ndarray | None = None  # per storage: holds integers (indices, masks)
+    narrowable: np.ndarray | None = None  # per storage: lossy saves keep it in bf16 (``lossy.narrows``)

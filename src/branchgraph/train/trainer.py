@@ -123,12 +123,18 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_plan: CheckpointPlan | None = None
+        if config.memory_lossy is not None and config.precision in ("bf16", "fp16"):
+            chosen = " (chosen by --precision auto)" if self.tuning is not None else ""
+            raise ConfigError(f"memory_lossy keeps float32 saves in bf16, but this run trains in {config.precision}"
+                              f"{chosen}: its saves are 16-bit already; give --precision fp32 to use it",
+                              "memory_lossy")
         if config.memory_budget is not None or config.memory_lossy is not None:
             size = config.resize or 28
-            # normalised images' scale (the float64 check of lossy saves needs more than zeros); its own generator
-            noise = torch.randn(config.batch_size // self.info.world_size, 1, size, size,
-                                generator=torch.Generator().manual_seed(0))
-            example, _ = to_device(noise, torch.zeros(1), self.device, config.channels_last)
+            shape = (config.batch_size // self.info.world_size, 1, size, size)
+            # lossy saves' float64 check needs more than zeros: normalised images' scale, from its own generator
+            batch = (torch.zeros(shape) if config.memory_lossy is None
+                     else torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+            example, _ = to_device(batch, torch.zeros(1), self.device, config.channels_last)
             self.model, self.memory_plan = plan(self.model, example, config.memory_budget or 1.0, inplace=True,
                                                 lossy_saves=config.memory_lossy)
         self.branch_records: list[dict[str, Any]] = []
