@@ -164,6 +164,7 @@ def test_ctrl_c_mid_epoch_saves_the_exact_position(
     run = next(tmp_path.iterdir())
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 6)
+    assert state["elapsed"] > state["metrics"][0]["elapsed_s"]  # the 6 steps of epoch 2 count as training time
     assert "Status: interrupted" in (run / "report.md").read_text()
     resume(run, progress=False)
     _assert_same_run(run, reference_run)

@@ -15,6 +15,7 @@ from torch import nn
 from branchgraph.data import Preprocess
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
+from branchgraph.memory import CheckpointPlan, plan
 from branchgraph.models import create_model
 from branchgraph.models.spec import check_fits, is_spec
 from branchgraph.train.config import TrainConfig
@@ -131,3 +132,20 @@ def tune_precision(model: nn.Module, c: TrainConfig, device: torch.device, info:
         choice = json.dumps(tuning["chosen"])
     chosen = json.loads(broadcast_str(choice, info))
     return tuning, dataclasses.replace(c, precision=chosen["precision"], channels_last=chosen["channels_last"])
+
+
+def plan_memory(model: nn.Module, c: TrainConfig, device: torch.device, info: DistInfo, tuned: bool
+                ) -> tuple[nn.Module, CheckpointPlan]:
+    """The model (in place) set up to train under ``c.memory_budget`` and/or lossy saves, and the plan, made on one
+    rank's batch; lossy saves under 16-bit training (``tuned``: the precision was chosen by timing) are refused."""
+    if c.memory_lossy is not None and c.precision in ("bf16", "fp16"):
+        chosen = " (chosen by precision auto)" if tuned else ""
+        raise ConfigError(f"memory_lossy keeps float32 saves in bf16, but this run trains in {c.precision}{chosen}: "
+                          "its saves are 16-bit already; train in precision fp32 to use it", "memory_lossy")
+    size = c.resize or 28
+    shape = (c.batch_size // info.world_size, 1, size, size)
+    # lossy saves' float64 check needs more than zeros: normalised images' scale, from its own generator
+    batch = (torch.zeros(shape) if c.memory_lossy is None
+             else torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    example, _ = to_device(batch, torch.zeros(1), device, c.channels_last)
+    return plan(model, example, c.memory_budget or 1.0, inplace=True, lossy_saves=c.memory_lossy)

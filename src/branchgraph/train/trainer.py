@@ -25,7 +25,7 @@ from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.hardware import resolve_device
 from branchgraph.heap import apply_heap_policy
-from branchgraph.memory.planning import CheckpointPlan, plan
+from branchgraph.memory.planning import CheckpointPlan
 from branchgraph.train.config import TrainConfig
 from branchgraph.train.distributed import all_reduce_sum, init_distributed, shutdown
 from branchgraph.train.evaluation import evaluate
@@ -45,6 +45,7 @@ from branchgraph.train.setup import (
     ema_update,
     make_optimizer,
     make_scheduler,
+    plan_memory,
     to_device,
     tune_precision,
 )
@@ -123,20 +124,9 @@ class Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_plan: CheckpointPlan | None = None
-        if config.memory_lossy is not None and config.precision in ("bf16", "fp16"):
-            chosen = " (chosen by --precision auto)" if self.tuning is not None else ""
-            raise ConfigError(f"memory_lossy keeps float32 saves in bf16, but this run trains in {config.precision}"
-                              f"{chosen}: its saves are 16-bit already; give --precision fp32 to use it",
-                              "memory_lossy")
         if config.memory_budget is not None or config.memory_lossy is not None:
-            size = config.resize or 28
-            shape = (config.batch_size // self.info.world_size, 1, size, size)
-            # lossy saves' float64 check needs more than zeros: normalised images' scale, from its own generator
-            batch = (torch.zeros(shape) if config.memory_lossy is None
-                     else torch.randn(shape, generator=torch.Generator().manual_seed(0)))
-            example, _ = to_device(batch, torch.zeros(1), self.device, config.channels_last)
-            self.model, self.memory_plan = plan(self.model, example, config.memory_budget or 1.0, inplace=True,
-                                                lossy_saves=config.memory_lossy)
+            self.model, self.memory_plan = plan_memory(self.model, config, self.device, self.info,
+                                                       tuned=self.tuning is not None)
         self.branch_records: list[dict[str, Any]] = []
         self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
                     if config.ema_decay is not None else None)
@@ -284,6 +274,7 @@ class Trainer:
             bar.set_postfix(loss=f"{self.epoch_sums[0] / self.epoch_sums[2]:.3f}",
                             acc=f"{self.epoch_sums[1] / self.epoch_sums[2]:.3f}", img_s=f"{rate:.0f}")
             if self.stop_requested and self.step < len(loader):
+                self.elapsed += time.perf_counter() - started  # the resumed epoch adds only what it trains
                 bar.close()
                 return
         bar.close()
