@@ -46,6 +46,7 @@ class Planner:
         # saves are kept narrower (lossy); a narrowed storage a region reads is kept in both forms.
         self.recomputed_sizes = saves.sizes if recomputed_sizes is None else recomputed_sizes
         self.split = self.recomputed_sizes != saves.sizes
+        self.any_split = bool(self.split.any())
         self.shrinks = shrinks or [None] * len(masks)
         self.inner = inner or [[] for _ in masks]
         self.bounds = [(int(u[0]), int(u[-1]) + 1) if len(u) else (0, 0) for u in map(np.flatnonzero, masks)]
@@ -122,8 +123,9 @@ class Planner:
         for i in chosen:
             by_region[self.inputs[i]] = True
         kept = np.where(by_entry | by_region, self.saves.sizes, 0)
-        both = self.split & by_region
-        kept[both] = self.recomputed_sizes[both] + np.where(by_entry[both], self.saves.sizes[both], 0)
+        if self.any_split:  # exact plans (nothing narrowed) skip this on the greedy's hot path
+            both = self.split & by_region
+            kept[both] = self.recomputed_sizes[both] + np.where(by_entry[both], self.saves.sizes[both], 0)
         return kept
 
     def saved(self, chosen: list[int]) -> int:
