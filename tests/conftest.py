@@ -26,7 +26,7 @@ def tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def quick_exact_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checkpoint planner's integer program gets 0.3 s instead of 2 s per plan in this process: tests check
+    """The checkpoint planner's integer program gets 0.3 s instead of 2-30 s per solve in this process: tests check
     budgets, predictions and exactness, which hold for any plan it returns, not how close to optimal it is."""
     from branchgraph.memory import planner
 

@@ -331,3 +331,38 @@ def test_kept_budget_takes_the_cheapest_region_size_up_to_the_share_not_the_firs
     assert planner.transient[chosen].max() <= REGION_SHARE * planner.plain
     chosen, saved = planner.choose(10, limit=10)
     assert saved <= 10 and all(i < 5 for i in chosen) and cost[chosen].sum() == 40
+
+
+def test_peak_options_solve_the_program_at_the_kept_budget_the_gradients_leave_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five units saving 10 bytes each, single-unit regions costing 10. Under a peak of 45 with 10 bytes of
+    parameter gradients and 10 in flight, ``peak()`` leaves room for 15 kept bytes beside a 10-byte region; the
+    integer program is also solved at 35 (its gradients counted out, the prediction overstating them), where
+    keeping the kept budget's 30 bytes costs two regions, not four, and that plan is among the options."""
+    from branchgraph.memory import planner as planner_module
+
+    saves = Saves(np.array([10, 10, 10, 10, 10, 0]), np.arange(5), np.arange(5))
+    masks = np.eye(5, dtype=bool)
+    planner = Planner(saves, masks, [np.array([5])] * 5, np.full(5, 10.0))
+    solved = planner_module.exact.solve
+    budgets: list[int] = []
+
+    def recording(candidates: object, budget: int, **kwargs: object) -> list[int] | None:
+        budgets.append(budget)
+        return solved(candidates, budget, **kwargs)
+
+    monkeypatch.setattr(planner_module.exact, "solve", recording)
+    options = planner.peak_options(45, grad=10, in_flight=10, kept=30)
+    assert 15 in budgets and 30 in budgets
+    assert min(cost for cost, _, saved in options if saved <= 30) == 20.0
+
+
+def test_integer_program_time_grows_with_the_profiled_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 s for a small net, up to 60 forwards' time for a big one, capped at EXACT_SECONDS."""
+    from branchgraph.memory import planner as planner_module
+
+    monkeypatch.setattr(planner_module, "EXACT_SECONDS", 30.0)
+    saves = Saves(np.array([10, 0]), np.arange(1), np.arange(1))
+    args = (saves, np.ones((1, 1), dtype=bool), [np.array([1])], np.ones(1))
+    assert [Planner(*args, forward_seconds=f).exact_seconds() for f in (0.001, 0.25, 5.0)] == [2.0, 15.0, 30.0]
+    assert Planner(*args).exact_seconds() == 30.0

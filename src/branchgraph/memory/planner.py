@@ -16,7 +16,10 @@ import numpy as np
 from branchgraph.memory import exact
 from branchgraph.memory.problem import Saves, Shrink
 
-EXACT_SECONDS = 2.0  # the integer program's time limit per plan
+EXACT_SECONDS = 30.0  # the integer program's time limit per plan at most; it mostly stops sooner, at a 1 % gap
+EXACT_FORWARDS = 60  # ... and at least 2 s, up to this many profiled forwards' time: a big net's program needs more
+# (channels_last googlenet-d2l b128 at 10 % kept: 11 s; cut at 2 s, its best plan recomputed 1.67x the forward's
+# time, not 0.74x), a small net's planning stays quick
 EXACT_LIMITS = 3  # limits on one region's recomputation the integer program is run at for a peak budget
 REGION_SHARE = 0.4  # a kept budget's regions materialise at most this share of plain's saved bytes again, unless
 # no plan with smaller regions fits (larger ones would hold most of what checkpointing freed at once)
@@ -40,8 +43,9 @@ class Planner:
 
     def __init__(self, saves: Saves, masks: np.ndarray, inputs: list[np.ndarray], cost: np.ndarray,
                  shrinks: list[Shrink | None] | None = None, inner: list[list[int]] | None = None,
-                 recomputed_sizes: np.ndarray | None = None) -> None:
+                 recomputed_sizes: np.ndarray | None = None, forward_seconds: float | None = None) -> None:
         self.saves, self.masks, self.inputs, self.cost = saves, masks, inputs, cost
+        self.forward_seconds = forward_seconds
         # What a recomputation materialises, and a region's input is kept as, per storage: as saved, unless other
         # saves are kept narrower (lossy); a narrowed storage a region reads is kept in both forms.
         self.recomputed_sizes = saves.sizes if recomputed_sizes is None else recomputed_sizes
@@ -70,6 +74,12 @@ class Planner:
             if family.any() and not any(np.array_equal(family, f) for f in self.families):
                 self.families.append(family)
         self._chosen: dict[tuple[int, int, int], tuple[list[int], int]] = {}
+
+    def exact_seconds(self) -> float:
+        """The integer program's time limit per solve (EXACT_SECONDS without a profiled forward time)."""
+        if self.forward_seconds is None:
+            return EXACT_SECONDS
+        return min(EXACT_SECONDS, max(2.0, EXACT_FORWARDS * self.forward_seconds))
 
     def candidates(self) -> exact.Candidates:
         """What the integer program chooses from."""
@@ -164,7 +174,7 @@ class Planner:
                 break
             limit = max(2 * limit, 1)
         chosen, saved, limit = best if best is not None else (chosen, saved, limit)
-        solved = exact.solve(self.candidates(), budget, limit=limit, seconds=EXACT_SECONDS)
+        solved = exact.solve(self.candidates(), budget, limit=limit, seconds=self.exact_seconds())
         if solved is not None and self.saved(solved) <= budget and (
                 saved > budget or self.cost[solved].sum() < self.cost[chosen].sum()):
             return solved, self.saved(solved)
@@ -223,15 +233,27 @@ class Planner:
                     if saved <= cap:
                         found.setdefault(tuple(sorted(chosen)), (float(self.cost[chosen].sum()), chosen, saved))
         # The integer program beside the greedy at limits spread over those that leave room for the region: under
-        # a tight limit the greedy can end at several times the program's cost (channels_last googlenet-d2l).
-        roomy = [limit for limit in self._limits(peak) if 0 < limit < peak - grad - in_flight]
-        picks = np.unique(np.linspace(len(roomy) - 1, 0, EXACT_LIMITS).round().astype(int)) if roomy else []
-        for limit in (roomy[k] for k in picks):
-            budget = min(cap, peak - limit - grad - in_flight)
-            solved = exact.solve(self.candidates(), budget, limit=limit, seconds=EXACT_SECONDS)
-            if solved is not None and (saved := self.saved(solved)) <= budget:
-                found.setdefault(tuple(sorted(solved)), (float(self.cost[solved].sum()), solved, saved))
+        # a tight limit the greedy can end at several times the program's cost (channels_last googlenet-d2l). Each
+        # limit is solved at the kept budget ``peak()`` leaves room for and at the one that ignores the gradients
+        # (the prediction counts them in full: channels_last googlenet-d2l's plan at 10 % kept and a 35 % peak
+        # predicted 45 % of plain's peak and measured 31 %, at 1.27x the step time; the first budget's, 1.34x).
+        for limit in self._roomy(peak - grad - in_flight):
+            for budget in sorted({min(cap, peak - limit - grad - in_flight), min(cap, peak - limit)}):
+                solved = exact.solve(self.candidates(), budget, limit=limit, seconds=self.exact_seconds())
+                if solved is not None and (saved := self.saved(solved)) <= budget:
+                    found.setdefault(tuple(sorted(solved)), (float(self.cost[solved].sum()), solved, saved))
         return sorted(found.values(), key=lambda option: option[0])
+
+    def _roomy(self, below: int) -> list[int]:
+        """Up to EXACT_LIMITS limits on one region's recomputation for the integer program: the largest region
+        value below ``below``, and the largest at most a half and a quarter of it (the cheapest plans have the
+        largest regions; smaller ones are for when those measure over)."""
+        values = np.unique(self.transient[(self.transient > 0) & (self.transient < below)])
+        if not len(values):
+            return []
+        picks = {int(values[np.searchsorted(values, values[-1] / 2**k, side="right") - 1])
+                 for k in range(EXACT_LIMITS) if values[0] <= values[-1] / 2**k}
+        return sorted(picks, reverse=True)
 
     def smallest_peak(self, grad: int, in_flight: int) -> int:
         """The least predicted peak any limit on one region's recomputation gives."""

@@ -203,7 +203,7 @@ def plan(
                       saves.entry_unit)
     planner = Planner(saves, problem.masks, problem.inputs,
                       problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
-                      problem.inner, recomputed_sizes=problem.saves.sizes)
+                      problem.inner, recomputed_sizes=problem.saves.sizes, forward_seconds=problem.forward_seconds)
     plain_peak = plain + in_flight  # Planner.peak([]) of the plain saves
     plain_measured = _measured_peak(model, example, None) if measure else None
     kept_bytes = None if kept_budget is None else _bytes(kept_budget, plain)
