@@ -6,11 +6,12 @@ peak (sampled after every operator) against the planner's prediction, and the me
 forward's share of a plain step (recomputing a fraction f of the forward costs about 1 + f x that share).
 Run: python benchmarks/bench_memory.py [--model googlenet-d2l|inception-v3-like] [--batch 128] [--size 96]
      [--channels-last] [--rounds 3] [--budgets 0.5 0.25 0.1] [--peaks 0.4] [--both 0.1:0.4] [--least SECONDS]
-     [--lossy 0.5 0.1:0.35] [--heap keep|system] [--json out.json]
+     [--lossy 0.5 0.1:0.35] [--region-limits 0.2 0.25] [--heap keep|system] [--json out.json]
 With --least, the integer program also runs for that long at each kept budget with no limit on a region's size:
 the least recomputation it finds (a share of the forward's time) is what any plan at that budget costs at least.
 With --lossy, each kept budget given there (KEPT, or KEPT:PEAK) is planned with lossy bf16 saves (not exact; the
-plan prints the float64 gradient change).
+plan prints the float64 gradient change). With --region-limits, each kept budget is also planned with no region
+rematerialising more than each of those shares of plain's saved bytes (what trades recomputation for peak).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ def main() -> None:
                         help="also run the integer program this long at each kept budget (the least recomputation)")
     parser.add_argument("--lossy", nargs="*", default=[], metavar="KEPT[:PEAK]",
                         help="budgets planned with lossy bf16 saves")
+    parser.add_argument("--region-limits", type=float, nargs="*", default=[], metavar="SHARE",
+                        help="kept budgets also planned with regions bounded by each share of plain's saved bytes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help="branchgraph.heap policy (as train)")
     parser.add_argument("--json")
@@ -113,6 +116,7 @@ def main() -> None:
     for pair in args.both:
         kept, peak = pair.split(":")
         limits.append({"budget": float(kept), "peak": float(peak)})
+    limits += [{"budget": b, "region_limit": r} for b in args.budgets for r in args.region_limits]
     for spec in args.lossy:
         kept, _, peak = spec.partition(":")
         limits.append({"budget": float(kept), **({"peak": float(peak)} if peak else {}), "lossy_saves": "bf16"})

@@ -366,3 +366,15 @@ def test_integer_program_time_grows_with_the_profiled_forward(monkeypatch: pytes
     args = (saves, np.ones((1, 1), dtype=bool), [np.array([1])], np.ones(1))
     assert [Planner(*args, forward_seconds=f).exact_seconds() for f in (0.001, 0.25, 5.0)] == [2.0, 15.0, 30.0]
     assert Planner(*args).exact_seconds() == 30.0
+
+
+def test_region_limit_bounds_every_region_and_refuses_what_it_cannot_meet() -> None:
+    torch.manual_seed(0)
+    model, x = InceptionV3Like(in_chans=1, width=0.125).double(), torch.randn(4, 1, 75, 75, dtype=torch.float64)
+    planned, p = plan(model, x, 0.25, region_limit=0.15, measure=False)
+    assert p.saved_bytes <= p.budget_bytes and 0 < p.largest_recompute_bytes <= 0.15 * p.plain_saved_bytes
+    _assert_equal_training(model, planned, x)
+    with pytest.raises(ConfigError, match=r"no plan keeps at most .* with regions rematerialising at most"):
+        plan(model, x, 0.1, region_limit=64, measure=False)
+    with pytest.raises(ConfigError, match="region limit applies to a kept-bytes budget alone"):
+        plan(model, x, 0.1, peak=0.5, region_limit=0.2)

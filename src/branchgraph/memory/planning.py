@@ -158,7 +158,7 @@ def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPl
 def plan(
     model: nn.Module, example: torch.Tensor, budget: float | int | str | None = None, *, peak: float | int | str |
     None = None, cost: str = "time", saving_ops: bool = True, inplace: bool = False, measure: bool = True,
-    lossy_saves: str | None = None,
+    lossy_saves: str | None = None, region_limit: float | int | str | None = None,
 ) -> tuple[nn.Module, CheckpointPlan]:
     """Plan checkpointing of ``model`` (trained on batches shaped like ``example``) with the least recomputation
     (measured forward time, ``cost="time"``, or MACs, ``cost="macs"``) so that the activations saved for backward
@@ -171,7 +171,9 @@ def plan(
     bfloat16 and plans with their narrowed bytes; the plan reports the gradients' change in float64 (on up to
     LOSSY_CHECK samples of ``example``) and a change above ``lossy.TOLERANCE`` raises ConfigError. Returns the
     model set up to train with the plan (a copy unless ``inplace``) and the plan. A peak no plan reaches raises
-    ConfigError naming the smallest one found."""
+    ConfigError naming the smallest one found. ``region_limit`` (with ``budget`` alone) bounds what any one region
+    rematerialises in backward (a fraction of plain's saved bytes, or bytes) instead of the cheapest choice up to
+    REGION_SHARE; a budget no plan within it meets raises ConfigError."""
     if cost not in COSTS:
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
     if lossy_saves is not None and lossy_saves not in lossy.LOSSY:
@@ -180,6 +182,9 @@ def plan(
         raise ConfigError("give a checkpoint plan a budget of kept bytes, a peak budget, or both")
     kept_budget = None if budget is None else parse_budget(budget)
     peak_budget = None if peak is None else parse_budget(peak, "peak budget")
+    region = None if region_limit is None else parse_budget(region_limit, "region limit")
+    if region is not None and (budget is None or peak is not None):
+        raise ConfigError("a region limit applies to a kept-bytes budget alone (a peak budget sets its own)")
     net = copy.deepcopy(model)
     note = None
     with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
@@ -207,6 +212,7 @@ def plan(
     plain_peak = plain + in_flight  # Planner.peak([]) of the plain saves
     plain_measured = _measured_peak(model, example, None) if measure else None
     kept_bytes = None if kept_budget is None else _bytes(kept_budget, plain)
+    limit = None if region is None else _bytes(region, plain)
     peak_bytes = None if peak_budget is None else _bytes(peak_budget, plain_measured or plain_peak)
 
     def build(chosen: list[int], saved: int) -> CheckpointPlan:
@@ -226,7 +232,12 @@ def plan(
 
     if peak_bytes is None or peak_bytes >= (plain_measured or plain_peak):
         least = planner.plain  # what is kept without regions: plain's bytes, or narrowed ones
-        result = build(*(([], least) if kept_bytes is None or kept_bytes >= least else planner.choose(kept_bytes)))
+        result = build(*(([], least) if kept_bytes is None or kept_bytes >= least
+                         else planner.choose(kept_bytes, limit)))
+        if limit is not None and kept_bytes is not None and (
+                result.largest_recompute_bytes > limit or result.saved_bytes > kept_bytes):
+            raise ConfigError(f"no plan keeps at most {kept_bytes / MIB:.1f} MiB with regions rematerialising at "
+                              f"most {limit / MIB:.1f} MiB each: allow larger regions or keep more")
         result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
     else:
         result = _fit_peak(model, example, planner, build, peak_bytes, kept_bytes, grad, in_flight, measure,
