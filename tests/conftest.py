@@ -24,13 +24,12 @@ def tuning_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def quick_exact_plans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checkpoint planner's integer program gets 0.3 s instead of 2-30 s per solve in this process: tests check
-    budgets, predictions and exactness, which hold for any plan it returns, not how close to optimal it is."""
-    from branchgraph.memory import planner
-
-    monkeypatch.setattr(planner, "EXACT_SECONDS", 0.3)
+@pytest.fixture(scope="session", autouse=True)
+def quick_exact_plans() -> None:
+    """The checkpoint planner's integer program gets 0.3 s instead of 2-30 s per solve, here and in the CLI
+    subprocesses: tests check budgets, predictions and exactness, which hold for any plan it returns, not how close
+    to optimal it is."""
+    os.environ["BRANCHGRAPH_PLAN_SECONDS"] = "0.3"
 
 
 @pytest.fixture(scope="session")

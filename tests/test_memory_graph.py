@@ -344,28 +344,35 @@ def test_peak_options_solve_the_program_at_the_kept_budget_the_gradients_leave_o
     saves = Saves(np.array([10, 10, 10, 10, 10, 0]), np.arange(5), np.arange(5))
     masks = np.eye(5, dtype=bool)
     planner = Planner(saves, masks, [np.array([5])] * 5, np.full(5, 10.0))
-    solved = planner_module.exact.solve
+    solved = planner_module.exact.Program.solve
     budgets: list[int] = []
 
-    def recording(candidates: object, budget: int, **kwargs: object) -> list[int] | None:
+    def recording(program: object, budget: int, **kwargs: object) -> list[int] | None:
         budgets.append(budget)
-        return solved(candidates, budget, **kwargs)
+        return solved(program, budget, **kwargs)
 
-    monkeypatch.setattr(planner_module.exact, "solve", recording)
+    monkeypatch.setattr(planner_module.exact.Program, "solve", recording)
     options = planner.peak_options(45, grad=10, in_flight=10, kept=30)
     assert 15 in budgets and 30 in budgets
     assert min(cost for cost, _, saved in options if saved <= 30) == 20.0
 
 
 def test_integer_program_time_grows_with_the_profiled_forward(monkeypatch: pytest.MonkeyPatch) -> None:
-    """2 s for a small net, up to 60 forwards' time for a big one, capped at EXACT_SECONDS."""
+    """2 s for a small net, up to 60 forwards' time for a big one, capped at EXACT_SECONDS; a time set in
+    $BRANCHGRAPH_PLAN_SECONDS instead, where a bad one is refused."""
     from branchgraph.memory import planner as planner_module
 
-    monkeypatch.setattr(planner_module, "EXACT_SECONDS", 30.0)
+    monkeypatch.delenv(planner_module.SECONDS_ENV, raising=False)
     saves = Saves(np.array([10, 0]), np.arange(1), np.arange(1))
     args = (saves, np.ones((1, 1), dtype=bool), [np.array([1])], np.ones(1))
     assert [Planner(*args, forward_seconds=f).exact_seconds() for f in (0.001, 0.25, 5.0)] == [2.0, 15.0, 30.0]
     assert Planner(*args).exact_seconds() == 30.0
+    monkeypatch.setenv(planner_module.SECONDS_ENV, "0.5")
+    assert Planner(*args, forward_seconds=5.0).exact_seconds() == 0.5
+    for bad in ("soon", "0", "-1", "inf", "nan"):
+        monkeypatch.setenv(planner_module.SECONDS_ENV, bad)
+        with pytest.raises(ConfigError, match="BRANCHGRAPH_PLAN_SECONDS must be a positive number"):
+            Planner(*args).exact_seconds()
 
 
 def test_region_limit_bounds_every_region_and_refuses_what_it_cannot_meet() -> None:

@@ -10,9 +10,11 @@ covers no units and costs its measured overhead.
 from __future__ import annotations
 
 import heapq
+import os
 
 import numpy as np
 
+from branchgraph.errors import ConfigError
 from branchgraph.memory import exact
 from branchgraph.memory.problem import Saves, Shrink
 
@@ -20,6 +22,7 @@ EXACT_SECONDS = 30.0  # the integer program's time limit per plan at most; it mo
 EXACT_FORWARDS = 60  # ... and at least 2 s, up to this many profiled forwards' time: a big net's program needs more
 # (channels_last googlenet-d2l b128 at 10 % kept: 11 s; cut at 2 s, its best plan recomputed 1.67x the forward's
 # time, not 0.74x), a small net's planning stays quick
+SECONDS_ENV = "BRANCHGRAPH_PLAN_SECONDS"  # a fixed time limit per solve instead (quick plans, or thorough ones)
 EXACT_LIMITS = 3  # limits on one region's recomputation the integer program is run at for a peak budget
 REGION_SHARE = 0.4  # a kept budget's regions materialise at most this share of plain's saved bytes again, unless
 # no plan with smaller regions fits (larger ones would hold most of what checkpointing freed at once)
@@ -74,9 +77,21 @@ class Planner:
             if family.any() and not any(np.array_equal(family, f) for f in self.families):
                 self.families.append(family)
         self._chosen: dict[tuple[int, int, int], tuple[list[int], int]] = {}
+        self._program: exact.Program | None = None
+        self._solved: dict[tuple[int, int], list[int] | None] = {}
 
     def exact_seconds(self) -> float:
-        """The integer program's time limit per solve (EXACT_SECONDS without a profiled forward time)."""
+        """The integer program's time limit per solve: ``$BRANCHGRAPH_PLAN_SECONDS`` if set, else up to
+        EXACT_FORWARDS profiled forwards' time within 2 s..EXACT_SECONDS (EXACT_SECONDS without a forward time)."""
+        given = os.environ.get(SECONDS_ENV)
+        if given:
+            try:
+                seconds = float(given)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds < float("inf"):
+                raise ConfigError(f"{SECONDS_ENV} must be a positive number of seconds; got {given!r}")
+            return seconds
         if self.forward_seconds is None:
             return EXACT_SECONDS
         return min(EXACT_SECONDS, max(2.0, EXACT_FORWARDS * self.forward_seconds))
@@ -85,6 +100,16 @@ class Planner:
         """What the integer program chooses from."""
         return exact.Candidates(self.saves, self.masks, self.inputs, self.cost, self.shrinks, self.transient,
                                 self.recomputed_sizes)
+
+    def exact(self, budget: int, limit: int) -> list[int] | None:
+        """The integer program's plan for ``budget`` and ``limit`` (its constraints built once, each solve
+        remembered: a peak budget asks for the same ones again)."""
+        if self._program is None:
+            self._program = exact.Program(self.candidates())
+        key = (budget, limit)
+        if key not in self._solved:
+            self._solved[key] = self._program.solve(budget, limit=limit, seconds=self.exact_seconds())
+        return self._solved[key]
 
     def _recomputed_bytes(self, i: int, inside: np.ndarray) -> int:
         """Bytes region i's recomputation saves: its ``inside`` storages, those its saving ops no longer save
@@ -174,7 +199,7 @@ class Planner:
                 break
             limit = max(2 * limit, 1)
         chosen, saved, limit = best if best is not None else (chosen, saved, limit)
-        solved = exact.solve(self.candidates(), budget, limit=limit, seconds=self.exact_seconds())
+        solved = self.exact(budget, limit)
         if solved is not None and self.saved(solved) <= budget and (
                 saved > budget or self.cost[solved].sum() < self.cost[chosen].sum()):
             return solved, self.saved(solved)
@@ -239,7 +264,7 @@ class Planner:
         # predicted 45 % of plain's peak and measured 31 %, at 1.27x the step time; the first budget's, 1.34x).
         for limit in self._roomy(peak - grad - in_flight):
             for budget in sorted({min(cap, peak - limit - grad - in_flight), min(cap, peak - limit)}):
-                solved = exact.solve(self.candidates(), budget, limit=limit, seconds=self.exact_seconds())
+                solved = self.exact(budget, limit)
                 if solved is not None and (saved := self.saved(solved)) <= budget:
                     found.setdefault(tuple(sorted(solved)), (float(self.cost[solved].sum()), solved, saved))
         return sorted(found.values(), key=lambda option: option[0])

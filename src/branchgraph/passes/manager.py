@@ -45,11 +45,11 @@ def resolve(names: Sequence[str] | None, mode: str) -> list[str]:
     return chosen
 
 
-def run_passes(gm: fx.GraphModule, names: Sequence[str], mode: str) -> fx.GraphModule:
-    """Apply ``names`` in order to one copy of ``gm`` (each pass works on it in place: a deep copy per pass
-    cost more than the passes themselves); ``graph.lint()`` after each."""
+def run_passes(gm: fx.GraphModule, names: Sequence[str], mode: str, inplace: bool = False) -> fx.GraphModule:
+    """Apply ``names`` in order to one copy of ``gm`` (``gm`` itself with ``inplace``; each pass works on the copy in
+    place: a deep copy per pass cost more than the passes themselves); ``graph.lint()`` after each."""
     done: list[str] = []
-    gm = copy.deepcopy(gm)
+    gm = gm if inplace else copy.deepcopy(gm)
     for name in names:
         try:
             gm = PASSES[name](gm, mode=mode, inplace=True)

@@ -141,7 +141,7 @@ def optimize(
         raise BranchgraphError(f"cannot optimise: {captured.note}")
     gm = captured.graph_module
     gm.train(mode == "train")
-    optimised = run_passes(gm, names, mode)
+    optimised = run_passes(gm, names, mode, inplace=True)  # gm traces a copy of its own
     optimised.train(mode == "train")
     report = OptimizeReport(mode, reports(optimised))
     if verify:
@@ -151,7 +151,7 @@ def optimize(
         gm64 = capture(reference64, example.double()).graph_module
         assert gm64 is not None  # the float32 copy traced, so this one does
         gm64.train(mode == "train")
-        optimised64 = run_passes(gm64, names, mode).train(mode == "train")
+        optimised64 = run_passes(gm64, names, mode, inplace=True).train(mode == "train")
         report.verification = verify_equal(model, optimised, example, mode, seed, "precision" in names,
                                            optimised64=optimised64)
         failures = report.verification.failures()
@@ -245,10 +245,11 @@ def verify_equal(
     (accuracy of each against the float64 original), on ``example``; the original's float32 variants run until
     the optimised model is within the bound or all have run. With ``reduced_precision`` the original's float32
     runs are under ``torch.autocast`` (bf16), the eager way to get what the precision pass gives.
-    ``optimised64`` is the same passes applied to a float64 copy (else ``optimised`` is cast to float64)."""
+    ``optimised64`` is the same passes applied to a float64 copy, run as it is (it takes the step); else a copy of
+    ``optimised`` is cast to float64."""
     truth = _step(copy.deepcopy(model).double(), example.double(), mode, seed)
     result = Verification(reduced_precision=reduced_precision)
-    exact = copy.deepcopy(optimised64 if optimised64 is not None else optimised).double()
+    exact = optimised64.double() if optimised64 is not None else copy.deepcopy(optimised).double()
     result.exact = _compare(_step(exact, example.double(), mode, seed), truth)
     result.fp32_optimised = _compare(_step(copy.deepcopy(optimised).float(), example.float(), mode, seed), truth)
     for variant in FP32_VARIANTS:
