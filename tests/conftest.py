@@ -6,12 +6,12 @@ import gzip
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from branchgraph.data.fashion_mnist import FILES, resolve_data_dir
+from tests import cli_fork
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,13 +66,9 @@ def gzip_write(path: Path, raw: bytes) -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m branchgraph.cli ARGS`` in a fresh process (in ``cwd``, default the repository) and
-    capture its output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "branchgraph.cli", *args], capture_output=True, text=True, timeout=timeout,
-        env=full_env, cwd=cwd or REPO,
-    )
+    """Run the CLI as ``python -m branchgraph.cli ARGS`` would, in a fresh process (in ``cwd``, default the
+    repository), and capture its output; the process is forked from one that imported the CLI already."""
+    return cli_fork.run(list(args), {**os.environ, **(env or {})}, cwd or REPO, timeout)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -94,14 +94,12 @@ class StorageTable:
 
 class SavedTensors:
     """While entered, records (storage number, ``owner()``) for every tensor autograd saves (an owner of None,
-    or a storage the table leaves out, records nothing); ``on_pack``/``on_unpack`` run at each pack/unpack."""
+    or a storage the table leaves out, records nothing)."""
 
-    def __init__(self, table: StorageTable, owner: Callable[[], int | None],
-                 on_pack: Callable[[], None] | None = None, on_unpack: Callable[[], None] | None = None) -> None:
+    def __init__(self, table: StorageTable, owner: Callable[[], int | None]) -> None:
         self.table, self.owner = table, owner
-        self.on_pack, self.on_unpack = on_pack, on_unpack
         self.pairs: list[tuple[int, int]] = []
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         who = self.owner()
@@ -109,13 +107,6 @@ class SavedTensors:
             sid = self.table.id(t)
             if sid is not None:
                 self.pairs.append((sid, who))
-        if self.on_pack is not None:
-            self.on_pack()
-        return t
-
-    def _unpack(self, t: torch.Tensor) -> torch.Tensor:
-        if self.on_unpack is not None:
-            self.on_unpack()
         return t
 
     def __enter__(self) -> SavedTensors:
@@ -130,28 +121,31 @@ class SavedTensors:
         return np.array(sorted(set(self.pairs)), dtype=np.int64).reshape(-1, 2)
 
 
-class _AfterEveryOp(TorchDispatchMode):
-    """Calls ``callback`` after every aten operator, forward and backward (recomputations inside checkpoints
-    included, which saved-tensor hooks do not see)."""
+class _AfterEveryAllocation(TorchDispatchMode):
+    """Calls ``callback`` after every aten operator that returns a storage its arguments did not hold (what
+    allocates tensor memory), forward and backward (recomputations inside checkpoints included, which saved-tensor
+    hooks do not see). Views, in-place ops and detach allocate nothing: about half of a training step's ops."""
 
     def __init__(self, callback: Callable[[], None]) -> None:
         super().__init__()
         self.callback = callback
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        held = {t.untyped_storage().data_ptr() for t in tensors((args, kwargs))}
         out = func(*args, **(kwargs or {}))
-        self.callback()
+        if any(t.untyped_storage().data_ptr() not in held for t in tensors(out)):
+            self.callback()
         return out
 
 
 class ModuleCalls:
     """While entered, every module of ``model`` is hooked: ``current`` is the path of the innermost module running
-    ("" outside any), ``on_boundary()`` runs as each call starts and ends, and ``on_call(path, module, args,
-    output, seconds)`` after each call. The hooks are observers: a planned model keeps running its plan."""
+    ("" outside any), and ``on_call(path, module, args, output, seconds)`` runs after each call. The hooks are
+    observers: a planned model keeps running its plan."""
 
-    def __init__(self, model: nn.Module, on_call: Callable[[str, nn.Module, Any, Any, float], None] | None = None,
-                 on_boundary: Callable[[], None] | None = None) -> None:
-        self.model, self.on_call, self.on_boundary = model, on_call, on_boundary
+    def __init__(self, model: nn.Module,
+                 on_call: Callable[[str, nn.Module, Any, Any, float], None] | None = None) -> None:
+        self.model, self.on_call = model, on_call
         self.names = {m: n for n, m in model.named_modules()}
         self.stack: list[tuple[str, float]] = []
         self._handles: list[Any] = []
@@ -162,15 +156,11 @@ class ModuleCalls:
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         self.stack.append((self.names[module], time.perf_counter()))
-        if self.on_boundary is not None:
-            self.on_boundary()
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         name, started = self.stack.pop()
         if self.on_call is not None:
             self.on_call(name, module, args, output, time.perf_counter() - started)
-        if self.on_boundary is not None:
-            self.on_boundary()
 
     _pre.observer = _post.observer = True  # type: ignore[attr-defined]
 
@@ -199,8 +189,9 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
 
     Saved tensors are seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once,
     for the first module that saved it; parameters, buffers and the input batch (and views of them) are left out.
-    The peak is the heap in use above the starting point, sampled at every pack and unpack of a saved tensor, at
-    every module boundary and after every operator. The model's own state is untouched: the caller passes a copy.
+    The peak is the heap in use above the starting point, sampled after every operator that allocates (tensor
+    memory comes from operators; a heap long in use, fragmented, makes each sample cost up to milliseconds). The
+    model's own state is untouched: the caller passes a copy.
     """
     layers: dict[str, LayerRecord] = defaultdict(LayerRecord)
     paths = ["", *(n for n, _ in model.named_modules() if n)]
@@ -239,10 +230,9 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
             rec.backward_macs += macs[1]
 
     model.train()
-    calls = ModuleCalls(model, on_call, sample)
-    saved = SavedTensors(table, lambda: None if backward[0] else position[calls.current], on_pack=sample,
-                         on_unpack=sample)
-    with calls, saved, _AfterEveryOp(sample):
+    calls = ModuleCalls(model, on_call)
+    saved = SavedTensors(table, lambda: None if backward[0] else position[calls.current])
+    with calls, saved, _AfterEveryAllocation(sample):
         try:
             output = model(example)
         except Exception as exc:  # re-raised naming the innermost layer that was running
