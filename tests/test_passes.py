@@ -72,10 +72,10 @@ def test_default_passes_on_every_model(name: str, mode: str) -> None:
 
 
 # Where a model's default-pass run above already covers a pass (the mode's default set), and the model repeats
-# another's layers (the d2l variants change branch 3 only; googlenet-bn is googlenet with BatchNorm;
+# another's layers (the d2l variants change branch 3 only; googlenet-bn and googlenet-d2l-bn add BatchNorm;
 # revinception-fmnist's fx graph is Inception blocks and adds), the single-pass run is in the slow suite;
 # precision and parallel, which no default set runs, stay here.
-COVERED = ("googlenet-d2l-3x3", "googlenet-d2l-asym", "googlenet-bn", "revinception-fmnist")
+COVERED = ("googlenet-d2l-3x3", "googlenet-d2l-asym", "googlenet-bn", "googlenet-d2l-bn", "revinception-fmnist")
 
 
 @pytest.mark.parametrize(("name", "pass_name", "mode"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -13,8 +14,14 @@ from torch import nn
 import branchgraph as bg
 from branchgraph import summary
 from branchgraph.graph import heap_in_use
-from branchgraph.graph.summary import compare_rows, render_compare
+from branchgraph.graph.summary import Summary, compare_rows, render_compare
 from tests.conftest import run_cli
+
+
+@functools.cache
+def _summary(name: str) -> Summary:
+    """``summary(name)``, once per name and process: the tests that take it only read it."""
+    return summary(name)
 
 
 def _stable(text: str) -> str:
@@ -24,7 +31,7 @@ def _stable(text: str) -> str:
 
 @pytest.mark.parametrize("name", ["googlenet-d2l", "vgg16"])
 def test_golden_summary(name: str, golden) -> None:
-    golden(f"summary_{name}.out", _stable(summary(name).to_text()))
+    golden(f"summary_{name}.out", _stable(_summary(name).to_text()))
 
 
 def test_golden_compare_seed_002(golden) -> None:
@@ -32,7 +39,7 @@ def test_golden_compare_seed_002(golden) -> None:
 
 
 def test_vgg16_torchsummary_totals_are_seed_004s() -> None:
-    t = summary("vgg16").total
+    t = _summary("vgg16").total
     assert t["params"] == 138_357_544
     assert [round(t[k], 2) for k in ("input_mb", "forward_backward_mb", "params_mb", "total_mb")] == [
         0.57, 218.59, 527.79, 746.96]
@@ -47,7 +54,7 @@ def test_seed_002_factorisation_numbers() -> None:
 
 @pytest.mark.parametrize("name", ["googlenet-d2l", "googlenet", "vgg16", "googlenet-fmnist"])
 def test_rows_sum_to_totals(name: str) -> None:
-    s = summary(name)
+    s = _summary(name)
     top = [r for r in s.rows if r.depth == 1]
     for key in ("params", "params_no_bias", "macs", "backward_macs", "saved_bytes"):
         assert sum(getattr(r, key) for r in top) == s.total[key], key
@@ -85,7 +92,7 @@ SAME_LAYERS = ("resnet110", "resnet164", "revnet110", "revinception-fmnist-plain
 def test_params_and_macs_agree_with_hand_computation(name: str) -> None:
     """Every model but those whose layers another one repeats: of the deep CIFAR twins only revnet164 (the others
     are resnet32's and revnet38's units), and revinception-fmnist's stored twin."""
-    s = summary(name)
+    s = _summary(name)
     model = bg.create_model(name)
     checked = 0
     for row in s.rows:
@@ -102,7 +109,7 @@ def test_params_and_macs_agree_with_hand_computation(name: str) -> None:
 
 
 def test_hand_computed_layers_of_googlenet_d2l() -> None:
-    rows = {r.name: r for r in summary("googlenet-d2l").rows}
+    rows = {r.name: r for r in _summary("googlenet-d2l").rows}
     assert rows["b1.0.conv"].macs == 64 * 48 * 48 * 1 * 7 * 7 == 7_225_344
     assert rows["b1.0.conv"].params == 64 * 49 + 64
     assert rows["b1.1"].macs == 64 * 24 * 24 * 9

@@ -93,6 +93,7 @@ class TrainConfig:
         if self.memory_lossy is not None and self.memory_lossy not in LOSSY:
             raise ConfigError(f"memory_lossy must be one of {', '.join(LOSSY)}; got {self.memory_lossy!r}",
                               "memory_lossy")
+        check_lossy_precision(self)
         if self.branch_stats is not None and not (isinstance(self.branch_stats, int) and self.branch_stats > 0):
             raise ConfigError(f"branch_stats must be a positive number of steps; got {self.branch_stats!r}",
                               "branch_stats")
@@ -154,3 +155,12 @@ def build_config(
         data["model_kwargs"] = {}
     data.update(later)
     return TrainConfig.from_dict(data).validate()
+
+
+def check_lossy_precision(config: TrainConfig, chosen: bool = False) -> None:
+    """Lossy saves narrow float32 saves: refused under bf16/fp16 training (``chosen``: by precision auto), checked
+    before any measurement where the precision is given."""
+    if config.memory_lossy is not None and config.precision in ("bf16", "fp16"):
+        how = " (chosen by precision auto)" if chosen else ""
+        raise ConfigError(f"memory_lossy keeps float32 saves in bf16, but this run trains in {config.precision}{how}: "
+                          "its saves are 16-bit already; train in precision fp32 to use it", "memory_lossy")

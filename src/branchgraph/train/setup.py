@@ -18,7 +18,7 @@ from branchgraph.example import example_for
 from branchgraph.memory import CheckpointPlan, plan
 from branchgraph.models import create_model
 from branchgraph.models.spec import check_fits, is_spec
-from branchgraph.train.config import TrainConfig
+from branchgraph.train.config import TrainConfig, check_lossy_precision
 from branchgraph.train.distributed import DistInfo, broadcast_str
 from branchgraph.tune import tune
 
@@ -138,10 +138,7 @@ def plan_memory(model: nn.Module, c: TrainConfig, device: torch.device, info: Di
                 ) -> tuple[nn.Module, CheckpointPlan]:
     """The model (in place) set up to train under ``c.memory_budget`` and/or lossy saves, and the plan, made on one
     rank's batch; lossy saves under 16-bit training (``tuned``: the precision was chosen by timing) are refused."""
-    if c.memory_lossy is not None and c.precision in ("bf16", "fp16"):
-        chosen = " (chosen by precision auto)" if tuned else ""
-        raise ConfigError(f"memory_lossy keeps float32 saves in bf16, but this run trains in {c.precision}{chosen}: "
-                          "its saves are 16-bit already; train in precision fp32 to use it", "memory_lossy")
+    check_lossy_precision(c, chosen=tuned)
     size = c.resize or 28
     shape = (c.batch_size // info.world_size, 1, size, size)
     # lossy saves' float64 check needs more than zeros: normalised images' scale, from its own generator

@@ -120,13 +120,14 @@ class Trainer:
                 channels_last=True if config.channels_last is None else config.channels_last)
         elif state is None and (config.precision == "auto" or config.channels_last is None):
             self.tuning, self.config = tune_precision(self.model, config, self.device, self.info)
+        timed_precision = self.tuning is not None and config.precision == "auto"
         config = self.config
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.memory_plan: CheckpointPlan | None = None
         if config.memory_budget is not None or config.memory_lossy is not None:
             self.model, self.memory_plan = plan_memory(self.model, config, self.device, self.info,
-                                                       tuned=self.tuning is not None)
+                                                       tuned=timed_precision)
         self.branch_records: list[dict[str, Any]] = []
         self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
                     if config.ema_decay is not None else None)
