@@ -11,10 +11,11 @@ demo: setup data graphviz
 	$(BIN)/branchgraph train --preset fast
 
 # Two pytest workers of one thread each: the suite's small tensors, subprocesses and Python overhead use both cores
-# better that way than one worker with two threads (5 min 40 s against 11 min 13 s on a 2-core box).
+# better that way than one worker with two threads (5 min 40 s against 11 min 13 s on a 2-core box); tests marked
+# xdist_group share a worker, and so a module fixture.
 test: setup data graphviz
 	$(BIN)/ruff check src tests benchmarks
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # The suite in a random order, then the verification-heavy tests again on another processor class's kernels
 # (oneDNN limited to SSE4.1, ATen's default ISA; the whole suite takes over an hour that way): what a fixed order or one

@@ -79,6 +79,11 @@ def test_train_api_writes_every_output(tmp_path: Path, data_dir: Path) -> None:
         evaluate_checkpoint(run, precision="auto")
 
 
+# The tests comparing with the reference run go to one pytest-xdist worker (`make test` runs --dist loadgroup), which
+# runs it once for all of them.
+SAME_WORKER = pytest.mark.xdist_group("reference_run")
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """An uninterrupted deterministic run to compare interrupted ones with."""
@@ -107,6 +112,7 @@ def _wait_for_epoch(out: Path, proc: subprocess.Popen[str], epochs: int = 1) -> 
     raise AssertionError("the run never finished its first epoch")
 
 
+@SAME_WORKER
 def test_resume_after_sigkill_is_exact(tmp_path: Path, reference_run: Path) -> None:
     """Resumed with the other heap policy (the reference ran under ``keep``): the same weights and metrics, bit for
     bit, so the policy is free to differ on resume."""
@@ -122,6 +128,7 @@ def test_resume_after_sigkill_is_exact(tmp_path: Path, reference_run: Path) -> N
     _assert_same_run(run, reference_run)
 
 
+@SAME_WORKER
 def test_ctrl_c_cli_is_one_line_and_resumes_exactly(tmp_path: Path, reference_run: Path) -> None:
     """SIGINT to the CLI wherever it lands: one line, exit 130, and the resumed run is exact."""
     proc = _start(tmp_path)
@@ -144,6 +151,7 @@ def restore_torch_settings():
     torch.use_deterministic_algorithms(deterministic)
 
 
+@SAME_WORKER
 def test_ctrl_c_mid_epoch_saves_the_exact_position(
     tmp_path: Path, reference_run: Path, monkeypatch: pytest.MonkeyPatch, restore_torch_settings: None
 ) -> None:
