@@ -50,8 +50,11 @@ def serve() -> None:
     for line in sys.stdin:
         pid = os.fork()
         if pid == 0:
-            sys.stdin.close()
-            _run_child(json.loads(line))
+            try:  # the child never returns to this loop, whatever fails before the CLI runs
+                sys.stdin.close()
+                _run_child(json.loads(line))
+            finally:
+                os._exit(1)
         print(json.dumps({"pid": pid}), flush=True)
         _, status = os.waitpid(pid, 0)
         print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
@@ -99,6 +102,7 @@ def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float) -> subp
         if fired.is_set():
             raise subprocess.TimeoutExpired(["branchgraph", *args], timeout, out.read_text(), err.read_text())
         return subprocess.CompletedProcess(["branchgraph", *args], status, out.read_text(), err.read_text())
+
 
 if __name__ == "__main__":
     serve()

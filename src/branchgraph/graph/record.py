@@ -131,9 +131,10 @@ class _AfterEveryAllocation(TorchDispatchMode):
         self.callback = callback
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        held = {t.untyped_storage().data_ptr() for t in tensors((args, kwargs))}
+        held = {t.untyped_storage().data_ptr() for t in tensors((args, kwargs)) if t.layout == torch.strided}
         out = func(*args, **(kwargs or {}))
-        if any(t.untyped_storage().data_ptr() not in held for t in tensors(out)):
+        # A sparse or nested output has no one storage to compare: sampled as allocating.
+        if any(t.layout != torch.strided or t.untyped_storage().data_ptr() not in held for t in tensors(out)):
             self.callback()
         return out
 
