@@ -227,6 +227,8 @@ def test_ddp_two_processes_match_one(tmp_path: Path, data_dir: Path) -> None:
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one = Path(json.loads(single.stdout)["run_dir"])
     two = next((tmp_path / "two").iterdir())
+    # rank 0 alone reports: stdout is one JSON document (both ranks printed one before)
+    assert Path(json.loads(ddp.stdout)["run_dir"]) == two
     w1, w2 = _weights(one), _weights(two)
     for key in w1:
         # Same global batch; only the order of the gradient sums differs (float32 rounding, ~1e-8 seen).

@@ -60,6 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config = build_config(args.preset or "fast", args.config, overrides)
         result = train(config, progress=not args.quiet)
+    if not result.is_main:  # under torchrun only rank 0 reports, so --json stays one document
+        return 0
     final = result.final
     text = (f"run {result.run_dir}: {len(result.metrics)} epochs, "
             f"test accuracy {final.get('test_acc', float('nan')):.4f}, {final.get('elapsed_s', 0):.0f} s of training"

@@ -59,6 +59,7 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     config: TrainConfig
     tuning: dict[str, Any] | None = None  # what precision "auto" measured and chose (None: nothing measured)
+    is_main: bool = True  # False on the other ranks of a torchrun job, which report nothing of their own
 
     @property
     def final(self) -> dict[str, Any]:
@@ -233,7 +234,7 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             shutdown(self.info)
-        return TrainResult(self.run_dir, self.metrics, self.config, self.tuning)
+        return TrainResult(self.run_dir, self.metrics, self.config, self.tuning, self.info.is_main)
 
     def _request_stop(self, signum: int, frame: object) -> None:
         if self.stop_requested:
