@@ -65,6 +65,14 @@ def test_accurate_preset_is_the_documented_recipe() -> None:
         build_config("accurate", overrides={"random_erasing": -0.1})
 
 
+def test_sprint_preset_is_the_documented_recipe() -> None:
+    config, fast = build_config("sprint"), build_config("fast")
+    assert (config.model, config.model_kwargs, config.epochs, config.hflip, config.tta_flip, config.ema_decay,
+            config.crop_padding, config.random_erasing) == ("googlenet-fmnist", {}, 10, True, True, None, 0, 0.0)
+    assert (config.lr, config.batch_size, config.schedule, config.label_smoothing) == (
+        fast.lr, fast.batch_size, fast.schedule, fast.label_smoothing)
+
+
 def test_a_presets_model_options_stay_with_its_model() -> None:
     assert build_config("accurate", overrides={"model": "vgg16"}).model_kwargs == {}
     assert build_config("accurate", overrides={"model": "googlenet-fmnist"}).model_kwargs == {"width": 0.5}
