@@ -7,6 +7,8 @@ branches) with its blocks as attributes called one after another in ``forward()`
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -160,3 +162,214 @@ class InceptionV3Like(nn.Module):
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(F.dropout(x, 0.5, self.training))
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """BatchNorm then its activation in one module, a ``BatchNorm2d`` subclass (timm's ``BatchNormAct2d``: the
+    functional batch norm, an identity where its dropout would be, then the activation in place)."""
+
+    def __init__(self, channels: int, act: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__(channels)
+        self.drop = nn.Identity()
+        self.act = act(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                         self.momentum if self.momentum is not None else 0.0, self.eps)
+        return self.act(self.drop(x))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet's bottleneck layer: norm-act on the concatenated features (BN before its conv), in-place ReLUs."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.norm1 = BatchNormAct2d(cin)
+        self.conv1 = nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.norm2 = BatchNormAct2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(features, 1)
+        return self.conv2(self.norm2(self.conv1(self.norm1(x))))
+
+
+class DenseNetLike(nn.Module):
+    """DenseNet-BC's layout (Huang et al. 2017) as timm writes it: each layer reads the concatenation of all
+    earlier features, norm-act modules with in-place ReLUs, transitions of norm-act, 1x1 conv and average pool."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, growth: int = 8, layers: tuple[int, ...] = (3, 3),
+                 ) -> None:
+        super().__init__()
+        width = 2 * growth
+        self.conv0 = nn.Conv2d(in_chans, width, 3, padding=1, bias=False)
+        self.norm0 = BatchNormAct2d(width)
+        self.blocks = nn.ModuleList()
+        self.transitions = nn.ModuleList()
+        for i, count in enumerate(layers):
+            self.blocks.append(nn.ModuleList(DenseLayer(width + j * growth, growth) for j in range(count)))
+            width += count * growth
+            if i < len(layers) - 1:
+                self.transitions.append(nn.ModuleDict({"norm": BatchNormAct2d(width),
+                                                       "conv": nn.Conv2d(width, width // 2, 1, bias=False)}))
+                width //= 2
+        self.norm5 = BatchNormAct2d(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.norm0(self.conv0(x)), 3, 2, 1)
+        for i, block in enumerate(self.blocks):
+            features = [x]
+            for layer in block:
+                features.append(layer(features))
+            x = torch.cat(features, 1)
+            if i < len(self.transitions):
+                t = self.transitions[i]
+                x = F.avg_pool2d(t["conv"](t["norm"](x)), 2)
+        x = self.norm5(x)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018) as timm writes it: the gate multiplies the path it was pooled from."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
+        self.act1 = nn.SiLU(inplace=True)
+        self.conv_expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_se = x.mean((2, 3), keepdim=True)
+        x_se = self.act1(self.conv_reduce(x_se))
+        return x * self.conv_expand(x_se).sigmoid()
+
+
+class InvertedResidual(nn.Module):
+    """EfficientNet's MBConv: 1x1 expansion, depthwise conv, SE gate, 1x1 projection, residual when shapes match;
+    BN+SiLU modules with in-place SiLUs."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = BatchNormAct2d(mid, nn.SiLU)
+        self.conv_dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = BatchNormAct2d(mid, nn.SiLU)
+        self.se = SqueezeExcite(mid, max(1, cin // 4))
+        self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.has_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.se(self.bn2(self.conv_dw(self.bn1(self.conv_pw(x)))))
+        x = self.bn3(self.conv_pwl(x))
+        return x + shortcut if self.has_skip else x
+
+
+class EfficientNetLike(nn.Module):
+    """EfficientNet's layout (Tan & Le 2019) in small: a stem, MBConv stages with SE gates, a 1x1 head."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, widths: tuple[int, ...] = (8, 16, 16, 24)) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(in_chans, widths[0], 3, 2, 1, bias=False)
+        self.bn1 = BatchNormAct2d(widths[0], nn.SiLU)
+        self.blocks = nn.Sequential(*(InvertedResidual(a, b, 2 if a != b else 1)
+                                      for a, b in itertools.pairwise(widths)))
+        self.conv_head = nn.Conv2d(widths[-1], 4 * widths[-1], 1, bias=False)
+        self.bn2 = BatchNormAct2d(4 * widths[-1], nn.SiLU)
+        self.classifier = nn.Linear(4 * widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.bn1(self.conv_stem(x)))
+        x = self.bn2(self.conv_head(x))
+        return self.classifier(x.mean((2, 3)))
+
+
+class Bottle2neck(nn.Module):
+    """Res2Net's block (Gao et al. 2019) as timm writes it: the 1x1 conv's output split into ``scale`` channel
+    groups, each group's 3x3 conv reading the previous group's output added to its own split."""
+
+    def __init__(self, channels: int, width: int = 4, scale: int = 4) -> None:
+        super().__init__()
+        self.width, self.scale = width, scale
+        self.conv1 = nn.Conv2d(channels, width * scale, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width * scale)
+        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(scale - 1))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scale - 1))
+        self.conv3 = nn.Conv2d(width * scale, channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        spx = torch.split(out, self.width, 1)
+        spo = []
+        sp = spx[0]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+            sp = spx[i] if i == 0 else sp + spx[i]
+            sp = self.relu(bn(conv(sp)))
+            spo.append(sp)
+        spo.append(spx[-1])
+        out = self.bn3(self.conv3(torch.cat(spo, 1)))
+        out += shortcut
+        return self.relu(out)
+
+
+class Res2NetLike(nn.Module):
+    """A stem and Res2Net blocks with in-place residual additions and ReLUs."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, channels: int = 16, blocks: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.act1 = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(*(Bottle2neck(channels) for _ in range(blocks)))
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(self.act1(self.bn1(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's selective-kernel conv (Li et al. 2019): two paths of different receptive field, weighted per
+    channel by an attention that pools their sum to 1x1 and runs it through conv, BatchNorm and ReLU."""
+
+    def __init__(self, channels: int, reduced: int = 8) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=d, dilation=d, bias=False), nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True)) for d in (1, 2))
+        self.fc_reduce = nn.Conv2d(channels, reduced, 1, bias=False)
+        self.bn = nn.BatchNorm2d(reduced)
+        self.act = nn.ReLU(inplace=True)
+        self.fc_select = nn.Conv2d(reduced, channels * 2, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        paths = torch.stack([path(x) for path in self.paths], 1)  # N x 2 x C x H x W
+        attn = self.act(self.bn(self.fc_reduce(paths.sum(1).mean((2, 3), keepdim=True))))  # N x r x 1 x 1
+        attn = self.fc_select(attn).view(x.shape[0], 2, -1, 1, 1).softmax(1)
+        return (paths * attn).sum(1)
+
+
+class SKNetLike(nn.Module):
+    """A stem, two selective-kernel blocks with residuals, and a classifier."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, channels: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                                  nn.ReLU(inplace=True))
+        self.sk1 = SelectiveKernel(channels)
+        self.sk2 = SelectiveKernel(channels)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.sk1(x) + x
+        x = self.sk2(x) + x
+        return self.fc(x.mean((2, 3)))

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from benchmarks.foreign_nets import InceptionV3Like
+from benchmarks.foreign_nets import DenseNetLike, EfficientNetLike, InceptionV3Like, Res2NetLike, SKNetLike
 from torch import fx, nn
 
 from branchgraph.errors import ConfigError
-from branchgraph.memory import graph_regions, plan, remove_plan, step_memory
-from branchgraph.memory.graph_runtime import _Planned
+from branchgraph.memory import graph_regions, module_regions, plan, remove_plan, step_memory
+from branchgraph.memory.graph_runtime import _Planned, build_program, install
 from branchgraph.memory.planner import REGION_SHARE, Planner
 from branchgraph.memory.problem import Saves
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
@@ -385,3 +385,120 @@ def test_region_limit_bounds_every_region_and_refuses_what_it_cannot_meet() -> N
         plan(model, x, 0.1, region_limit=64, measure=False)
     with pytest.raises(ConfigError, match="region limit applies to a kept-bytes budget alone"):
         plan(model, x, 0.1, peak=0.5, region_limit=0.2)
+
+
+def _in_place_nets() -> list[tuple[str, nn.Module]]:
+    """Nets written as the timm families with in-place activations are (smaller)."""
+    return [("densenet", DenseNetLike(growth=4, layers=(2, 2))), ("efficientnet", EfficientNetLike(widths=(4, 8, 8))),
+            ("res2net", Res2NetLike(channels=8)), ("sknet", SKNetLike(channels=8))]
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _in_place_nets()])
+def test_every_candidate_region_reading_a_value_changed_in_place_trains_like_the_plain_model(name: str) -> None:
+    """Checkpointing any candidate range whose input some in-place op (a ReLU/SiLU after BatchNorm, behind an
+    identity; a residual ``+=``) changes gives the plain model's float64 gradients: the planner keeps ranges
+    whose inputs change in place at or after their start out (their recomputation would read the changed value,
+    which autograd refuses)."""
+    torch.manual_seed(0)
+    model = dict(_in_place_nets())[name].double().train()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    gm = graph_regions.trace(copy.deepcopy(model))
+    prof = graph_regions.profile_graph(gm, gm, x, repeats=1, saving=False)
+    changed = {j for values in prof.changes for j in values}
+    assert changed, "the net changes no value in place: the test would not exercise anything"
+    risky = [r for r in graph_regions.candidate_ranges(prof) if changed & set(r.inputs)]
+    assert risky
+    weights = torch.randn(2, 10, dtype=torch.float64)
+    expected = _grads(copy.deepcopy(model), x, weights)
+    for r in risky:
+        net = install(copy.deepcopy(model), build_program(gm, [(r.start, r.stop)], []))
+        for a, b in zip(expected, _grads(net, x, weights), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=lambda m, r=r: f"range {r}: {m}")
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _in_place_nets()])
+@pytest.mark.parametrize("budget", [0.1, 0.3])
+def test_plans_of_nets_with_in_place_activations_train_like_the_plain_model(name: str, budget: float) -> None:
+    """``plan`` on DenseNet/EfficientNet/Res2Net/SKNet-style nets (cost in MACs, so the same plan every run)
+    returns a model whose training step runs and gives the plain float64 gradients, checked by ``plan`` itself
+    (``grad_change``) and here."""
+    torch.manual_seed(0)
+    model, x = dict(_in_place_nets())[name].double(), torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    planned, p = plan(model, x, budget, cost="macs", measure=False)
+    assert p.regions and p.grad_change is not None and p.grad_change <= 1e-9
+    _assert_equal_training(model, planned, x)
+
+
+class _InPlaceModules(nn.Module):
+    """Untraceable (data-dependent control flow) with in-place ReLU modules and an in-place residual add that
+    changes a value another module read before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.pool = nn.AdaptiveAvgPool2d(1)  # keeps only its input's shape for backward
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if x.sum() > -1e9:
+            y = self.body(x)
+            pooled = self.pool(y)
+            y += x  # changes the pool's input after the pool ran
+            x = self.act(y) * pooled
+        return self.fc(x.mean((2, 3)))
+
+
+def test_module_regions_leave_out_modules_whose_input_changes_in_place() -> None:
+    """Untraceable models plan on module regions; a module whose input an in-place op changes (an in-place ReLU
+    module, a block whose output is then added to in place) is no candidate, and every other one trains like
+    the plain model when checkpointed alone."""
+    torch.manual_seed(0)
+    model, x = _InPlaceModules().double(), torch.rand(2, 1, 12, 12, dtype=torch.float64)
+    problem = module_regions.module_problem(copy.deepcopy(model), x)
+    names = {r.name for r in problem.regions}
+    assert {"stem.2", "body.2", "act"}.isdisjoint(names)  # in-place ReLUs change their own input
+    assert "pool" not in names  # its input changes after it
+    assert {"stem", "body", "body[0:2]", "body[3:5]", "fc"} <= names
+    weights = torch.randn(2, 10, dtype=torch.float64)
+    expected = _grads(copy.deepcopy(model), x, weights)
+    for region in problem.regions:
+        net = copy.deepcopy(model)
+        module_regions.apply_module_regions(net, [region])
+        for a, b in zip(expected, _grads(net, x, weights), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=lambda m, r=region: f"{r.name}: {m}")
+
+
+_calls = [0]
+
+
+@fx.wrap
+def _counting(x: torch.Tensor) -> torch.Tensor:
+    """Scales by how often it ran: a recomputation computes something else than the forward did."""
+    _calls[0] += 1
+    return x * _calls[0]
+
+
+class _Unrepeatable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.tanh(_counting(self.conv1(x))))
+        return self.fc(torch.tanh(x).mean((2, 3)))
+
+
+def test_a_plan_whose_gradients_differ_is_refused_in_one_line() -> None:
+    """``plan`` checks the planned step's float64 gradients against the plain one's before returning; a model
+    whose recomputation differs from its forward is refused, in one line naming the model."""
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError) as err:
+        plan(_Unrepeatable().double(), torch.rand(4, 1, 8, 8, dtype=torch.float64), 0.2, measure=False,
+             saving_ops=False)
+    message = str(err.value)
+    assert "\n" not in message and "_Unrepeatable" in message and "gradients" in message

@@ -9,7 +9,6 @@ a BatchNorm+ReLU before a convolution): a range's inputs are the values defined 
 from __future__ import annotations
 
 import functools
-import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,23 +25,10 @@ from branchgraph.memory.reversible import ReversibleSequence
 COMPUTE = ("call_module", "call_function", "call_method")
 SHORT = 12  # longest non-cut range considered, in units (an Inception branch, a norm-act-conv chain)
 MAX_SPAN = 64  # most cut-to-cut intervals one range spans (besides the whole graph): deep nets stay quick
-_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ior,
-                      operator.iand}
 
 
 def units_of(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op in COMPUTE]
-
-
-def mutates(gm: fx.GraphModule, node: fx.Node, value: fx.Node) -> bool:
-    """Whether ``node`` may change ``value`` in place (an in-place op with ``value`` as its first argument)."""
-    if not node.args or node.args[0] is not value:
-        return False
-    if node.op == "call_module":
-        return bool(getattr(gm.get_submodule(str(node.target)), "inplace", False))
-    if node.op == "call_method":
-        return str(node.target).endswith("_") and not str(node.target).startswith("_")
-    return bool(node.kwargs.get("inplace")) or node.target in _INPLACE_FUNCTIONS
 
 
 @dataclass
@@ -58,7 +44,7 @@ class GraphProfile:
     macs: np.ndarray
     value_users: list[list[int]]  # per unit: the units that read its output (len(units) for the graph output)
     args: list[list[int]]  # per unit: the units whose outputs it reads (-1 for a placeholder)
-    inplace_args: list[list[int]]  # per unit: the units whose outputs it may change in place
+    changes: list[list[int]]  # per unit: the values (units; -1 the graph input) whose storage it changed in place
     element: np.ndarray  # per storage: bytes per element
     integer: np.ndarray  # per storage: holds integers (indices)
     narrowable: np.ndarray  # per storage: lossy saves would keep it in bf16 (``lossy.narrows``)
@@ -70,6 +56,15 @@ class GraphProfile:
         """Per unit: whether it saved any storage for backward."""
         found = np.zeros(len(self.names), dtype=bool)
         found[self.saves.entry_unit] = True
+        return found
+
+    @functools.cached_property
+    def changed_from(self) -> list[frozenset[int]]:
+        """Per unit k: the values changed in place by unit k or any later one (a range starting at k must not
+        read them: its recomputation would see them changed)."""
+        found: list[frozenset[int]] = [frozenset()] * (len(self.names) + 1)
+        for k in range(len(self.names) - 1, -1, -1):
+            found[k] = found[k + 1] | frozenset(self.changes[k])
         return found
 
 
@@ -87,6 +82,8 @@ class _Recorder(fx.Interpreter):
         self.ins: list[set[int]] = [set() for _ in range(count)]
         self.widths = [0] * count
         self.macs = np.zeros(count, dtype=np.int64)
+        self.out_ptrs: list[set[int]] = [set() for _ in range(count)]
+        self.changed_ptrs: list[set[int]] = [set() for _ in range(count)]
 
     def run_node(self, n: fx.Node) -> Any:
         k = self.position.get(n, -1)
@@ -98,8 +95,12 @@ class _Recorder(fx.Interpreter):
         self.ins[k] = {s for s in map(self.table.id, inputs) if s is not None}
         if inputs:
             self.widths[k] = inputs[0].shape[-1] if inputs[0].dim() else 1
+        versions = [(t, t._version) for t in inputs]
         result = getattr(self, n.op)(n.target, args, kwargs)
+        # an in-place op (ReLU(inplace=True), x += y, a view's relu_) bumps its storage's version counter
+        self.changed_ptrs[k] = {t.untyped_storage().data_ptr() for t, v in versions if t._version != v}
         outs = list(tensors(result))
+        self.out_ptrs[k] = {t.untyped_storage().data_ptr() for t in outs}
         self.outs[k] = [s for s in map(self.table.id, outs) if s is not None]
         if n.op == "call_module":
             macs = leaf_macs(self.module.get_submodule(str(n.target)), (args, kwargs), result)
@@ -133,12 +134,16 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, r
     position = recorder.position
     users = [[position.get(u, len(units)) for u in n.users] for n in units]
     args = [[position.get(a, -1) for a in n.all_input_nodes if a.op != "get_attr"] for n in units]
-    inplace = [[position.get(a, -1) for a in n.all_input_nodes if mutates(gm, n, a)] for n in units]
+    holders: dict[int, list[int]] = {example.untyped_storage().data_ptr(): [-1]}  # storage -> values on it
+    for k, ptrs in enumerate(recorder.out_ptrs):
+        for ptr in ptrs:
+            holders.setdefault(ptr, []).append(k)
+    changes = [sorted({j for ptr in ptrs for j in holders.get(ptr, [])}) for ptrs in recorder.changed_ptrs]
     return GraphProfile(
         [n.name for n in units], [node_module(n) for n in units],
         Saves(np.array(table.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
         np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
-        seconds, recorder.macs, users, args, inplace, np.array(table.element, dtype=np.int64),
+        seconds, recorder.macs, users, args, changes, np.array(table.element, dtype=np.int64),
         np.array(table.integer, dtype=bool), np.array(table.flagged, dtype=bool), recorder.widths, saving_seconds)
 
 
@@ -166,11 +171,13 @@ def cut_points(prof: GraphProfile) -> list[int]:
 
 
 def _inputs(prof: GraphProfile, start: int, stop: int) -> tuple[int, ...] | None:
-    """The values a range reads from before it (units, -1 for the graph input); None if it changes one."""
+    """The values a range reads from before it (units, -1 for the graph input); None if the range or anything
+    after it changes one of them in place (checkpoint keeps its inputs to recompute from them in backward)."""
     found: dict[int, None] = {}
+    changed = prof.changed_from[start]
     for k in range(start, stop):
         outside = [a for a in prof.args[k] if a < start]
-        if any(a in outside for a in prof.inplace_args[k]):
+        if any(a in changed for a in outside):
             return None
         found.update(dict.fromkeys(outside))
     return tuple(found)

@@ -4,7 +4,7 @@ bfloat16 (half of float32's bytes, a quarter of float64's) and widened again whe
 Off by default and labelled lossy everywhere it appears: a bf16 copy keeps 8 of float32's 24 significand bits, so
 the gradients that read a saved activation (a convolution's or linear layer's weight gradient, BatchNorm's) change
 by up to about 2^-9 relative per element. Gradients with respect to inputs that only read weights, masks or indices
-stay exact. ``grad_error`` measures the change in float64 against the exact gradients, and ``plan`` refuses a
+stay exact. ``measure.grad_error`` measures the change in float64 against the exact gradients, and ``plan`` refuses a
 model where it exceeds ``TOLERANCE``.
 
 Only activations are narrowed (floating tensors with a ``grad_fn``, not views of a leaf): parameters, buffers and
@@ -17,7 +17,6 @@ output, read again by the next convolution) is narrowed once. A checkpointed reg
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 LOSSY = ("bf16",)
 TOLERANCE = 1e-2  # the largest relative change of all parameter gradients together (float64) a plan may make
@@ -114,25 +112,3 @@ def narrowed_bytes(sizes: np.ndarray, element: np.ndarray, narrowable: np.ndarra
     out = sizes.copy()
     out[narrowable] = sizes[narrowable] * 2 // element[narrowable]
     return out
-
-
-def grad_error(plain: nn.Module, lossy: nn.Module, example: torch.Tensor) -> float:
-    """The relative change ||g_lossy - g|| / ||g|| of all parameter gradients together, in float64, of one
-    training step of ``lossy`` (a planned copy of ``plain`` that narrows saves) against ``plain`` on ``example``
-    (both run on copies, same RNG state). The loss is a fixed random projection of the outputs: their plain sum
-    has zero gradient through BatchNorm, which would leave only rounding to compare."""
-    grads = []
-    devices = [example.device] if example.device.type == "cuda" else []
-    for net in (plain, lossy):
-        model = copy.deepcopy(net).double().train()
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            outs = model(example.double())
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            generator = torch.Generator().manual_seed(1)
-            sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)).sum()
-                for t in outs).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    exact, found = grads
-    scale = float(exact.norm())
-    return float((found - exact).norm()) / scale if scale else float((found - exact).norm())

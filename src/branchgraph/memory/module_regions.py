@@ -29,6 +29,7 @@ class _Profile:
     entry_storage: np.ndarray  # (storage, saver module) pairs: storage index ...
     entry_path: np.ndarray  # ... and the saving module's index in ``paths``
     inputs: dict[str, set[int]]  # module path -> storage indices of its tensor inputs
+    changed: set[str]  # module paths with an input changed in place during or after their call (not checkpointable)
     macs: dict[str, int]  # leaf module path -> forward MACs (all calls)
     seconds: dict[str, float]  # leaf module path -> forward time measured in the profiling step (all calls)
 
@@ -47,21 +48,32 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
             macs[name] = macs.get(name, 0) + found[0]
             seconds[name] = seconds.get(name, 0.0) + elapsed
 
+    versions: list[tuple[str, torch.Tensor, int]] = []  # (module path, input, its version when the call began)
+
+    def on_enter(module: nn.Module, args: Any) -> None:
+        versions.extend((names[module], t, t._version) for t in tensors(args))
+
     model.train()
     try:
         model(example)  # warm-up, so that the timed step does not pay first-call costs
     except Exception as exc:  # re-raised naming the innermost layer that was running
         raise layer_failure(model, "", tuple(example.shape), exc) from None
+    names = {m: p for p, m in model.named_modules()}
     calls = ModuleCalls(model, on_call)
     saved = SavedTensors(table, lambda: path_index[calls.current])
-    with calls, saved:
-        try:
+    entered = [m.register_forward_pre_hook(on_enter) for m in model.modules()]
+    try:
+        with calls, saved:
             model(example)
-        except Exception as exc:  # re-raised naming the innermost layer that was running
-            raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
+    except Exception as exc:  # re-raised naming the innermost layer that was running
+        raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
+    finally:
+        for handle in entered:
+            handle.remove()
     entries = saved.entries()
+    changed = {path for path, t, version in versions if t._version != version}  # an in-place op, then or later
     return _Profile(list(path_index), np.array(table.sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
-                    inputs, macs, seconds)
+                    inputs, changed, macs, seconds)
 
 
 def _within(path: str, members: list[str]) -> bool:
@@ -81,18 +93,22 @@ def _subtree_ends(paths: list[str]) -> list[int]:
 
 def module_problem(model: nn.Module, example: torch.Tensor) -> Problem:
     """Profile a training forward of ``model`` (a copy the caller gives away) per module; the candidate regions
-    are every called module and every run of 2+ children of a plain nn.Sequential."""
+    are every called module and every run of 2+ children of a plain nn.Sequential, except those whose input an
+    in-place op changes during or after them (the recomputation would start from the changed value)."""
     prof = _profile(model, example)
     regions: list[Region] = []
     members: list[list[str]] = []
     for path, module in model.named_modules():
         if path not in prof.inputs:
             continue
-        regions.append(Region(path, "module"))
-        members.append([path])
+        if path not in prof.changed:
+            regions.append(Region(path, "module"))
+            members.append([path])
         if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
             children = [f"{path}.{n}" if path else n for n, _ in module.named_children()]
             for start in range(len(children)):
+                if children[start] in prof.changed:
+                    continue
                 for stop in range(start + 2, len(children) + (0 if start == 0 else 1)):
                     regions.append(Region(path, "segment", start, stop))
                     members.append(children[start:stop])
