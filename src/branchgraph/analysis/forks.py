@@ -10,6 +10,7 @@ branches' contributions must equal that total (the identity is checked, not assu
 from __future__ import annotations
 
 import copy
+import operator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -67,19 +68,54 @@ def imbalance(norms: list[float]) -> float:
     return max(nonzero) / min(nonzero) if nonzero else 1.0
 
 
+def _is_tensor(node: fx.Node) -> bool:
+    return isinstance(node.meta.get("tensor_meta"), TensorMetadata)
+
+
+def _fork_tensor(gm: fx.GraphModule, block: Block) -> tuple[fx.Node, fx.Node | None] | None:
+    """(the tensor whose gradient the block's branches share, the split/chunk between it and them or None); None
+    where the fork is a tuple that comes from no tensor's split. A channel split's branches read slices of one
+    tensor: their contributions to its gradient are zero outside their slice, and still add up to it."""
+    fork = next(n for n in gm.graph.nodes if n.name == block.fork)
+    if _is_tensor(fork):
+        return fork, None
+    source = fork.args[0] if fork.args else None
+    if fork.op in ("call_function", "call_method") and isinstance(source, fx.Node) and _is_tensor(source) and (
+            _pieces(fork) is not None):
+        return source, fork
+    return None
+
+
+def _pieces(node: fx.Node) -> list[fx.Node] | None:
+    """The used getitem nodes of a node that splits a tensor into a tuple (split, chunk, unbind), else None."""
+    if _is_tensor(node) or not node.users or not all(
+            u.op == "call_function" and u.target is operator.getitem for u in node.users):
+        return None
+    return [u for u in node.users if u.users]
+
+
 def _uses(gm: fx.GraphModule, block: Block) -> list[tuple[fx.Node, str]]:
-    """(user node, branch name) for every use of the block's fork; uses outside the block are 'other'."""
-    nodes = {n.name: n for n in gm.graph.nodes}
+    """(user node, branch name) for every use of the block's fork tensor; uses outside the block are 'other'. Each
+    piece of a split of the tensor is a use of its own (its getitem node); where the block's branches start at
+    the split, they are named by the piece's index."""
+    found = _fork_tensor(gm, block)
+    assert found is not None, block.fork
+    tensor, split = found
     owner = {name: b.name for b in block.branches for name in b.nodes}
     identity = next((b.name for b in block.branches if not b.nodes), None)
-    uses = []
-    for user in nodes[block.fork].users:
+
+    def name(user: fx.Node) -> str:
         if user.name in owner:
-            uses.append((user, owner[user.name]))
-        elif user.name == block.join and identity is not None:
-            uses.append((user, identity))
+            return owner[user.name]
+        return identity if user.name == block.join and identity is not None else f"{block.name}.other"
+
+    uses = []
+    for user in tensor.users:
+        pieces = _pieces(user)
+        if pieces is None:
+            uses.append((user, name(user)))
         else:
-            uses.append((user, f"{block.name}.other"))
+            uses += [(p, f"{block.name}.{user.name}[{p.args[1]}]" if user is split else name(p)) for p in pieces]
     return uses
 
 
@@ -109,6 +145,12 @@ def _tapped(gm: fx.GraphModule, taps: dict[str, list[tuple[fx.Node, str]]], per_
             target = nodes[user.name]
             with new.graph.inserting_before(target):
                 tap = tap_node(fork, f"{fork_name}/{index}")
+                source = target.args[0] if target.target is operator.getitem else None
+                if isinstance(source, fx.Node) and source.args and source.args[0] is fork:  # a piece of a split:
+                    # this piece comes from a split of its own tapped copy
+                    piece = new.graph.node_copy(source, lambda a, f=fork, t=tap: t if a is f else a)
+                    target.replace_input_with(source, piece)
+                    continue
             target.replace_input_with(fork, tap)
     new.graph.lint()
     new.recompile()
@@ -131,10 +173,23 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
     if cap.graph_module is None:
         raise BranchgraphError(f"{type(model).__name__}: {cap.note}")
     gm = cap.graph_module
-    nodes = {n.name: n for n in gm.graph.nodes}
-    # forks that hold one tensor (a chunk's tuple is unpacked by getitem nodes, whose own forks are listed)
-    blocks = [b for b in find_blocks(gm) if isinstance(nodes[b.fork].meta.get("tensor_meta"), TensorMetadata)]
-    taps = {b.fork: _uses(gm, b) for b in blocks}  # the users of a fork; several blocks may share one
+    # forks that hold one tensor, or a split of one (its pieces are the uses); where several joins share a split
+    # (its pieces added and concatenated, as in Res2Net), the last join's block stands for them
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    blocks: list[tuple[Block, str]] = []
+    at_split: dict[str, int] = {}  # split node -> its block's index in ``blocks``
+    for block in find_blocks(gm):
+        found = _fork_tensor(gm, block)
+        if found is None:
+            continue
+        if found[1] is None:
+            blocks.append((block, found[0].name))
+        elif found[1].name not in at_split:
+            at_split[found[1].name] = len(blocks)
+            blocks.append((block, found[0].name))
+        elif order[block.join] > order[blocks[at_split[found[1].name]][0].join]:
+            blocks[at_split[found[1].name]] = (block, found[0].name)
+    taps = {fork: _uses(gm, b) for b, fork in blocks}  # the users of a fork; several blocks may share one
     generator = torch.Generator().manual_seed(seed)
     shape = next(n for n in gm.graph.nodes if n.op == "output").meta["tensor_meta"].shape  # the capture's eval run
     target = torch.randint(0, shape[1], (shape[0],), generator=generator) if len(shape) == 2 else None
@@ -148,18 +203,18 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
         recorded.append(store)
     totals, contributions = recorded
     reports = []
-    for block in blocks:
-        total = totals.get(f"{block.fork}/total")
+    for block, fork in blocks:
+        total = totals.get(f"{fork}/total")
         if total is None:
             continue  # no gradient reaches this fork (nothing before it requires grad)
-        parts = [(name, contributions.get(f"{block.fork}/{i}", torch.zeros_like(total)))
+        parts = [(name, contributions.get(f"{fork}/{i}", torch.zeros_like(total)))
                  for i, (_, name) in enumerate(_uses(gm, block))]
         norm = float(total.norm())
         summed = torch.stack([g for _, g in parts]).sum(0)
         denom = float(total.pow(2).sum()) or 1.0
         branches = [BranchGradient(name, float(g.norm()), float((g * total).sum()) / denom) for name, g in parts]
         reports.append(ForkGradients(
-            block.name, block.fork, norm, float((summed - total).norm()) / (norm or 1.0),
+            block.name, fork, norm, float((summed - total).norm()) / (norm or 1.0),
             imbalance([b.grad_norm for b in branches]), branches,
         ))
     return reports

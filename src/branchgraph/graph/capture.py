@@ -22,12 +22,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_ONE_VALUE = "Expected more than 1 value per channel when training"  # BatchNorm's error over N x 1 x 1 at N = 1
+
+
 def layer_failure(model: nn.Module, target: str, shape: tuple[int, ...], exc: BaseException) -> InputShapeError:
-    """An InputShapeError naming layer ``target`` (a module path) and its type."""
+    """An InputShapeError naming layer ``target`` (a module path) and its type; a BatchNorm given one value per
+    channel in training mode (batch 1 over a 1x1 map, as in SE and selective-kernel attention) blames the batch."""
     try:
         kind = type(model.get_submodule(target)).__name__ if target else type(model).__name__
     except AttributeError:
         kind = "function"
+    if _ONE_VALUE in str(exc) and shape:
+        return InputShapeError(
+            f"batch {shape[0]} is too small for {type(model).__name__} in training mode: layer "
+            f"'{target or '<top>'}' ({kind}) gets one value per channel (a 1x1 map at batch {shape[0]}), which "
+            "batch normalisation cannot normalise; use a batch of 2 or more", "batch")
     return InputShapeError(
         f"input of shape {list(shape)} does not fit {type(model).__name__}: layer '{target or '<top>'}' ({kind}) "
         f"failed: {_first_line(exc)}; give an input size the model accepts"

@@ -1,4 +1,5 @@
-"""Branch structure of a captured graph: forks (values used by several nodes), joins (cat, add), branches."""
+"""Branch structure of a captured graph: forks (values used by several nodes), joins (cat, add, and the products of
+gates such as squeeze-and-excitation's), branches."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from torch import fx
 from branchgraph.graph.capture import node_module
 
 JOIN_TARGETS = (torch.cat, torch.add, operator.add, operator.iadd, torch.stack)
+GATE_TARGETS = (torch.mul, operator.mul, operator.imul)  # a join where a branch of modules scales another path
+JOIN_METHODS = ("add", "add_")
+GATE_METHODS = ("mul", "mul_")
 
 
 @dataclass
@@ -37,8 +41,16 @@ def forks(graph: fx.Graph) -> list[fx.Node]:
     return [n for n in graph.nodes if len(n.users) > 1 and n.op != "output"]
 
 
+def _is_gate(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in GATE_TARGETS) or (
+        node.op == "call_method" and node.target in GATE_METHODS)
+
+
 def _join_inputs(node: fx.Node) -> list[fx.Node]:
-    if node.op != "call_function" or node.target not in JOIN_TARGETS:
+    if node.op == "call_method" and node.target in (*JOIN_METHODS, *GATE_METHODS):
+        inputs = [a for a in node.args[:2] if isinstance(a, fx.Node)]
+        return inputs if len(inputs) == 2 else []
+    if node.op != "call_function" or node.target not in (*JOIN_TARGETS, *GATE_TARGETS):
         return []
     first = node.args[0] if node.args else None
     candidates = list(first) if isinstance(first, list | tuple) else list(node.args[:2])
@@ -47,7 +59,7 @@ def _join_inputs(node: fx.Node) -> list[fx.Node]:
 
 
 def joins(graph: fx.Graph) -> list[fx.Node]:
-    """cat/stack/add nodes that combine two or more computed values."""
+    """cat/stack/add/mul nodes that combine two or more computed values."""
     return [n for n in graph.nodes if _join_inputs(n)]
 
 
@@ -85,7 +97,9 @@ def common_prefix(paths: list[str]) -> str:
 
 
 def find_blocks(gm: fx.GraphModule) -> list[Block]:
-    """Every join with the fork its inputs share and the nodes of each branch between the two."""
+    """Every join with the fork its inputs share and the nodes of each branch between the two. A product counts
+    as a join where a branch calls a module (a squeeze-and-excitation gate), not where it is elementwise
+    arithmetic (``x * sigmoid(x)``)."""
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     memo: dict[fx.Node, frozenset[fx.Node]] = {}
     blocks: list[Block] = []
@@ -100,6 +114,8 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
         shared = set.intersection(*raw) if len(raw) > 1 else set()
         branch_nodes = [sorted(r - shared, key=order.__getitem__) for r in raw]
         module_lists = [[str(n.target) for n in nodes if n.op == "call_module"] for nodes in branch_nodes]
+        if _is_gate(join) and not any(module_lists):
+            continue
         # The block is the module whose forward makes the join (an Inception block), else the join node.
         block_path = node_module(join)
         block_name = block_path or join.name

@@ -1,29 +1,168 @@
-"""``fold_bn``: fold eval-mode BatchNorm into the preceding conv (torch.fx's own conv-BN fusion)."""
+"""``fold_bn``: fold eval-mode BatchNorm into the conv (or linear layer) before it.
+
+Both forms a traced graph holds are folded: a BatchNorm module called as a leaf, and a functional
+``F.batch_norm`` reading a module's statistics, as BatchNorm+activation modules that subclass ``BatchNorm2d``
+(timm's ``BatchNormAct2d``) trace to. The weights are folded with ``torch.nn.utils.fusion`` (what torch.fx's own
+conv-BN fusion uses); every BatchNorm left alone is reported with the reason.
+"""
 
 from __future__ import annotations
 
-from torch import fx, nn
-from torch.fx.experimental.optimization import fuse
+import functools
+import inspect
+from collections import Counter
+from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from branchgraph.graph.capture import node_module
 from branchgraph.passes.base import check_mode, finish, start
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FUNCTIONAL = inspect.signature(F.batch_norm)
+_ATEN_ORDER = ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps")
+
+
+@dataclass
+class _Norm:
+    """One batch normalisation in the graph: its input node and where its statistics and affine terms live
+    (get_attr targets, or None where absent), or why it cannot be read."""
+
+    node: fx.Node
+    name: str
+    source: fx.Node | None = None
+    targets: dict[str, str | None] | None = None
+    eps: float = 1e-5
+    problem: str | None = None
+
+
+def _module_norm(gm: fx.GraphModule, node: fx.Node) -> _Norm | None:
+    module = gm.get_submodule(str(node.target))
+    if not isinstance(module, _BatchNorm):
+        return None
+    norm = _Norm(node, str(node.target), node.args[0] if node.args else None, eps=module.eps)
+    if type(module).forward is not _BatchNorm.forward:
+        norm.problem = f"{type(module).__name__}'s forward does more than batch normalisation (traced as one layer)"
+    elif module.running_mean is None or module.running_var is None:
+        norm.problem = "it tracks no running statistics"
+    else:
+        prefix = str(node.target)
+        norm.targets = {key: f"{prefix}.{key}" if getattr(module, key) is not None else None
+                        for key in ("running_mean", "running_var", "weight", "bias")}
+    return norm
+
+
+def _functional_norm(node: fx.Node) -> _Norm | None:
+    if node.target is F.batch_norm:
+        bound = _FUNCTIONAL.bind(*node.args, **node.kwargs)
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+    elif node.target is torch.batch_norm:
+        args = dict(zip(_ATEN_ORDER, node.args, strict=False)) | dict(node.kwargs)
+    else:
+        return None
+    norm = _Norm(node, node_module(node) or node.name, args["input"], eps=float(args.get("eps", 1e-5)))
+    targets: dict[str, str | None] = {}
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        value = args.get(key)
+        if isinstance(value, fx.Node) and value.op == "get_attr":
+            targets[key] = str(value.target)
+        elif value is None and key in ("weight", "bias"):
+            targets[key] = None
+        else:
+            norm.problem = f"its {key} is not a module's tensor"
+            return norm
+    if args.get("training") is not False:
+        norm.problem = "it normalises with batch statistics (training=True in the traced call)"
+    else:
+        norm.targets = targets
+    return norm
+
+
+def _attr(gm: fx.GraphModule, target: str | None) -> torch.Tensor | None:
+    return None if target is None else functools.reduce(getattr, target.split("."), gm)
+
+
+def _why_not(gm: fx.GraphModule, norm: _Norm, calls: Counter[str]) -> str | None:
+    """Why ``norm`` cannot be folded into the layer before it, or None if it can."""
+    if norm.problem is not None:
+        return norm.problem
+    source = norm.source
+    if not isinstance(source, fx.Node) or source.op != "call_module":
+        what = "the graph input" if isinstance(source, fx.Node) and source.op == "placeholder" else (
+            f"'{source.name}'" if isinstance(source, fx.Node) else "a constant")
+        return f"its input is {what}, not a conv's output (BatchNorm before its conv cannot be folded)"
+    layer = gm.get_submodule(str(source.target))
+    if not isinstance(layer, (*_CONVS, nn.Linear)):
+        return f"its input comes from {source.target} ({type(layer).__name__}), not a conv"
+    if calls[str(source.target)] > 1:
+        return f"{source.target} is called {calls[str(source.target)]} times"
+    if len(source.users) > 1:
+        return f"{source.target}'s output has other users"
+    return None
+
+
+def _fold(gm: fx.GraphModule, norm: _Norm) -> None:
+    """Fold ``norm``'s statistics into the layer before it and route the norm's users to that layer."""
+    assert norm.source is not None and norm.targets is not None
+    layer = gm.get_submodule(str(norm.source.target))
+    mean, var, weight, bias = (_attr(gm, norm.targets[k]) for k in ("running_mean", "running_var", "weight", "bias"))
+    assert mean is not None and var is not None
+    if weight is None:
+        weight = torch.ones_like(mean)
+    if bias is None:
+        bias = torch.zeros_like(mean)
+    if isinstance(layer, nn.Linear):
+        layer.weight, layer.bias = fuse_linear_bn_weights(layer.weight, layer.bias, mean, var, norm.eps, weight, bias)
+    else:
+        layer.weight, layer.bias = fuse_conv_bn_weights(layer.weight, layer.bias, mean, var, norm.eps, weight, bias)
+    norm.node.replace_all_uses_with(norm.source)
+    gm.graph.erase_node(norm.node)
+
+
+def _drop_unread(gm: fx.GraphModule, targets: set[str]) -> None:
+    """Unset the folded statistics and affine terms no node reads any more (a BatchNorm+activation module stays,
+    as its activation still runs, but its BatchNorm tensors go)."""
+    read = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    for target in targets - read:
+        owner, _, name = target.rpartition(".")
+        module = gm.get_submodule(owner)
+        if isinstance(module, _BatchNorm):  # a BatchNorm module (its forward reads them): unset
+            setattr(module, name, None)
+        elif name in module._parameters or name in module._buffers:  # fx's holder of traced tensors: remove
+            delattr(module, name)
 
 
 def fold_bn(gm: fx.GraphModule, *, mode: str = "eval", inplace: bool = False) -> fx.GraphModule:
-    """In eval mode, replace conv -> BatchNorm by one conv with folded weights; skipped in training mode,
-    where BatchNorm normalises with batch statistics and cannot be folded. fx's fusion already leaves a conv
-    alone when its output has other users or its BN tracks no running statistics."""
+    """In eval mode, fold each BatchNorm (a module, or functional ``batch_norm`` on a module's statistics) into
+    the conv or linear layer before it; skipped in training mode, where BatchNorm normalises with batch
+    statistics. A BatchNorm is kept, with the reason in the report, when its input is no conv's output (a
+    pre-activation BatchNorm before its conv), that conv's output has other users or the conv runs twice, or it
+    keeps no running statistics."""
     check_mode(mode)
     gm, report = start(gm, "fold_bn", inplace)
-    bns = [str(n.target) for n in gm.graph.nodes
-           if n.op == "call_module" and isinstance(gm.get_submodule(str(n.target)), nn.BatchNorm2d)]
+    norms = [found for n in gm.graph.nodes
+             if (found := _module_norm(gm, n) if n.op == "call_module" else
+                 _functional_norm(n) if n.op == "call_function" else None) is not None]
     if mode == "train":
-        report.skipped.append(f"{len(bns)} BatchNorm layers kept: training mode uses batch statistics")
+        report.skipped.append(f"{len(norms)} BatchNorm layers kept: training mode uses batch statistics")
         return finish(gm, report)
     gm.eval()
-    fused = fuse(gm, inplace=True, no_trace=True)
-    left = {str(n.target) for n in fused.graph.nodes if n.op == "call_module"}
-    report.changed += [f"folded {name} into its conv" for name in bns if name not in left]
-    report.skipped += [f"kept {name}: its conv has other users or it has no running stats" for name in bns
-                       if name in left]
-    fused.meta.update(gm.meta)
-    return finish(fused, report)
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+    folded: set[str] = set()
+    for norm in norms:
+        reason = _why_not(gm, norm, calls)
+        if reason is not None:
+            report.skipped.append(f"kept {norm.name}: {reason}")
+            continue
+        assert norm.source is not None and norm.targets is not None
+        _fold(gm, norm)
+        folded.update(t for t in norm.targets.values() if t is not None)
+        report.changed.append(f"folded {norm.name} into {norm.source.target}")
+    gm.graph.eliminate_dead_code()
+    _drop_unread(gm, folded)
+    return finish(gm, report)
