@@ -98,6 +98,9 @@ class CheckpointPlan:
             lines.append(f"measured peak {self.measured_peak_bytes / MIB:.1f} MiB "
                          f"({self.measured_peak_bytes / self.plain_measured_peak_bytes:.1%} of plain's "
                          f"{self.plain_measured_peak_bytes / MIB:.1f} MiB)")
+        if self.grad_change is not None:
+            lines.append(f"verified: a float64 training step of the planned model gives the plain model's parameter "
+                         f"gradients within {self.grad_change:.1e} (relative)")
         if self.lossy is not None:
             lines.append(f"lossy: saved activations kept in {self.lossy}; parameter gradients change by "
                          f"{self.lossy_grad_error:.2e} relative in float64 (tolerance {lossy.TOLERANCE:g})")
