@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-portable test-slow lint bench setup data graphviz clean
+.PHONY: demo test test-portable test-slow test-zoo lint bench setup data graphviz clean
 
 demo: setup data graphviz
 	$(BIN)/branchgraph train --preset fast
@@ -27,6 +27,13 @@ test-portable: setup data graphviz
 
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
+
+# Not part of `make test`: summary, optimize, branches and memory over 15 timm models, one table row per model
+# (benchmarks/zoo.py; about 15-25 minutes). ZOO_PYTHON needs timm, with a torchvision built for its torch, and
+# branchgraph installed (pip install -e '.[timm]').
+ZOO_PYTHON ?= $(BIN)/python
+test-zoo: setup
+	$(ZOO_PYTHON) benchmarks/zoo.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -4,7 +4,7 @@ bfloat16 (half of float32's bytes, a quarter of float64's) and widened again whe
 Off by default and labelled lossy everywhere it appears: a bf16 copy keeps 8 of float32's 24 significand bits, so
 the gradients that read a saved activation (a convolution's or linear layer's weight gradient, BatchNorm's) change
 by up to about 2^-9 relative per element. Gradients with respect to inputs that only read weights, masks or indices
-stay exact. ``measure.grad_error`` measures the change in float64 against the exact gradients, and ``plan`` refuses a
+stay exact. ``verify.grad_error`` measures the change in float64 against the exact gradients, and ``plan`` refuses a
 model where it exceeds ``TOLERANCE``.
 
 Only activations are narrowed (floating tensors with a ``grad_fn``, not views of a leaf): parameters, buffers and

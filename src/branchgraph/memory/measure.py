@@ -90,25 +90,3 @@ def table(results: list[VariantResult]) -> str:
         lines.append(f"{r.name:<24} {d['forward_mib']:>9.1f} {d['forward_vs_plain']:>8.1%} {d['peak_mib']:>9.1f} "
                      f"{d['peak_vs_plain']:>8.1%} {timing}")
     return "\n".join(lines)
-
-
-def grad_error(plain: nn.Module, planned: nn.Module, example: torch.Tensor) -> float:
-    """The relative change ||g_planned - g|| / ||g|| of all parameter gradients together, in float64, of one
-    training step of ``planned`` (a checkpointed copy of ``plain``) against ``plain`` on ``example`` (both run
-    on copies, same RNG state). The loss is a fixed random projection of the outputs: their plain sum
-    has zero gradient through BatchNorm, which would leave only rounding to compare."""
-    grads = []
-    devices = [example.device] if example.device.type == "cuda" else []
-    for net in (plain, planned):
-        model = copy.deepcopy(net).double().train()
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(0)
-            outs = model(example.double())
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            generator = torch.Generator().manual_seed(1)
-            sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)).sum()
-                for t in outs).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    exact, found = grads
-    scale = float(exact.norm())
-    return float((found - exact).norm()) / scale if scale else float((found - exact).norm())

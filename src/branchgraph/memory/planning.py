@@ -14,10 +14,9 @@ keys do not change: the model (or, for module regions, a submodule) only changes
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,9 +28,10 @@ from torch.utils.checkpoint import checkpoint
 from branchgraph.errors import ConfigError
 from branchgraph.memory import graph_regions, graph_runtime, lossy, module_regions
 from branchgraph.memory.budget import MIB, parse_budget
-from branchgraph.memory.measure import grad_error, step_memory
+from branchgraph.memory.measure import step_memory
 from branchgraph.memory.planner import Planner
 from branchgraph.memory.problem import Problem, Region, Saves
+from branchgraph.memory.verify import grad_error, step_failure, verify_plan
 from branchgraph.timing import time_interleaved
 
 COSTS = ("time", "macs")
@@ -147,48 +147,21 @@ def traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Probl
 
 
 LOSSY_CHECK = 8  # samples of the example batch the float64 gradient check of lossy saves runs on
-VERIFY = 2  # samples of the example batch every exact plan's float64 gradient check runs on (BatchNorm needs 2)
-EXACT = 1e-9  # an exact plan's parameter gradients may differ from plain's by this much, relative (float64: the
-# recomputation runs the same operators on the same values; only the order of a few sums may differ)
 MEASURED = 8  # plans measured at most for a peak budget, cheapest first
 WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor of the budget (predictions of
 # googlenet-d2l's plans ran up to 60 % above the measured peaks, and up to 12 % below on smaller nets)
+
+
+def _names(result: CheckpointPlan | None) -> list[str] | None:
+    return None if result is None else [r.name for r in result.regions]
 
 
 def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPlan | None) -> int | None:
     """The heap peak of one training step of ``model`` with the plan (None: plain), or None where the heap
     cannot be read."""
     net = model if result is None else apply_plan(copy.deepcopy(model), result)  # step_memory runs a copy
-    with torch.random.fork_rng(devices=[]), _step_failure(model, result):
+    with torch.random.fork_rng(devices=[]), step_failure(model, _names(result)):
         return step_memory(net, example).peak_bytes
-
-
-@contextlib.contextmanager
-def _step_failure(model: nn.Module, result: CheckpointPlan | None) -> Iterator[None]:
-    """A planned training step that raises becomes a one-line ConfigError naming the plan's regions (a plan that
-    cannot run is never returned); the plain model's own failures pass through."""
-    try:
-        yield
-    except (RuntimeError, TypeError, ValueError) as exc:
-        if result is None:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        names = ", ".join(r.name for r in result.regions) or "none"
-        raise ConfigError(f"the checkpoint plan for {type(model).__name__} fails in training ({first}); regions: "
-                          f"{names}. Plan without saving ops (--no-saving-ops) or with another budget") from None
-
-
-def verify_plan(model: nn.Module, planned: nn.Module, example: torch.Tensor, result: CheckpointPlan) -> float:
-    """Check an exact plan before it is returned: one float64 training step of ``planned`` on the first VERIFY
-    samples gives ``model``'s parameter gradients within EXACT, relative. Returns the relative change; raises
-    ConfigError where the step fails or differs."""
-    with _step_failure(model, result):
-        change = grad_error(model, planned, example[:VERIFY] if len(example) > VERIFY else example)
-    if not change <= EXACT:
-        raise ConfigError(f"the checkpoint plan for {type(model).__name__} changes its parameter gradients by "
-                          f"{change:.2e} relative (float64; an exact plan may change them by {EXACT:g}): plan "
-                          "without saving ops (--no-saving-ops) or with another budget")
-    return change
 
 
 def plan(
@@ -280,10 +253,10 @@ def plan(
                            plain_measured or plain_peak)
     checked = apply_plan(copy.deepcopy(model), result)
     if lossy_saves is None:
-        result.grad_change = (verify_plan(model, checked, example, result) if result.regions or result.saving_ops
-                              else 0.0)
+        exact = result.regions or result.saving_ops
+        result.grad_change = verify_plan(model, checked, example, _names(result) or []) if exact else 0.0
     else:
-        with _step_failure(model, result):
+        with step_failure(model, _names(result)):
             result.lossy_grad_error = grad_error(model, checked, example[:LOSSY_CHECK])
         if not result.lossy_grad_error <= lossy.TOLERANCE:
             raise ConfigError(f"lossy {lossy_saves} saves change {type(model).__name__}'s parameter gradients by "
