@@ -166,7 +166,8 @@ class InceptionV3Like(nn.Module):
 
 class BatchNormAct2d(nn.BatchNorm2d):
     """BatchNorm then its activation in one module, a ``BatchNorm2d`` subclass (timm's ``BatchNormAct2d``: the
-    functional batch norm, an identity where its dropout would be, then the activation in place)."""
+    input's rank asserted, the functional batch norm, an identity where its dropout would be, then the activation
+    in place)."""
 
     def __init__(self, channels: int, act: type[nn.Module] = nn.ReLU) -> None:
         super().__init__(channels)
@@ -174,6 +175,7 @@ class BatchNormAct2d(nn.BatchNorm2d):
         self.act = act(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.ndim == 4, f"expected a 4-D input, got {x.ndim}-D")
         if self.training and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,

@@ -101,9 +101,18 @@ def _why_not(gm: fx.GraphModule, norm: _Norm, calls: Counter[str]) -> str | None
         return f"its input comes from {source.target} ({type(layer).__name__}), not a conv"
     if calls[str(source.target)] > 1:
         return f"{source.target} is called {calls[str(source.target)]} times"
-    if len(source.users) > 1:
+    if any(u is not norm.node and not _reads_metadata(u) for u in source.users):
         return f"{source.target}'s output has other users"
     return None
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    """Whether ``node`` reads only its input's shape, rank, type or device (``assert x.ndim == 4`` before a
+    BatchNorm), which folding leaves as they are."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    return node.op == "call_function" and node.target is getattr and node.args[1] in ("ndim", "shape", "dtype",
+                                                                                       "device")
 
 
 def _fold(gm: fx.GraphModule, norm: _Norm) -> None:
@@ -152,7 +161,7 @@ def fold_bn(gm: fx.GraphModule, *, mode: str = "eval", inplace: bool = False) ->
         report.skipped.append(f"{len(norms)} BatchNorm layers kept: training mode uses batch statistics")
         return finish(gm, report)
     gm.eval()
-    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")
+    calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")  # a conv run twice stays
     folded: set[str] = set()
     for norm in norms:
         reason = _why_not(gm, norm, calls)
