@@ -69,10 +69,41 @@ def test_fold_bn_folds_a_batchnorm_subclass_with_an_activation_and_says_why_it_k
 
     dense = DenseNetLike().eval()
     report = reports(fold_bn(fx.symbolic_trace(dense)))[-1]
-    pre_activation = [s for s in report.skipped if "BatchNorm before its conv" in s]
+    pre_activation = [s for s in report.skipped if "pre-activation BatchNorm, before its conv" in s]
     assert len(pre_activation) == len(report.skipped) >= 6  # every layer's norm1, transitions, norm5
-    assert any(s.startswith("kept blocks.0.0.norm1: its input is 'cat'") for s in report.skipped)
+    assert any(s.startswith("kept blocks.0.0.norm1: its input concatenates more than conv outputs")
+               for s in report.skipped)
     assert report.changed  # the stem's and each layer's norm2 follow a conv
+
+
+class MixedConv(nn.Module):
+    """MixNet's mixed depthwise conv (Tan & Le 2019): channel groups convolved with different kernels,
+    concatenated, then one BatchNorm+activation over all of them."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(channels // 2, channels // 2, k, padding=k // 2, groups=channels // 2,
+                                             bias=False) for k in (3, 5))
+        self.bn = BatchNormAct2d(channels)
+        self.head = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = torch.split(x, [4, 4], 1)
+        return self.head(self.bn(torch.cat([conv(pieces[i]) for i, conv in enumerate(self.convs)], 1)))
+
+
+def test_fold_bn_folds_a_batchnorm_after_a_concatenation_of_convs_slice_by_slice() -> None:
+    """A BatchNorm over the concatenated outputs of several convs folds each channel slice into its conv."""
+    torch.manual_seed(0)
+    model = MixedConv().eval()
+    for name, buffer in model.bn.named_buffers():  # statistics that differ per channel
+        if name.startswith("running"):
+            buffer.copy_(torch.rand_like(buffer) + 0.5)
+    folded = fold_bn(fx.symbolic_trace(model))
+    assert reports(folded)[-1].changed == ["folded bn into convs.0, convs.1"]
+    assert not any(n.op == "call_function" and "batch_norm" in str(n.target) for n in folded.graph.nodes)
+    x = torch.randn(2, 8, 12, 12)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("net", [DenseNetLike, EfficientNetLike, Res2NetLike, SKNetLike])

@@ -87,23 +87,45 @@ def _attr(gm: fx.GraphModule, target: str | None) -> torch.Tensor | None:
     return None if target is None else functools.reduce(getattr, target.split("."), gm)
 
 
-def _why_not(gm: fx.GraphModule, norm: _Norm, calls: Counter[str]) -> str | None:
-    """Why ``norm`` cannot be folded into the layer before it, or None if it can."""
-    if norm.problem is not None:
-        return norm.problem
-    source = norm.source
-    if not isinstance(source, fx.Node) or source.op != "call_module":
-        what = "the graph input" if isinstance(source, fx.Node) and source.op == "placeholder" else (
-            f"'{source.name}'" if isinstance(source, fx.Node) else "a constant")
-        return f"its input is {what}, not a conv's output (BatchNorm before its conv cannot be folded)"
-    layer = gm.get_submodule(str(source.target))
+def _only_user(node: fx.Node, user: fx.Node) -> bool:
+    return all(u is user or _reads_metadata(u) for u in node.users)
+
+
+def _layer(gm: fx.GraphModule, node: fx.Node, user: fx.Node, calls: Counter[str]) -> str | None:
+    """Why the output of ``node`` cannot take ``user``'s BatchNorm folded in, or None if it can (a conv or linear
+    layer called once, whose output only ``user`` reads)."""
+    if node.op != "call_module":
+        what = "the graph input" if node.op == "placeholder" else f"'{node.name}'"
+        return f"{what} is no conv's output"
+    layer = gm.get_submodule(str(node.target))
     if not isinstance(layer, (*_CONVS, nn.Linear)):
-        return f"its input comes from {source.target} ({type(layer).__name__}), not a conv"
-    if calls[str(source.target)] > 1:
-        return f"{source.target} is called {calls[str(source.target)]} times"
-    if any(u is not norm.node and not _reads_metadata(u) for u in source.users):
-        return f"{source.target}'s output has other users"
+        return f"{node.target} ({type(layer).__name__}) is no conv"
+    if calls[str(node.target)] > 1:
+        return f"{node.target} is called {calls[str(node.target)]} times"
+    if not _only_user(node, user):
+        return f"{node.target}'s output has other users"
     return None
+
+
+def _targets(gm: fx.GraphModule, norm: _Norm, calls: Counter[str]) -> tuple[list[fx.Node], str | None]:
+    """The layers ``norm`` folds into (one, or the convs whose outputs a channel concatenation joins, as in
+    MixNet's mixed kernels), or why it cannot be folded."""
+    if norm.problem is not None:
+        return [], norm.problem
+    source = norm.source
+    if not isinstance(source, fx.Node):
+        return [], "its input is a constant"
+    parts = source.args[0] if source.op == "call_function" and source.target is torch.cat else None
+    dim = source.args[1] if len(source.args) > 1 else source.kwargs.get("dim", 0)
+    if isinstance(parts, list | tuple) and dim in (1, -3) and _only_user(source, norm.node):
+        problems = [p for p in (_layer(gm, part, source, calls) if isinstance(part, fx.Node) else "a constant"
+                                for part in parts) if p]
+        if not problems:
+            return list(parts), None
+        return [], (f"its input concatenates more than conv outputs ({problems[0]}): a pre-activation BatchNorm, "
+                    "before its conv, cannot be folded")
+    reason = _layer(gm, source, norm.node, calls)
+    return ([], f"its input: {reason}") if reason else ([source], None)
 
 
 def _reads_metadata(node: fx.Node) -> bool:
@@ -115,20 +137,22 @@ def _reads_metadata(node: fx.Node) -> bool:
                                                                                        "device")
 
 
-def _fold(gm: fx.GraphModule, norm: _Norm) -> None:
-    """Fold ``norm``'s statistics into the layer before it and route the norm's users to that layer."""
+def _fold(gm: fx.GraphModule, norm: _Norm, layers: list[fx.Node]) -> None:
+    """Fold ``norm``'s statistics into ``layers`` (each its slice of the channels, in order) and route the
+    norm's users to its input."""
     assert norm.source is not None and norm.targets is not None
-    layer = gm.get_submodule(str(norm.source.target))
     mean, var, weight, bias = (_attr(gm, norm.targets[k]) for k in ("running_mean", "running_var", "weight", "bias"))
     assert mean is not None and var is not None
-    if weight is None:
-        weight = torch.ones_like(mean)
-    if bias is None:
-        bias = torch.zeros_like(mean)
-    if isinstance(layer, nn.Linear):
-        layer.weight, layer.bias = fuse_linear_bn_weights(layer.weight, layer.bias, mean, var, norm.eps, weight, bias)
-    else:
-        layer.weight, layer.bias = fuse_conv_bn_weights(layer.weight, layer.bias, mean, var, norm.eps, weight, bias)
+    weight = torch.ones_like(mean) if weight is None else weight
+    bias = torch.zeros_like(mean) if bias is None else bias
+    start = 0
+    for node in layers:
+        layer = gm.get_submodule(str(node.target))
+        part = slice(start, start + layer.weight.shape[0])
+        start = part.stop
+        fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
+        layer.weight, layer.bias = fuse(layer.weight, layer.bias, mean[part], var[part], norm.eps, weight[part],
+                                        bias[part])
     norm.node.replace_all_uses_with(norm.source)
     gm.graph.erase_node(norm.node)
 
@@ -149,9 +173,9 @@ def _drop_unread(gm: fx.GraphModule, targets: set[str]) -> None:
 def fold_bn(gm: fx.GraphModule, *, mode: str = "eval", inplace: bool = False) -> fx.GraphModule:
     """In eval mode, fold each BatchNorm (a module, or functional ``batch_norm`` on a module's statistics) into
     the conv or linear layer before it; skipped in training mode, where BatchNorm normalises with batch
-    statistics. A BatchNorm is kept, with the reason in the report, when its input is no conv's output (a
-    pre-activation BatchNorm before its conv), that conv's output has other users or the conv runs twice, or it
-    keeps no running statistics."""
+    statistics. A BatchNorm after a channel concatenation of convs folds each slice into its conv. A BatchNorm is
+    kept, with the reason in the report, when its input is no conv's output (a pre-activation BatchNorm before its
+    conv), that conv's output has other users or the conv runs twice, or it keeps no running statistics."""
     check_mode(mode)
     gm, report = start(gm, "fold_bn", inplace)
     norms = [found for n in gm.graph.nodes
@@ -164,14 +188,14 @@ def fold_bn(gm: fx.GraphModule, *, mode: str = "eval", inplace: bool = False) ->
     calls = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_module")  # a conv run twice stays
     folded: set[str] = set()
     for norm in norms:
-        reason = _why_not(gm, norm, calls)
+        layers, reason = _targets(gm, norm, calls)
         if reason is not None:
             report.skipped.append(f"kept {norm.name}: {reason}")
             continue
-        assert norm.source is not None and norm.targets is not None
-        _fold(gm, norm)
+        assert norm.targets is not None
+        _fold(gm, norm, layers)
         folded.update(t for t in norm.targets.values() if t is not None)
-        report.changed.append(f"folded {norm.name} into {norm.source.target}")
+        report.changed.append(f"folded {norm.name} into {', '.join(str(n.target) for n in layers)}")
     gm.graph.eliminate_dead_code()
     _drop_unread(gm, folded)
     return finish(gm, report)
