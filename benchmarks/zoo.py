@@ -77,6 +77,7 @@ def main() -> int:
     parser.add_argument("--commands", default=",".join(COMMANDS), help="comma-separated, of " + ", ".join(COMMANDS))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per command (default 600)")
     parser.add_argument("--json", type=Path, help="also write every command's result to this file")
+    parser.add_argument("--no-results", action="store_true", help="do not write docs/results/zoo-<isa>.{json,md}")
     args = parser.parse_args()
     try:
         import timm  # noqa: F401
@@ -94,6 +95,7 @@ def main() -> int:
     print("| model | " + " | ".join(commands) + " |")
     print("|---|" + "---|" * len(commands))
     results: dict[str, dict[str, Any]] = {}
+    rows: list[list[str]] = []
     failures = []
     for model in models:
         size = sizes.get(model, "3,224,224")
@@ -110,8 +112,17 @@ def main() -> int:
             results.setdefault(model, {})[command] = {"ok": not problem, "problem": problem, "seconds": seconds,
                                                       "result": data}
         print(f"| {model} | " + " | ".join(cells) + " |", flush=True)
+        rows.append([model, *cells])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if not args.no_results:
+        from results import write
+
+        summary = {m: {c: {k: v for k, v in r.items() if k != "result"} for c, r in found.items()}
+                   for m, found in results.items()}
+        page = write("zoo", "timm models through summary, optimize, branches and memory", "make test-zoo",
+                     ["model", *commands], rows, summary)
+        print(f"results: {page}")
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     print(f"{len(models)} models x {len(commands)} commands: {len(failures)} failed")

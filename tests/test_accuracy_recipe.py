@@ -11,7 +11,7 @@ import torch
 
 from branchgraph.data.fashion_mnist import Preprocess, random_erase
 from branchgraph.errors import ConfigError
-from branchgraph.train import build_config, evaluate_checkpoint, train
+from branchgraph.training import build_config, evaluate_checkpoint, train
 from tests.conftest import run_cli
 
 

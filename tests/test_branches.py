@@ -11,7 +11,7 @@ import torch
 import branchgraph as bg
 from branchgraph.errors import ConfigError
 from branchgraph.models import Inception, model_info
-from branchgraph.train.run_state import CHECKPOINT_NAME, load_checkpoint
+from branchgraph.training.run_state import CHECKPOINT_NAME, load_checkpoint
 from tests.conftest import run_cli
 
 
@@ -49,7 +49,7 @@ def test_gates_are_trained_saved_and_restored_and_branch_stats_leave_training_un
         tmp_path: Path, data_dir: Path) -> None:
     """A gated run with --branch-stats: the gates learn and are checkpointed, the statistics are written (jsonl,
     epoch metrics, heatmap, gate values), and the run's losses equal those of the same run without statistics."""
-    from branchgraph.train import build_config, train
+    from branchgraph.training import build_config, train
 
     args = {"model_kwargs": {"gates": True}, "epochs": 1, "limit": 256, "batch_size": 64, "val_size": 64,
             "out_dir": str(tmp_path)}
@@ -155,7 +155,7 @@ def test_branch_stats_through_reversible_and_checkpointed_blocks() -> None:
 
 
 def test_branch_stats_need_an_inception_model(tmp_path: Path, data_dir: Path) -> None:
-    from branchgraph.train import TrainConfig
+    from branchgraph.training import TrainConfig
 
     r = run_cli("train", "--model", "resnet32", "--limit", "128", "--branch-stats", "--out-dir", str(tmp_path))
     assert r.returncode == 2 and "no Inception blocks" in r.stderr and "Traceback" not in r.stderr

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from branchgraph.errors import CheckpointError
-from branchgraph.train.run_state import atomic_write_bytes, load_checkpoint, save_checkpoint
+from branchgraph.training.run_state import atomic_write_bytes, load_checkpoint, save_checkpoint
 
 
 def test_crash_before_rename_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

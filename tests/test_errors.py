@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from branchgraph.errors import ConfigError
-from branchgraph.train import build_config
+from branchgraph.training import build_config
 from tests.conftest import REPO, run_cli
 
 CLI = ("cli.py", "commands.py", "__main__.py")  # the command line names its flags; the library does not

@@ -13,7 +13,7 @@ from benchmarks.foreign_nets import BatchNormAct2d, DenseNetLike, EfficientNetLi
 from torch import fx, nn
 
 from branchgraph.analysis import fork_gradients
-from branchgraph.graph.capture import capture
+from branchgraph.graph.tracing import capture
 from branchgraph.passes import fold_bn, optimize
 from branchgraph.passes.base import reports
 from tests.conftest import run_cli

@@ -12,7 +12,7 @@ import pytest
 
 from branchgraph.errors import ConfigError
 from branchgraph.heap import CAN_KEEP, apply_heap_policy, heap_in_use
-from branchgraph.train.config import TrainConfig
+from branchgraph.training.config import TrainConfig
 from tests.conftest import run_cli
 
 CHILD = r"""

@@ -12,7 +12,7 @@ from torch import nn
 import branchgraph as bg
 from branchgraph.graph import capture
 from branchgraph.passes import prune_channels, reports
-from branchgraph.train import build_config, train
+from branchgraph.training import build_config, train
 from tests.conftest import run_cli
 
 

@@ -14,7 +14,7 @@ from torch import nn
 import branchgraph as bg
 from branchgraph import summary
 from branchgraph.graph import heap_in_use
-from branchgraph.graph.summary import Summary, compare_rows, render_compare
+from branchgraph.graph.tables import Summary, compare_rows, render_compare
 from tests.conftest import run_cli
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
-from branchgraph.train import build_config, evaluate_checkpoint, resume, train
-from branchgraph.train import trainer as trainer_module
-from branchgraph.train.trainer import Trainer
+from branchgraph.training import build_config, evaluate_checkpoint, resume, train
+from branchgraph.training import trainer as trainer_module
+from branchgraph.training.trainer import Trainer
 from tests.conftest import REPO, run_cli
 
 TINY = {"model_kwargs": {"width": 0.25}, "limit": 256, "batch_size": 64, "epochs": 2, "val_size": 1000}

@@ -17,9 +17,9 @@ from branchgraph import tune as tune_module
 from branchgraph.errors import ConfigError
 from branchgraph.models import create_model
 from branchgraph.passes import optimize
-from branchgraph.train import build_config
-from branchgraph.train.distributed import DistInfo
-from branchgraph.train.setup import tune_precision
+from branchgraph.training import build_config
+from branchgraph.training.distributed import DistInfo
+from branchgraph.training.setup import tune_precision
 from branchgraph.tune import CACHE_NAME, Candidate, candidates, tune
 from tests.conftest import run_cli
 
@@ -177,7 +177,7 @@ def test_cli_optimize_and_bench_tune(tmp_path: Path) -> None:
 
 
 def test_step_gflop_counts_forward_and_backward() -> None:
-    from branchgraph.bench import step_gflop
+    from branchgraph.benchmark import step_gflop
     from branchgraph.graph import measure
 
     model = TimmStyleInception()

@@ -1,21 +1,110 @@
-"""The top-level Python API: analyses that take a registry name or model spec as well as a module."""
+"""The top-level Python API: every entry point takes a module, a registry name or a model spec
+(``package.module:factory``, ``file.py:factory``, ``timm:NAME``) with ``input_size`` (C, H, W; required where the
+registry does not know it) and ``model_kwargs`` (options of the model's factory)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from branchgraph.graph import summary as graph_summary
-from branchgraph.graph.summary import Summary
+from branchgraph.example import example_for
 from branchgraph.models.registry import resolve_model
 
+if TYPE_CHECKING:  # the packages behind each entry point are imported when it is called (a light `import`)
+    from branchgraph.analysis.forks import ForkGradients
+    from branchgraph.benchmark import BenchResult
+    from branchgraph.graph.tables import Summary
+    from branchgraph.memory.planning import CheckpointPlan
+    from branchgraph.passes.pipeline import OptimizeReport
+    from branchgraph.training.config import TrainConfig
+    from branchgraph.training.trainer import TrainResult
 
-def summary(
-    model: nn.Module | str, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
-    model_kwargs: dict[str, Any] | None = None,
-) -> Summary:
-    """``branchgraph.graph.summary`` of ``model``: a registry name, model spec (``model_kwargs`` for its factory)
-    or module; ``input_size`` is required where the registry does not know it."""
+Model = nn.Module | str
+
+
+def _resolve(model: Model, input_size: tuple[int, ...] | None, model_kwargs: dict[str, Any] | None,
+             seed: int) -> tuple[str, nn.Module, tuple[int, ...], int | None]:
+    """(name, module, input size, classes) of ``model``; a name's weights are drawn after seeding with ``seed``."""
+    if isinstance(model, str):
+        torch.manual_seed(seed)
+    return resolve_model(model, input_size, model_kwargs)
+
+
+def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
+            model_kwargs: dict[str, Any] | None = None) -> Summary:
+    """Per module and per branch: output shape, parameters, forward and backward MACs, the bytes autograd saved
+    for backward in a measured training step, and the step's peak."""
+    from branchgraph.graph.tables import summary as summarise
+
     name, module, size, _ = resolve_model(model, input_size, model_kwargs)
-    return graph_summary(module, size, batch, seed, name)
+    return summarise(module, size, batch, seed, name)
+
+
+def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes: list[str] | None = None,
+             mode: str = "eval", batch: int = 2, seed: int = 0, model_kwargs: dict[str, Any] | None = None,
+             verify: bool = True) -> tuple[nn.Module, OptimizeReport]:
+    """Run graph passes (default: the mode's lossless set) on ``model`` and verify the result against it on a
+    random batch of ``batch`` (outputs, and in training mode gradients and weights after an SGD step)."""
+    from branchgraph.passes.pipeline import optimize as run_passes_verified
+
+    _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
+    example, _ = example_for(size, batch, seed)
+    return run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
+
+
+def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float | int | str | None = None, *,
+         peak: float | int | str | None = None, batch: int = 32, seed: int = 0,
+         model_kwargs: dict[str, Any] | None = None, **options: Any) -> tuple[nn.Module, CheckpointPlan]:
+    """Plan activation checkpointing of ``model`` trained at ``batch`` so that what it keeps for backward fits
+    ``budget`` and/or its step's peak fits ``peak`` (fractions of the plain model's, or sizes such as "300MiB");
+    ``options`` go to ``branchgraph.memory.plan`` (cost, saving_ops, measure, lossy_saves, region_limit)."""
+    from branchgraph.memory.planning import plan as plan_checkpointing
+
+    _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
+    example, _ = example_for(size, batch, seed)
+    return plan_checkpointing(module, example, budget, peak=peak, **options)
+
+
+def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: int = 2, seed: int = 0,
+             model_kwargs: dict[str, Any] | None = None) -> list[ForkGradients]:
+    """Per fork of ``model``: its gradient in a float64 training step, each branch's contribution and share
+    (the contributions are checked to add up to the fork's gradient). ``model`` itself is not changed."""
+    import copy
+
+    from branchgraph.analysis.forks import fork_gradients
+
+    _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
+    example, _ = example_for(size, batch, seed, dtype=torch.float64)
+    return fork_gradients(copy.deepcopy(module).double(), example, seed=seed)
+
+
+def bench(model: Model, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
+          **options: Any) -> BenchResult:
+    """Time eager, compiled, optimised and (``tune=True``) tuned variants of ``model`` interleaved in this
+    process: medians, ratios and achieved GFLOP/s (``branchgraph.benchmark.bench``)."""
+    from branchgraph.benchmark import bench as bench_model
+
+    return bench_model(model, mode, batch, input_size, **options)
+
+
+def train(model: Model | TrainConfig = "googlenet-fmnist", preset: str = "fast", *, run_dir: str | Path | None = None,
+          progress: bool = True, **settings: Any) -> TrainResult:
+    """Train on Fashion-MNIST: a registry model (or model spec) with a preset's settings and ``settings`` on top
+    (``epochs=2``, ``limit=512``...), a module of your own (it must take the preset's inputs: 1x28x28, or
+    ``resize``; its run cannot be resumed from the registry), or a complete ``TrainConfig``."""
+    from branchgraph.training.config import TrainConfig, build_config
+    from branchgraph.training.trainer import Trainer
+
+    if isinstance(model, TrainConfig):
+        config, module = model, None
+    elif isinstance(model, str):
+        config, module = build_config(preset, overrides={**settings, "model": model}), None
+    else:
+        config, module = build_config(preset, overrides=settings), model
+    directory = None if run_dir is None else Path(run_dir)
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+    return Trainer(config, directory, progress=progress, model=module).run()

@@ -30,8 +30,8 @@ from branchgraph.memory.lossy import LOSSY
 from branchgraph.memory.planning import COSTS
 from branchgraph.passes.base import MODES
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
-from branchgraph.train.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
-from branchgraph.train.report import SPLITS
+from branchgraph.training.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+from branchgraph.training.report import SPLITS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

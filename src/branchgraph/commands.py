@@ -38,7 +38,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The training settings given as flags (every flag of ``train`` named after a TrainConfig field)."""
-    from branchgraph.train import TrainConfig
+    from branchgraph.training import TrainConfig
 
     fields = (f.name for f in dataclasses.fields(TrainConfig))
     return {key: getattr(args, key) for key in fields if getattr(args, key, None) is not None}
@@ -46,7 +46,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model (preset, then config file, then flags), or continue a run with --resume."""
-    from branchgraph.train import build_config, resume, train
+    from branchgraph.training import build_config, resume, train
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's checkpoint on a split."""
-    from branchgraph.train import evaluate_checkpoint
+    from branchgraph.training import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit,
                                  precision=args.precision)
@@ -100,7 +100,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two models side by side, with B / A ratios."""
-    from branchgraph.graph.summary import compare_rows, render_compare
+    from branchgraph.graph.tables import compare_rows, render_compare
 
     a, b = _summary(args, args.model_a), _summary(args, args.model_b)
     data = {"a": a.model, "b": b.model, "rows": compare_rows(a, b)}
@@ -182,7 +182,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_bench_parallel(args: argparse.Namespace) -> int:
     """The model's branches run one after another vs concurrently (the parallel pass), at each batch size."""
-    from branchgraph.bench import bench_parallel
+    from branchgraph.benchmark import bench_parallel
     from branchgraph.hardware import resolve_device
 
     apply_heap_policy(args.heap)
@@ -195,7 +195,7 @@ def cmd_bench_parallel(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
-    from branchgraph.bench import bench
+    from branchgraph.benchmark import bench
 
     apply_heap_policy(args.heap)
     result = bench(args.model, args.mode, args.batch, args.input, rounds=args.rounds, compile=not args.no_compile,
@@ -249,7 +249,7 @@ def cmd_branches(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
-    from branchgraph.train.prune_run import prune_and_finetune
+    from branchgraph.training.prune_run import prune_and_finetune
 
     r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet)
     acc, params, macs = r["test_acc"], r["params"], r["macs"]

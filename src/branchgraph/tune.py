@@ -23,7 +23,7 @@ from branchgraph.hardware import cpu_capability, cpu_model, native_bf16
 from branchgraph.heap import keeping
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.manager import resolve
-from branchgraph.passes.optimize import REDUCED_PRECISION_TOLERANCE, optimize
+from branchgraph.passes.pipeline import REDUCED_PRECISION_TOLERANCE, optimize
 from branchgraph.timing import make_runner, time_interleaved
 
 CACHE_FORMAT = 1

@@ -1,4 +1,4 @@
-"""Per-branch gradient statistics during training (seed 000): what each Inception branch receives and returns.
+"""Per-branch gradient statistics during training: what each Inception branch receives and returns.
 
 ``BranchStats(model).recording()`` arms hooks for one training step and removes them afterwards, so a step that
 is not recorded runs the untouched model: the statistics cost nothing when off. While armed, every branch reads

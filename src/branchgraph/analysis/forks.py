@@ -1,4 +1,4 @@
-"""How the parallel branches of each block share the gradient at their fork (seed 000).
+"""How the parallel branches of each block share the gradient at their fork.
 
 Autograd adds the gradients flowing back from every use of a value. ``fork_gradients`` makes each use visible:
 in a copy of the captured graph, every use of a block's fork value gets its own identity view whose gradient is
@@ -20,8 +20,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from branchgraph.errors import BranchgraphError
-from branchgraph.graph.capture import capture
 from branchgraph.graph.structure import Block, find_blocks
+from branchgraph.graph.tracing import capture
 
 
 class _Tap(nn.Module):

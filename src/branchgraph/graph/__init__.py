@@ -1,9 +1,9 @@
 """Graph capture (torch.fx) and analysis: shapes, forks/joins/branches, params, MACs, measured memory."""
 
-from branchgraph.graph.capture import Capture, InputShapeError, capture
 from branchgraph.graph.record import Measurement, measure
 from branchgraph.graph.structure import Block, Branch, find_blocks, forks, joins
-from branchgraph.graph.summary import BranchRow, ModuleRow, Summary, summary
+from branchgraph.graph.tables import BranchRow, ModuleRow, Summary, summary
+from branchgraph.graph.tracing import Capture, InputShapeError, capture
 from branchgraph.heap import heap_in_use
 
 __all__ = [

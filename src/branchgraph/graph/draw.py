@@ -15,7 +15,7 @@ from torch import fx
 from branchgraph.errors import BranchgraphError
 from branchgraph.graph.fmt import fmt_bytes, fmt_count
 from branchgraph.graph.structure import joins
-from branchgraph.graph.summary import Summary
+from branchgraph.graph.tables import Summary
 
 FORMATS = (".svg", ".dot", ".gv", ".html")
 COLORMAP = colormaps["YlOrRd"]

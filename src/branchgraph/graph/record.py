@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.cost import layer_macs
+from branchgraph.graph.tracing import layer_failure
 from branchgraph.heap import heap_in_use
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from branchgraph.graph.capture import node_module
+from branchgraph.graph.tracing import node_module
 
 JOIN_TARGETS = (torch.cat, torch.add, operator.add, operator.iadd, torch.stack)
 GATE_TARGETS = (torch.mul, operator.mul, operator.imul)  # a join where a branch of modules scales another path

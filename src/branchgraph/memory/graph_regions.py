@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from branchgraph.graph.capture import layer_failure, node_module
 from branchgraph.graph.record import SavedTensors, StorageTable, leaf_macs, tensors
+from branchgraph.graph.tracing import layer_failure, node_module
 from branchgraph.memory import lossy, saving_ops, unit_timing
 from branchgraph.memory.problem import Problem, Region, Saves, Shrink
 from branchgraph.memory.reversible import ReversibleSequence

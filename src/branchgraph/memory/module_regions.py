@@ -14,8 +14,8 @@ import torch
 from torch import fx, nn
 from torch.utils.checkpoint import checkpoint
 
-from branchgraph.graph.capture import layer_failure
 from branchgraph.graph.record import ModuleCalls, SavedTensors, StorageTable, leaf_macs, tensors
+from branchgraph.graph.tracing import layer_failure
 from branchgraph.memory.problem import Problem, Region, Saves
 from branchgraph.memory.reversible import statistics_frozen
 

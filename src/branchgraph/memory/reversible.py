@@ -1,4 +1,4 @@
-"""Reversible couplings (RevNet, seed 004) and a sequence that keeps only its final output for backward.
+"""Reversible couplings (RevNet, Gomez et al. 2017) and a sequence that keeps only its final output for backward.
 
 ``AdditiveCoupling`` computes y1 = x1 + F(x2), y2 = x2 + G(y1) on the two channel halves and can invert
 itself. ``ReversibleSequence`` runs its couplings without building an autograd graph and, in backward,

@@ -1,4 +1,5 @@
-"""GoogLeNet: d2l's Fashion-MNIST version (seed 003), a 28-px variant, and the paper's ImageNet net."""
+"""GoogLeNet: d2l's Fashion-MNIST version (Dive into Deep Learning, section 8.4), a 28-px variant, and the
+paper's ImageNet net (Szegedy et al. 2015)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 from branchgraph.models.inception import BranchNorm, ConvNormAct, Factorize, Inception
 from branchgraph.models.registry import register_model
 
-# (in_channels, c1, (c2_reduce, c2), (c3_reduce, c3), c4), the paper's Table 1 and seed 003.
+# (in_channels, c1, (c2_reduce, c2), (c3_reduce, c3), c4), the paper's Table 1 and d2l's.
 BlockSpec = tuple[int, int, tuple[int, int], tuple[int, int], int]
 GOOGLENET_STAGES: tuple[tuple[BlockSpec, ...], ...] = (
     (
@@ -95,7 +96,7 @@ def init_xavier(model: nn.Module) -> nn.Module:
 
 
 class D2LGoogLeNet(nn.Sequential):
-    """Seed 003's GoogLeNet: children b1..b5 and fc, run in order (an ``nn.Sequential``)."""
+    """d2l's GoogLeNet: children b1..b5 and fc, run in order (an ``nn.Sequential``)."""
 
     def __init__(
         self,
@@ -235,7 +236,7 @@ class GoogLeNet(nn.Module):
 @register_model("googlenet-d2l", input_size=(1, 96, 96), num_classes=10)
 def googlenet_d2l(in_channels: int = 1, num_classes: int = 10, factorize: Factorize = "none",
                   stages: Sequence[Sequence[BlockSpec]] = GOOGLENET_STAGES) -> nn.Module:
-    """GoogLeNet exactly as d2l / seed 003: 96x96 input, conv bias, true 5x5, no BN, Xavier init."""
+    """GoogLeNet exactly as d2l's: 96x96 input, conv bias, true 5x5, no BN, Xavier init."""
     return init_xavier(D2LGoogLeNet(in_channels, num_classes, factorize=factorize, stages=stages))
 
 
@@ -249,7 +250,7 @@ def googlenet_d2l_bn(in_channels: int = 1, num_classes: int = 10, factorize: Fac
 
 @register_model("googlenet-d2l-3x3", input_size=(1, 96, 96), num_classes=10)
 def googlenet_d2l_3x3(in_channels: int = 1, num_classes: int = 10, bn: bool = False) -> nn.Module:
-    """d2l's GoogLeNet with each 5x5 conv factorised into two 3x3 convs (seed 002)."""
+    """d2l's GoogLeNet with each 5x5 conv factorised into two 3x3 convs (Szegedy et al. 2016)."""
     return init_xavier(D2LGoogLeNet(in_channels, num_classes, bn=bn, factorize="3x3"))
 
 

@@ -1,4 +1,5 @@
-"""The Inception block (seed 003) with BatchNorm and factorised-5x5 options (seed 002)."""
+"""The Inception block (Szegedy et al. 2015, as in d2l's GoogLeNet) with BatchNorm and factorised-5x5 options
+(Szegedy et al. 2016)."""
 
 from __future__ import annotations
 
@@ -58,12 +59,12 @@ def _pair(block: str, key: str, value: Sequence[int]) -> tuple[int, int]:
 class Inception(nn.Module):
     """Four parallel branches (1x1; 1x1->3x3; 1x1->5x5; 3x3 max-pool->1x1) joined by a channel concat.
 
-    ``factorize`` replaces the 5x5 conv of branch 3 by two 3x3 convs ("3x3", seed 002) or by a
+    ``factorize`` replaces the 5x5 conv of branch 3 by two 3x3 convs ("3x3", Szegedy et al. 2016) or by a
     1x5 then a 5x1 conv ("asym"); both keep the 5x5 receptive field.
 
     ``branch_norm`` normalises each branch's output before the concat (BatchNorm, or LayerNorm over channels),
-    seed 000's remedy for unbalanced branch gradients. ``gates`` scales branch i by 4 * softmax(logits)_i, with
-    learnable logits starting at 0: seed 000's "DynamicInception" done correctly, starting as the plain block
+    a remedy proposed for unbalanced branch gradients. ``gates`` scales branch i by 4 * softmax(logits)_i, with
+    learnable logits starting at 0: learnable branch weights that start as the plain block
     (every gate 1, where a bare softmax would shrink the output 4x) and keeping the gates' mean at 1.
     """
 

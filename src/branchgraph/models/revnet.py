@@ -1,4 +1,4 @@
-"""RevNets (Gomez et al. 2017, seed 004) and their ResNet twins, CIFAR-style; a reversible Inception network.
+"""RevNets (Gomez et al. 2017) and their ResNet twins, CIFAR-style; a reversible Inception network.
 
 RevNet-38/110/164 and ResNet-32/110/164 follow the RevNet paper's Table 1: three stages, units 3-3-3 / 9-9-9
 (RevNet) against 5-5-5 / 18-18-18 (ResNet), pre-activation residual functions (BN-ReLU-conv), basic or

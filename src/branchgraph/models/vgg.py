@@ -1,4 +1,4 @@
-"""VGG16 (configuration D), laid out as in torchsummary's listing of seed 004."""
+"""VGG16 (configuration D, Simonyan & Zisserman 2015), laid out as in torchsummary's listing of it."""
 
 from __future__ import annotations
 
@@ -38,5 +38,5 @@ class VGG(nn.Module):
 
 @register_model("vgg16", input_size=(3, 224, 224), num_classes=1000)
 def vgg16(in_channels: int = 3, num_classes: int = 1000) -> nn.Module:
-    """VGG16 (138,357,544 parameters), as torchvision's without the adaptive pool (seed 004)."""
+    """VGG16 (138,357,544 parameters), as torchvision's without the adaptive pool."""
     return VGG(in_channels, num_classes)

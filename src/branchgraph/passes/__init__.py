@@ -2,17 +2,17 @@
 ``optimize``, which runs them and verifies the result against the original model."""
 
 from branchgraph.passes.base import PassReport, reports
-from branchgraph.passes.fold_bn import fold_bn
-from branchgraph.passes.fuse_parallel import FusedConv2d, fuse_parallel
-from branchgraph.passes.inplace import inplace
-from branchgraph.passes.layout import layout
+from branchgraph.passes.batchnorm_folding import fold_bn
+from branchgraph.passes.branch_parallelism import ParallelBranches, parallel
+from branchgraph.passes.channel_pruning import prune_channels
+from branchgraph.passes.channels_last import layout
+from branchgraph.passes.horizontal_fusion import FusedConv2d, fuse_parallel
+from branchgraph.passes.inplace_ops import inplace
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES, PassError, run_passes
+from branchgraph.passes.mixed_precision import precision
 from branchgraph.passes.names import from_original_state_dict, original_parameters, to_original_state_dict
-from branchgraph.passes.optimize import OptimizeReport, Verification, VerificationError, optimize, verify_equal
-from branchgraph.passes.parallel import ParallelBranches, parallel
-from branchgraph.passes.precision import precision
-from branchgraph.passes.prune import prune
-from branchgraph.passes.prune_channels import prune_channels
+from branchgraph.passes.pipeline import OptimizeReport, Verification, VerificationError, optimize, verify_equal
+from branchgraph.passes.pruning import prune
 
 __all__ = [
     "DEFAULT_PASSES", "PASSES", "FusedConv2d", "OptimizeReport", "ParallelBranches", "PassError", "PassReport",

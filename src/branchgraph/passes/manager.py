@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from torch import fx
 
 from branchgraph.errors import BranchgraphError
-from branchgraph.passes.fold_bn import fold_bn
-from branchgraph.passes.fuse_parallel import fuse_parallel
-from branchgraph.passes.inplace import inplace
-from branchgraph.passes.layout import layout
-from branchgraph.passes.parallel import parallel
-from branchgraph.passes.precision import precision
-from branchgraph.passes.prune import prune
+from branchgraph.passes.batchnorm_folding import fold_bn
+from branchgraph.passes.branch_parallelism import parallel
+from branchgraph.passes.channels_last import layout
+from branchgraph.passes.horizontal_fusion import fuse_parallel
+from branchgraph.passes.inplace_ops import inplace
+from branchgraph.passes.mixed_precision import precision
+from branchgraph.passes.pruning import prune
 
 Pass = Callable[..., fx.GraphModule]
 PASSES: dict[str, Pass] = {

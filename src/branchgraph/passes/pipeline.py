@@ -12,8 +12,8 @@ import torch
 from torch import fx, nn
 
 from branchgraph.errors import BranchgraphError
-from branchgraph.graph.capture import capture
 from branchgraph.graph.record import tensors
+from branchgraph.graph.tracing import capture
 from branchgraph.passes.base import PassReport, check_mode, reports
 from branchgraph.passes.manager import resolve, run_passes
 from branchgraph.passes.names import original_parameters

@@ -13,13 +13,13 @@ from branchgraph.errors import ConfigError
 from branchgraph.graph import capture
 from branchgraph.hardware import resolve_device
 from branchgraph.passes.base import reports
-from branchgraph.passes.prune_channels import prune_channels
-from branchgraph.train.config import TrainConfig
-from branchgraph.train.distributed import DistInfo
-from branchgraph.train.evaluation import ema_weights, evaluate
-from branchgraph.train.run_state import load_checkpoint
-from branchgraph.train.setup import build_model, build_preprocess
-from branchgraph.train.trainer import Trainer
+from branchgraph.passes.channel_pruning import prune_channels
+from branchgraph.training.config import TrainConfig
+from branchgraph.training.distributed import DistInfo
+from branchgraph.training.evaluation import ema_weights, evaluate
+from branchgraph.training.run_state import load_checkpoint
+from branchgraph.training.setup import build_model, build_preprocess
+from branchgraph.training.trainer import Trainer
 
 
 def prune_and_finetune(

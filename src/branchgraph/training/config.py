@@ -114,8 +114,8 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Seed 003's recipe exactly: d2l.train_ch6 (plain SGD, lr 0.1, 10 epochs, batch 128, resize 96,
-    # ToTensor without normalisation, Xavier init, evaluated on the test set each epoch).
+    # d2l's GoogLeNet recipe exactly (Dive into Deep Learning, section 8.4): d2l.train_ch6 (plain SGD, lr 0.1,
+    # 10 epochs, batch 128, resize 96, ToTensor without normalisation, Xavier init, test set evaluated each epoch).
     "d2l": dict(
         model="googlenet-d2l", epochs=10, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.0,
         nesterov=False, weight_decay=0.0, schedule="constant", label_smoothing=0.0, resize=96,

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from branchgraph.errors import CheckpointError, ConfigError
-from branchgraph.train.config import TrainConfig
-from branchgraph.train.distributed import DistInfo, broadcast_str
+from branchgraph.training.config import TrainConfig
+from branchgraph.training.distributed import DistInfo, broadcast_str
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1

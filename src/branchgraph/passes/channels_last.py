@@ -11,7 +11,7 @@ from branchgraph.passes.base import check_mode, finish, start
 def layout(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = False) -> fx.GraphModule:
     """Convert 4-D parameters and buffers to channels_last and make each 4-D input channels_last on entry.
     Values are unchanged; only strides differ (results agree to float rounding, convs may pick other kernels).
-    Needs shapes on the placeholders (``branchgraph.graph.capture``); inputs without them are left alone."""
+    Needs shapes on the placeholders (``branchgraph.graph.tracing``); inputs without them are left alone."""
     check_mode(mode)
     gm, report = start(gm, "layout", inplace)
     for node in list(gm.graph.nodes):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from branchgraph.train.run_state import atomic_write_bytes
+from branchgraph.training.run_state import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -80,11 +80,11 @@ def step_gflop(model: nn.Module, example: torch.Tensor, mode: str) -> float:
 
 
 def bench(
-    name: str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
+    name: nn.Module | str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
     rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None, tune: bool = False,
     seed: int = 0, model_kwargs: dict[str, Any] | None = None,
 ) -> BenchResult:
-    """Time the variants of model ``name`` (registry name or spec; ``compile=False`` leaves out the compiled
+    """Time the variants of model ``name`` (a module, registry name or spec; ``compile=False`` leaves out the compiled
     ones); ``tune`` adds the variant ``branchgraph.tune`` picks among precisions, layouts and {eager, ``passes``}."""
     torch.manual_seed(seed)
     _, model, size, classes = resolve_model(name, input_size, model_kwargs)

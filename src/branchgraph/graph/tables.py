@@ -13,12 +13,12 @@ from torch import nn
 
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
-from branchgraph.graph.capture import Capture, capture
 from branchgraph.graph.cost import param_counts
 from branchgraph.graph.fmt import fmt_bytes, fmt_count, shape_text
 from branchgraph.graph.operators import operator_macs
 from branchgraph.graph.record import LayerRecord, Measurement, measure
 from branchgraph.graph.structure import Block, find_blocks
+from branchgraph.graph.tracing import Capture, capture
 
 MB = 1024.0**2
 BYTES_PER_VALUE = 4  # torchsummary's convention: float32 everywhere

@@ -1,9 +1,9 @@
 """Training on Fashion-MNIST: presets, the trainer, checkpoints, reports."""
 
 from branchgraph.errors import Interrupted
-from branchgraph.train.config import PRESETS, TrainConfig, build_config
-from branchgraph.train.evaluation import evaluate_checkpoint
-from branchgraph.train.trainer import Trainer, TrainResult, resume, train
+from branchgraph.training.config import PRESETS, TrainConfig, build_config
+from branchgraph.training.evaluation import evaluate_checkpoint
+from branchgraph.training.trainer import Trainer, TrainResult, resume, train
 
 __all__ = [
     "PRESETS", "Interrupted", "TrainConfig", "TrainResult", "Trainer", "build_config", "evaluate_checkpoint",

@@ -26,18 +26,18 @@ from branchgraph.errors import CheckpointError, ConfigError, Interrupted, Traini
 from branchgraph.hardware import resolve_device
 from branchgraph.heap import apply_heap_policy
 from branchgraph.memory.planning import CheckpointPlan
-from branchgraph.train.config import TrainConfig
-from branchgraph.train.distributed import all_reduce_sum, init_distributed, shutdown
-from branchgraph.train.evaluation import evaluate
-from branchgraph.train.report import write_outputs
-from branchgraph.train.run_state import (
+from branchgraph.training.config import TrainConfig
+from branchgraph.training.distributed import all_reduce_sum, init_distributed, shutdown
+from branchgraph.training.evaluation import evaluate
+from branchgraph.training.report import write_outputs
+from branchgraph.training.run_state import (
     CHECKPOINT_NAME,
     atomic_write_bytes,
     load_checkpoint,
     make_run_dir,
     save_checkpoint,
 )
-from branchgraph.train.setup import (
+from branchgraph.training.setup import (
     autocast_for,
     build_model,
     build_preprocess,

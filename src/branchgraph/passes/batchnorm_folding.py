@@ -19,7 +19,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from branchgraph.graph.capture import node_module
+from branchgraph.graph.tracing import node_module
 from branchgraph.passes.base import check_mode, finish, start
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

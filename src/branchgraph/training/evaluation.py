@@ -12,10 +12,10 @@ from torch import nn
 from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.hardware import resolve_device
-from branchgraph.train.config import PRECISIONS, TrainConfig
-from branchgraph.train.distributed import DistInfo, all_reduce_sum
-from branchgraph.train.run_state import load_checkpoint
-from branchgraph.train.setup import autocast_for, build_model, build_preprocess, to_device
+from branchgraph.training.config import PRECISIONS, TrainConfig
+from branchgraph.training.distributed import DistInfo, all_reduce_sum
+from branchgraph.training.run_state import load_checkpoint
+from branchgraph.training.setup import autocast_for, build_model, build_preprocess, to_device
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""``parallel``: run the independent branches of each block at the same time (seed 001's asynchronous computation).
+"""``parallel``: run the independent branches of each block at the same time (asynchronous computation of
+independent operations).
 
 The rewrite: each block's branches (the nodes only that branch computes, between the fork and the join) become one
 ``ParallelBranches`` module (``parallel_runtime``, which runs them on CUDA streams or a CPU thread pool).

@@ -18,8 +18,8 @@ from branchgraph.example import example_for
 from branchgraph.memory import CheckpointPlan, plan
 from branchgraph.models import create_model
 from branchgraph.models.spec import check_fits, is_spec
-from branchgraph.train.config import TrainConfig, check_lossy_precision
-from branchgraph.train.distributed import DistInfo, broadcast_str
+from branchgraph.training.config import TrainConfig, check_lossy_precision
+from branchgraph.training.distributed import DistInfo, broadcast_str
 from branchgraph.tune import tune
 
 AUX_WEIGHT = 0.3  # the paper's weight for GoogLeNet's auxiliary classifiers

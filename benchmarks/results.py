@@ -1,0 +1,77 @@
+"""Benchmark results as data, and the pages generated from it: ``docs/results/<name>-<isa>.json`` holds a
+benchmark's rows and the machine that measured them, ``.md`` the page made from that file, and
+``docs/results/index.md`` lists every page. Nothing here is typed by hand."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def machine() -> dict[str, Any]:
+    """The processor (model, ISA class as torch sees it, bf16/AMX flags), cores, torch version, commit and date."""
+    import torch
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=RESULTS.parents[1]).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "cpu": name, "isa": torch.backends.cpu.get_cpu_capability(),
+        "flags": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")),
+        "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "commit": commit, "date": datetime.date.today().isoformat(),
+    }
+
+
+def write(name: str, title: str, command: str, header: list[str], rows: list[list[str]], data: Any) -> Path:
+    """Write ``<name>-<isa>.json`` (rows, data, machine, command) and the page made from it; returns the page."""
+    info = machine()
+    stem = f"{name}-{info['isa'].lower()}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"title": title, "command": command, "machine": info, "header": header, "rows": rows, "data": data}
+    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    page = render(record)
+    (RESULTS / f"{stem}.md").write_text(page)
+    index()
+    return RESULTS / f"{stem}.md"
+
+
+def render(record: dict[str, Any]) -> str:
+    """A results page from its JSON record."""
+    m = record["machine"]
+    lines = [f"# {record['title']}", "",
+             f"Measured on {m['cpu']} ({m['isa']}; {', '.join(m['flags']) or 'no AVX flags read'}), {m['cores']} "
+             f"cores, torch {m['torch']}, commit {m['commit']}, {m['date']}, by `{record['command']}`.", "",
+             "| " + " | ".join(record["header"]) + " |", "|" + "---|" * len(record["header"])]
+    lines += ["| " + " | ".join(row) + " |" for row in record["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def index() -> None:
+    """``docs/results/index.md``: every results page, with its machine."""
+    lines = ["# Results", "", "Each page is generated from the JSON beside it, written by the benchmark named on it.",
+             ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        record = json.loads(path.read_text())
+        m = record["machine"]
+        lines.append(f"- [{record['title']}]({path.stem}.md): {m['cpu']}, {m['isa']}, torch {m['torch']}, "
+                     f"{m['date']}")
+    (RESULTS / "index.md").write_text("\n".join(lines) + "\n")
