@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-portable test-slow test-zoo lint bench setup data graphviz clean
+.PHONY: demo test test-portable test-slow test-zoo docs lint bench setup data graphviz clean
 
 demo: setup data graphviz
 	$(BIN)/branchgraph train --preset fast
@@ -34,6 +34,12 @@ test-slow: setup data
 ZOO_PYTHON ?= $(BIN)/python
 test-zoo: setup
 	$(ZOO_PYTHON) benchmarks/zoo.py
+
+# The documentation site (mkdocs-material; the API reference generated from the docstrings by mkdocstrings), built
+# strict: a broken reference or link fails. The site goes to site/.
+docs: setup
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir site
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

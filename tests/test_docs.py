@@ -1,0 +1,86 @@
+"""The documents: README.md and docs/ run as written (every Python block executes, every command line parses),
+speak of the tool and not of how it was built, and the README stays a front door."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from branchgraph.cli import build_parser
+from tests.conftest import REPO
+
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def _blocks(path: Path, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)
+
+
+CLAIM = re.compile(r"#\s*->\s*(.*?)(?:\s+\(.*\))?\s*$")  # print(x)  # -> what it prints (a note)
+
+
+@pytest.mark.parametrize("path", [p for p in DOCUMENTS if _blocks(p, "python")], ids=lambda p: p.name)
+def test_python_examples_run(path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every block runs; a ``print`` whose line ends in ``# -> VALUE`` must print VALUE."""
+    monkeypatch.chdir(tmp_path)
+    for code in _blocks(path, "python"):
+        printed: dict[int, str] = {}
+
+        def record(*args: object, store: dict[int, str] = printed, **_: object) -> None:
+            store[sys._getframe(1).f_lineno] = " ".join(map(str, args))
+
+        exec(compile(code, str(path.relative_to(REPO)), "exec"), {"print": record})
+        for number, line in enumerate(code.splitlines(), 1):
+            if line.lstrip().startswith("print(") and (claim := CLAIM.search(line)):
+                assert printed.get(number) == claim.group(1), f"{path.name} line {number}: {line.strip()}"
+
+
+def test_command_lines_parse() -> None:
+    parser = build_parser()
+    count = 0
+    for path in DOCUMENTS:
+        lines = [line.split("#")[0].strip() for block in _blocks(path, "sh") for line in block.splitlines()]
+        for words in (shlex.split(line) for line in lines if line.startswith(("branchgraph ", "torchrun "))):
+            args = words[words.index("branchgraph.cli") + 1:] if words[0] == "torchrun" else words[1:]
+            parser.parse_args(args)
+            count += 1
+    assert count >= 12
+
+
+# How the tool was built is not the user's business: tickets, work sessions, acceptance targets, internal documents.
+PROCESS_WORDS = re.compile(
+    r"\bissues? ?#?\d+|\bsessions?\b|\bseeds? 00\d\b|\bacceptance\b|\bthe (?:issue's )?bars?\b|\btickets?\b",
+    re.IGNORECASE)
+
+
+def test_no_development_process_words_in_the_product() -> None:
+    """Source files, the README and docs/ speak of the tool: no issue numbers, sessions, "bars" (targets) or
+    internal source documents."""
+    tracked = subprocess.run(["git", "ls-files", "src", "README.md", "docs"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    found = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix not in (".py", ".md", ".txt", ".json") or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if match := PROCESS_WORDS.search(line):
+                found.append(f"{name}:{number}: {match.group(0)!r}")
+    assert not found, "\n".join(found)
+
+
+def test_the_words_test_can_fail() -> None:
+    for text in ("as issue 12 showed", "this session's box", "seed 003's recipe", "the bar is met"):
+        assert PROCESS_WORDS.search(text), text
+
+
+def test_readme_is_a_front_door() -> None:
+    """At most 200 lines, and every figure in its table comes from a generated results page."""
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert "docs/results/" in readme
