@@ -59,3 +59,76 @@ def test_a_module_without_an_input_size_is_refused_naming_the_parameter() -> Non
     with pytest.raises(ConfigError) as err:
         bg.optimize(torch.nn.Conv2d(1, 2, 3))
     assert err.value.param == "input_size" and "input_size" in str(err.value)
+
+
+def test_nested_joins_get_a_heading_each_whose_shares_add_up() -> None:
+    """Inception-v3's Mixed_7b joins split 1x3/3x1 pieces inside its own concatenation: each join is a block of
+    its own in the summary (named by the module and the join), and each block's branch shares add up to 1."""
+    from collections import defaultdict
+
+    import pytest
+    import torch
+    from benchmarks.foreign_nets import InceptionV3Like
+
+    import branchgraph as bg
+
+    torch.manual_seed(0)
+    table = bg.summary(InceptionV3Like(width=0.125), (3, 75, 75), batch=2)
+    shares: dict[str, float] = defaultdict(float)
+    for row in table.branches:
+        shares[row.block] += row.macs_share
+    assert {"Mixed_7b (cat_9)", "Mixed_7b (cat_10)", "Mixed_7b (cat_11)"} <= set(shares)
+    for block, total in shares.items():
+        assert total == pytest.approx(1.0, abs=1e-9) or total == 0.0, block
+
+
+def test_a_net_too_small_for_the_images_is_told_to_resize_and_one_with_other_channels_in_chans() -> None:
+    import pytest
+    from benchmarks.foreign_nets import InceptionV3Like
+
+    from branchgraph.errors import ConfigError
+    from branchgraph.models.spec import check_fits
+
+    with pytest.raises(ConfigError) as small:
+        check_fits(InceptionV3Like(in_chans=1, width=0.125), "inception", (1, 28, 28), 10)
+    assert small.value.param == "resize" and "set resize to" in str(small.value) and "in_chans" not in str(small.value)
+    with pytest.raises(ConfigError) as channels:
+        check_fits(InceptionV3Like(in_chans=3, width=0.125), "inception", (1, 96, 96), 10)
+    assert 'in_chans": 1' in str(channels.value) and "takes 3-channel images" in str(channels.value)
+
+
+def test_a_spec_without_an_input_size_says_it_is_from_outside_the_registry() -> None:
+    import pytest
+
+    import branchgraph as bg
+    from branchgraph.errors import ConfigError
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError) as err:
+        bg.summary(f"{REPO}/benchmarks/foreign_nets.py:SKNetLike")
+    assert "comes from outside the registry" in str(err.value) and "not in the registry" not in str(err.value)
+
+
+def test_run_directories_of_a_spec_have_no_colon(tmp_path) -> None:
+    from branchgraph.training.config import TrainConfig
+    from branchgraph.training.distributed import DistInfo
+    from branchgraph.training.run_state import make_run_dir
+
+    path = make_run_dir(TrainConfig(model="timm:inception_v3", out_dir=str(tmp_path)), DistInfo())
+    assert path.name.endswith("-timm-inception_v3") and ":" not in path.name and path.parent == tmp_path
+
+
+def test_plan_regions_are_named_by_module_paths() -> None:
+    """DenseNet-style norm-act modules trace to getattr/eq nodes (their rank assertion): a plan's regions are
+    named by the modules they start and end in, not by such nodes."""
+    import torch
+    from benchmarks.foreign_nets import DenseNetLike
+
+    import branchgraph as bg
+
+    torch.manual_seed(0)
+    _, p = bg.plan(DenseNetLike(growth=4, layers=(2, 2)), (3, 16, 16), budget=0.2, batch=4, cost="macs",
+                   measure=False)
+    names = [r.name for r in p.regions]
+    assert names and not any("getattr" in n or n.startswith("eq") for n in names), names
+    assert any("blocks.0" in n for n in names)

@@ -4,6 +4,7 @@ gates such as squeeze-and-excitation's), branches."""
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -134,4 +135,8 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
                 name = f"{block_name}.path{index + 1}"
             branches.append(Branch(name, [n.name for n in nodes], modules))
         blocks.append(Block(block_name, fork.name, join.name, branches))
+    counts = Counter(b.name for b in blocks)  # a module with several joins (nested forks): one block per join
+    for b in blocks:
+        if counts[b.name] > 1:
+            b.name = f"{b.name} ({b.join})"
     return blocks

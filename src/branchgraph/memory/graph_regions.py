@@ -310,7 +310,8 @@ def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOptio
     masks = np.zeros((first + len(options), len(prof.names)), dtype=bool)
     for i, r in enumerate(ranges):
         masks[i, r.start:r.stop] = True
-    regions = [Region(prof.modules[r.start], "graph", r.start, r.stop, prof.names[r.start], prof.names[r.stop - 1])
+    label = [module or name for module, name in zip(prof.modules, prof.names, strict=True)]  # module paths first
+    regions = [Region(prof.modules[r.start], "graph", r.start, r.stop, label[r.start], label[r.stop - 1])
                for r in ranges]
     regions += [Region(prof.modules[o.unit], "saving", o.unit, o.unit + 1,
                        "+".join(prof.names[k] for k in sorted(o.added)), o.kind) for o in options]

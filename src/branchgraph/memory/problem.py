@@ -11,7 +11,8 @@ import numpy as np
 @dataclass(frozen=True)
 class Region:
     """What one checkpoint recomputes: module ``path`` whole ("module"), its children [start, stop) (an
-    nn.Sequential's "segment"), or units [start, stop) of the traced graph ("graph", nodes first..last)."""
+    nn.Sequential's "segment"), or units [start, stop) of the traced graph ("graph", from the module (else the
+    node) ``first`` to ``last``)."""
 
     path: str
     kind: str

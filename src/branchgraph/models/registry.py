@@ -90,6 +90,7 @@ def resolve_model(
     else:
         module, name, size, classes = model, type(model).__name__, input_size, None
     if size is None:
-        raise ConfigError(f"model {name!r} is not in the registry, so its input size is unknown: give "
-                          "input_size as C,H,W", "input_size")
+        where = "comes from outside the registry" if isinstance(model, str) else "is a module of your own"
+        raise ConfigError(f"model {name!r} {where}, so its input size is unknown: give input_size as C,H,W",
+                          "input_size")
     return name, module, tuple(size), classes

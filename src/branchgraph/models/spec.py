@@ -119,9 +119,14 @@ def check_fits(model: nn.Module, name: str, input_size: tuple[int, ...], classes
         with torch.no_grad():
             out = probe(torch.zeros(2, *input_size))
     except Exception as exc:
-        raise ConfigError(f"model {name} does not take {shape} images ({_first_line(exc)}); give it "
-                          f"{input_size[0]} input channel(s) (e.g. model kwargs {{\"in_chans\": {input_size[0]}}}) or "
-                          "resize the images") from None
+        first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+        if first is not None and first.in_channels != input_size[0]:
+            raise ConfigError(f"model {name} takes {first.in_channels}-channel images, not {input_size[0]} "
+                              f"({_first_line(exc)}); give it {input_size[0]} input channel(s) (e.g. model kwargs "
+                              f"{{\"in_chans\": {input_size[0]}}})") from None
+        raise ConfigError(f"model {name} does not take {shape} images ({_first_line(exc)}): they are too small for "
+                          "it; set resize to an image size it takes (e.g. 224 for most ImageNet models, 299 for "
+                          "Inception-v3)", "resize") from None
     logits = out[0] if isinstance(out, tuple) else out
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, classes):
         found = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tempfile
 import time
 import zipfile
@@ -73,7 +74,8 @@ def make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
     broadcast to the others)."""
     name = ""
     if info.is_main:
-        base = Path(config.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}"
+        safe = re.sub(r"[^\w.-]+", "-", config.model).strip("-")  # a spec's ':' and '/' make no folder names
+        base = Path(config.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
         path, n = base, 1
         while path.exists():
             n += 1
