@@ -30,9 +30,10 @@ from torch.utils.checkpoint import checkpoint_sequential
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import describe_text
 from branchgraph.heap import HEAP_POLICIES, apply_heap_policy
-from branchgraph.memory import compare_variants, exact, plan, table
-from branchgraph.memory.planner import Planner
-from branchgraph.memory.planning import traced_problem
+from branchgraph.memory import compare_variants, plan, table
+from branchgraph.memory import ilp as exact
+from branchgraph.memory.checkpointing import traced_problem
+from branchgraph.memory.search import Planner
 from branchgraph.models import create_model
 from foreign_nets import InceptionV3Like  # benchmarks/, the script's folder, is on sys.path
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from branchgraph.hardware import describe_text
+from branchgraph.memory.regions.timing import forward_backward
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
-from branchgraph.memory.unit_timing import forward_backward
 from branchgraph.timing import interleaved_times, paired_ratios
 
 CASES = {  # name: (input shape, plain op, saving op)

@@ -118,7 +118,7 @@ def test_without_the_statistics_guard_batchnorm_would_update_twice(monkeypatch: 
     """The guard is what keeps the statistics equal: with a no-op recompute context they drift."""
     import contextlib
 
-    from branchgraph.memory import graph_runtime
+    from branchgraph.memory import runtime as graph_runtime
 
     monkeypatch.setattr(graph_runtime, "_recompute", lambda modules: contextlib.nullcontext())
     model = bg.create_model("googlenet-fmnist").double().train()

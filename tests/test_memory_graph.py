@@ -13,11 +13,13 @@ from benchmarks.foreign_nets import DenseNetLike, EfficientNetLike, InceptionV3L
 from torch import fx, nn
 
 from branchgraph.errors import ConfigError
-from branchgraph.memory import graph_regions, module_regions, plan, remove_plan, step_memory
-from branchgraph.memory.graph_runtime import _Planned, build_program, install
-from branchgraph.memory.planner import REGION_SHARE, Planner
+from branchgraph.memory import plan, remove_plan, step_memory
 from branchgraph.memory.problem import Saves
+from branchgraph.memory.regions import graph as graph_regions
+from branchgraph.memory.regions import modules as module_regions
+from branchgraph.memory.runtime import _Planned, build_program, install
 from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
+from branchgraph.memory.search import REGION_SHARE, Planner
 from branchgraph.passes import run_passes
 from tests.conftest import run_cli
 
@@ -274,7 +276,7 @@ def test_masked_relu_is_exact_and_keeps_a_byte_per_element() -> None:
 def test_saving_ops_exact_on_googlenet_d2l_even_when_all_forced(monkeypatch: pytest.MonkeyPatch) -> None:
     """With saving ops priced at zero the planner takes every one; training still equals the plain model's."""
     import branchgraph as bg
-    from branchgraph.memory import unit_timing
+    from branchgraph.memory.regions import timing as unit_timing
 
     monkeypatch.setattr(unit_timing, "saving_overhead", lambda plain, saving, x, repeats: 0.0)
     torch.manual_seed(0)
@@ -293,7 +295,8 @@ def test_predicted_kept_bytes_hold_when_a_region_covers_part_of_a_saving_op() ->
     import dataclasses
 
     import branchgraph as bg
-    from branchgraph.memory import apply_plan, planning
+    from branchgraph.memory import apply_plan
+    from branchgraph.memory import checkpointing as planning
 
     torch.manual_seed(0)
     model, x = bg.create_model("googlenet-d2l"), torch.randn(4, 1, 96, 96)
@@ -339,7 +342,7 @@ def test_peak_options_solve_the_program_at_the_kept_budget_the_gradients_leave_o
     parameter gradients and 10 in flight, ``peak()`` leaves room for 15 kept bytes beside a 10-byte region; the
     integer program is also solved at 35 (its gradients counted out, the prediction overstating them), where
     keeping the kept budget's 30 bytes costs two regions, not four, and that plan is among the options."""
-    from branchgraph.memory import planner as planner_module
+    from branchgraph.memory import search as planner_module
 
     saves = Saves(np.array([10, 10, 10, 10, 10, 0]), np.arange(5), np.arange(5))
     masks = np.eye(5, dtype=bool)
@@ -360,7 +363,7 @@ def test_peak_options_solve_the_program_at_the_kept_budget_the_gradients_leave_o
 def test_integer_program_time_grows_with_the_profiled_forward(monkeypatch: pytest.MonkeyPatch) -> None:
     """2 s for a small net, up to 60 forwards' time for a big one, capped at EXACT_SECONDS; a time set in
     $BRANCHGRAPH_PLAN_SECONDS instead, where a bad one is refused."""
-    from branchgraph.memory import planner as planner_module
+    from branchgraph.memory import search as planner_module
 
     monkeypatch.delenv(planner_module.SECONDS_ENV, raising=False)
     saves = Saves(np.array([10, 0]), np.arange(1), np.arange(1))

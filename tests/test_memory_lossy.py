@@ -16,9 +16,10 @@ from torch import nn
 import branchgraph as bg
 from branchgraph.errors import ConfigError
 from branchgraph.graph.record import measure
-from branchgraph.memory import exact, lossy, plan, step_memory
-from branchgraph.memory.planner import Planner
+from branchgraph.memory import ilp as exact
+from branchgraph.memory import lossy, plan, step_memory
 from branchgraph.memory.problem import Saves
+from branchgraph.memory.search import Planner
 from tests.conftest import run_cli
 from tests.test_memory import REPEATS, _example, assert_kept_as_predicted
 

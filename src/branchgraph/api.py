@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the packages behind each entry point are imported when it i
     from branchgraph.analysis.forks import ForkGradients
     from branchgraph.benchmark import BenchResult
     from branchgraph.graph.tables import Summary
-    from branchgraph.memory.planning import CheckpointPlan
+    from branchgraph.memory.checkpointing import CheckpointPlan
     from branchgraph.passes.pipeline import OptimizeReport
     from branchgraph.training.config import TrainConfig
     from branchgraph.training.trainer import TrainResult
@@ -61,7 +61,7 @@ def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float 
     """Plan activation checkpointing of ``model`` trained at ``batch`` so that what it keeps for backward fits
     ``budget`` and/or its step's peak fits ``peak`` (fractions of the plain model's, or sizes such as "300MiB");
     ``options`` go to ``branchgraph.memory.plan`` (cost, saving_ops, measure, lossy_saves, region_limit)."""
-    from branchgraph.memory.planning import plan as plan_checkpointing
+    from branchgraph.memory.checkpointing import plan as plan_checkpointing
 
     _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)

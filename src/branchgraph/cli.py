@@ -26,8 +26,8 @@ from branchgraph.commands import (
 )
 from branchgraph.errors import BranchgraphError, Interrupted
 from branchgraph.heap import HEAP_POLICIES
+from branchgraph.memory.checkpointing import COSTS
 from branchgraph.memory.lossy import LOSSY
-from branchgraph.memory.planning import COSTS
 from branchgraph.passes.base import MODES
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
 from branchgraph.training.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES

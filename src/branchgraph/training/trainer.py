@@ -25,7 +25,7 @@ from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.hardware import resolve_device
 from branchgraph.heap import apply_heap_policy
-from branchgraph.memory.planning import CheckpointPlan
+from branchgraph.memory.checkpointing import CheckpointPlan
 from branchgraph.training.config import TrainConfig
 from branchgraph.training.distributed import all_reduce_sum, init_distributed, shutdown
 from branchgraph.training.evaluation import evaluate

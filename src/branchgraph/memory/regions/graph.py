@@ -18,8 +18,9 @@ from torch import fx, nn
 
 from branchgraph.graph.record import SavedTensors, StorageTable, leaf_macs, tensors
 from branchgraph.graph.tracing import layer_failure, node_module
-from branchgraph.memory import lossy, saving_ops, unit_timing
+from branchgraph.memory import lossy, saving_ops
 from branchgraph.memory.problem import Problem, Region, Saves, Shrink
+from branchgraph.memory.regions import timing as unit_timing
 from branchgraph.memory.reversible import ReversibleSequence
 
 COMPUTE = ("call_module", "call_function", "call_method")

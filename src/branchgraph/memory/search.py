@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from branchgraph.errors import ConfigError
-from branchgraph.memory import exact
+from branchgraph.memory import ilp as exact
 from branchgraph.memory.problem import Saves, Shrink
 
 EXACT_SECONDS = 30.0  # the integer program's time limit per plan at most; it mostly stops sooner, at a 1 % gap

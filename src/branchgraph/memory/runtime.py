@@ -8,7 +8,6 @@ subclass whose forward runs that code), so its module tree and state-dict keys s
 from __future__ import annotations
 
 import contextlib
-import copy
 import operator
 import threading
 from collections.abc import Callable, Iterator
@@ -20,8 +19,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils.checkpoint import checkpoint
 
-from branchgraph.memory.graph_regions import apply_saving_ops, units_of
 from branchgraph.memory.lossy import exact_saves, narrowed_saves
+from branchgraph.memory.regions.graph import apply_saving_ops, units_of
+from branchgraph.memory.retype import copy_retyped, retype, unretype
 from branchgraph.memory.reversible import statistics_frozen
 
 _STATE = threading.local()  # .recomputing: a checkpointed range is being run again for backward
@@ -146,9 +146,6 @@ def build_program(gm: fx.GraphModule, ranges: list[tuple[int, int]], saving: lis
     return Program(_compile(main, "planned forward"), lossy)
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def _container_hooks(root: nn.Module) -> bool:
     """Whether a container module below ``root`` has hooks, other than observers (hooks marked
     ``observer = True``, such as the memory recorder's, which only watch and may miss inlined calls)."""
@@ -179,33 +176,23 @@ class _Planned(nn.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
         """A planned copy: the model's own class is copied (a GraphModule's copy makes a class of its own, which
         must not derive from the planned one), then planned again with the same program."""
-        program, planned = self.__dict__["_bg_program"], type(self)
-        uninstall(self)
+        program = self.__dict__.pop("_bg_program")
         try:
-            twin = copy.deepcopy(self, memo)
+            twin = copy_retyped(self, memo, _Planned, "Planned")
         finally:
-            self.__class__ = planned
             self.__dict__["_bg_program"] = program
-        return install(twin, program)
+        twin.__dict__["_bg_program"] = program
+        return twin
 
 
 def install(model: nn.Module, program: Program) -> nn.Module:
     """Make ``model`` (in place) run ``program``; its class becomes ``Planned<Cls>``, a subclass of its own."""
-    base = type(model)
-    if issubclass(base, fx.GraphModule):  # a class per instance: not cached, so it goes with its model
-        model.__class__ = type(f"Planned{base.__name__}", (_Planned, base), {"__module__": __name__})
-    else:
-        if base not in _CLASSES:
-            _CLASSES[base] = type(f"Planned{base.__name__}", (_Planned, base), {"__module__": __name__})
-        model.__class__ = _CLASSES[base]
+    retype(model, _Planned, "Planned")
     model.__dict__["_bg_program"] = program
     return model
 
 
 def uninstall(model: nn.Module) -> None:
     """Undo ``install`` in place."""
-    if isinstance(model, _Planned):
-        model.__class__ = type(model).__mro__[2]
+    unretype(model, _Planned)
     model.__dict__.pop("_bg_program", None)
-
-

@@ -4,19 +4,19 @@ marked) and every run of 2+ children of a plain ``nn.Sequential``, run by swappi
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.record import ModuleCalls, SavedTensors, StorageTable, leaf_macs, tensors
 from branchgraph.graph.tracing import layer_failure
 from branchgraph.memory.problem import Problem, Region, Saves
+from branchgraph.memory.retype import copy_retyped, retype, unretype
 from branchgraph.memory.reversible import statistics_frozen
 
 
@@ -134,24 +134,11 @@ def _wants_checkpoint(module: nn.Module, args: tuple[Any, ...]) -> bool:
         any(t.requires_grad for t in tensors(args)) or any(p.requires_grad for p in module.parameters()))
 
 
-def _copy_retyped(module: nn.Module, memo: dict[int, Any], mixin: type) -> nn.Module:
-    """A deep copy of a retyped module, retyped the same way: its own class is copied (a GraphModule's copy makes
-    a class of its own, which must not derive from the retyped one: its forward recursed), then mixed again."""
-    retyped = type(module)
-    module.__class__ = retyped.__mro__[2]
-    try:
-        twin = copy.deepcopy(module, memo)
-    finally:
-        module.__class__ = retyped
-    _retype(twin, mixin)
-    return twin
-
-
 class _Checkpointed(nn.Module):
     """Mixed in before a module's class: its forward runs under torch.utils.checkpoint while autograd records."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
-        return _copy_retyped(self, memo, _Checkpointed)
+        return copy_retyped(self, memo, _Checkpointed, "Checkpointed")
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         forward = super().forward
@@ -173,7 +160,7 @@ class _Segmented(nn.Sequential):
     _checkpoint_runs: dict[int, int]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Module:
-        return _copy_retyped(self, memo, _Segmented)
+        return copy_retyped(self, memo, _Segmented, "Segmented")
 
     def forward(self, x: Any) -> Any:
         children = list(self)
@@ -191,20 +178,8 @@ class _Segmented(nn.Sequential):
         return x
 
 
-_CLASSES: dict[tuple[type, type], type] = {}
-
-
 def _retype(module: nn.Module, mixin: type) -> None:
-    base = type(module)
-    if issubclass(base, mixin):
-        return
-    prefix = "Checkpointed" if mixin is _Checkpointed else "Segmented"
-    if issubclass(base, fx.GraphModule):  # a class per instance: not cached, so it goes with its module
-        module.__class__ = type(f"{prefix}{base.__name__}", (mixin, base), {"__module__": __name__})
-        return
-    if (base, mixin) not in _CLASSES:
-        _CLASSES[base, mixin] = type(f"{prefix}{base.__name__}", (mixin, base), {"__module__": __name__})
-    module.__class__ = _CLASSES[base, mixin]
+    retype(module, mixin, "Checkpointed" if mixin is _Checkpointed else "Segmented")
 
 
 def apply_module_regions(model: nn.Module, regions: list[Region]) -> None:
@@ -223,6 +198,5 @@ def remove_module_regions(model: nn.Module) -> None:
     """Undo ``apply_module_regions`` in place (every module back to its own class)."""
     for module in model.modules():
         for mixin in (_Checkpointed, _Segmented):
-            if isinstance(module, mixin):
-                module.__class__ = type(module).__mro__[2]
+            unretype(module, mixin)
         module.__dict__.pop("_checkpoint_runs", None)

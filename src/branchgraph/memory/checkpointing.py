@@ -26,11 +26,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.errors import ConfigError
-from branchgraph.memory import graph_regions, graph_runtime, lossy, module_regions
+from branchgraph.memory import lossy
+from branchgraph.memory import runtime as graph_runtime
 from branchgraph.memory.budget import MIB, parse_budget
 from branchgraph.memory.measure import step_memory
-from branchgraph.memory.planner import Planner
 from branchgraph.memory.problem import Problem, Region, Saves
+from branchgraph.memory.regions import graph as graph_regions
+from branchgraph.memory.regions import modules as module_regions
+from branchgraph.memory.search import Planner
 from branchgraph.memory.verify import grad_error, step_failure, verify_plan
 from branchgraph.timing import time_interleaved
 
