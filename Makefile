@@ -79,15 +79,14 @@ graphviz:
 		exit 2; \
 	fi
 
-# Long (about 35 minutes here, torch.compile included); figures go to the README's Results table.
+# Long (about 35 minutes on 2 cores, torch.compile included); bench_results.py writes docs/results/<name>-<isa>.{json,md}.
 bench: setup data
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_heap.py
 	$(BIN)/python benchmarks/bench_revnet.py
 	$(BIN)/python benchmarks/bench_branch_stats.py
-	$(BIN)/branchgraph bench googlenet-d2l --mode eval --batch 128 --rounds 10 --tune
-	$(BIN)/branchgraph bench googlenet-d2l --mode train --batch 128 --rounds 8
+	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/profile_optimised.py
 
 clean:

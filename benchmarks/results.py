@@ -41,17 +41,18 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write(name: str, title: str, command: str, header: list[str], rows: list[list[str]], data: Any) -> Path:
-    """Write ``<name>-<isa>.json`` (rows, data, machine, command) and the page made from it; returns the page."""
+def write(name: str, title: str, command: str, header: list[str], rows: list[list[str]], data: Any,
+          directory: Path = RESULTS) -> Path:
+    """Write ``<name>-<isa>.json`` (rows, data, machine, command) and the page made from it into ``directory``,
+    and the index there; returns the page."""
     info = machine()
     stem = f"{name}-{info['isa'].lower()}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     record = {"title": title, "command": command, "machine": info, "header": header, "rows": rows, "data": data}
-    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=1))
-    page = render(record)
-    (RESULTS / f"{stem}.md").write_text(page)
-    index()
-    return RESULTS / f"{stem}.md"
+    (directory / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    (directory / f"{stem}.md").write_text(render(record))
+    index(directory)
+    return directory / f"{stem}.md"
 
 
 def render(record: dict[str, Any]) -> str:
@@ -65,13 +66,13 @@ def render(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def index() -> None:
-    """``docs/results/index.md``: every results page, with its machine."""
+def index(directory: Path = RESULTS) -> None:
+    """``index.md`` of ``directory``: every results page, with its machine."""
     lines = ["# Results", "", "Each page is generated from the JSON beside it, written by the benchmark named on it.",
              ""]
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(directory.glob("*.json")):
         record = json.loads(path.read_text())
         m = record["machine"]
         lines.append(f"- [{record['title']}]({path.stem}.md): {m['cpu']}, {m['isa']}, torch {m['torch']}, "
                      f"{m['date']}")
-    (RESULTS / "index.md").write_text("\n".join(lines) + "\n")
+    (directory / "index.md").write_text("\n".join(lines) + "\n")

@@ -84,3 +84,20 @@ def test_readme_is_a_front_door() -> None:
     readme = (REPO / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     assert "docs/results/" in readme
+
+
+def test_results_pages_are_generated_with_their_machine(tmp_path: Path) -> None:
+    """A results page is made from its JSON record, headed by the CPU model, ISA class, cores, torch version,
+    commit and date; the index lists it."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from results import machine, write
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    page = write("example", "An example", "python -c pass", ["a", "b"], [["1", "2"]], {"x": 1}, tmp_path)
+    info = machine()
+    text = page.read_text()
+    for value in (info["cpu"], info["isa"], f"{info['cores']} cores", info["torch"], info["commit"], info["date"]):
+        assert str(value) in text
+    assert "| 1 | 2 |" in text and page.with_suffix(".json").is_file()
+    assert page.name in (tmp_path / "index.md").read_text()
