@@ -87,7 +87,7 @@ def bench(
     """Time the variants of model ``name`` (a module, registry name or spec; ``compile=False`` leaves out the compiled
     ones); ``tune`` adds the variant ``branchgraph.tune`` picks among precisions, layouts and {eager, ``passes``}."""
     torch.manual_seed(seed)
-    _, model, size, classes = resolve_model(name, input_size, model_kwargs)
+    label, model, size, classes = resolve_model(name, input_size, model_kwargs)
     model.train(mode == "train")
     x, y = example_for(size, batch, seed, classes)
     names = resolve(passes, mode)
@@ -112,8 +112,10 @@ def bench(
     runs = {v: make_runner(nets[v], inputs[v], y, mode, autocast=autocast[v]) for v in VARIANTS if v in nets}
     medians = time_interleaved(runs, rounds, warmup)
     peaks = {p: matmul_peak(DTYPES[p]) for p in dict.fromkeys(precision[v] for v in medians)}
-    return BenchResult(name, mode, batch, size, rounds, medians, [p.name for p in report.passes],
-                       step_gflop(model, x, mode), {v: precision[v] for v in medians}, peaks, describe_text(), tuning)
+    return BenchResult(model=label, mode=mode, batch=batch, input_size=size, rounds=rounds, median_s=medians,
+                       passes=[p.name for p in report.passes], gflop_per_call=step_gflop(model, x, mode),
+                       precision={v: precision[v] for v in medians}, peak_gflops=peaks, machine=describe_text(),
+                       tuning=tuning)
 
 
 @dataclass

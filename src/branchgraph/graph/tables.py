@@ -122,8 +122,9 @@ def summary(
         "total_mb": input_mb + fb_mb + params_mb,
         "macs_by_operator": operator_macs(copy.deepcopy(module).train(), example),
     }
-    return Summary(name, size, batch, rows, branches, total, measured.peak_bytes, captured.note, blocks,
-                   captured, measured)
+    return Summary(model=name, input_size=size, batch=batch, rows=rows, branches=branches, total=total,
+                   peak_bytes=measured.peak_bytes, note=captured.note, blocks=blocks, capture=captured,
+                   measurement=measured)
 
 
 def _costs(param_modules: Iterable[nn.Module], records: Iterable[LayerRecord]) -> dict[str, int]:

@@ -233,14 +233,17 @@ def plan(
         saving = [problem.regions[i] for i in chosen if problem.regions[i].kind == "saving"]
         ops = [op for op in (planner.shrinks[j] for i in chosen for j in [i, *planner.inner[i]]) if op is not None]
         return CheckpointPlan(
-            list(example.shape), kept_bytes, plain, saved,
-            problem.forward_macs, int(problem.macs[chosen].sum()), problem.forward_seconds,
-            float(problem.seconds[chosen].sum()), checkpoint_overhead(),
-            int(planner.transient[chosen].max()) if chosen else 0, planner.peak(chosen, grad, in_flight), plain_peak,
-            [problem.regions[i] for i in ranges],
-            "modules" if found is None else "graph", sorted({k for op in ops for k in op.added}),
-            [f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)], grad,
-            peak_bytes, note, plain_measured_peak_bytes=plain_measured, lossy=lossy_saves)
+            input_shape=list(example.shape), budget_bytes=kept_bytes, plain_saved_bytes=plain, saved_bytes=saved,
+            forward_macs=problem.forward_macs, extra_macs=int(problem.macs[chosen].sum()),
+            forward_seconds=problem.forward_seconds, extra_seconds=float(problem.seconds[chosen].sum()),
+            region_overhead_seconds=checkpoint_overhead(),
+            largest_recompute_bytes=int(planner.transient[chosen].max()) if chosen else 0,
+            predicted_peak_bytes=planner.peak(chosen, grad, in_flight), plain_peak_bytes=plain_peak,
+            regions=[problem.regions[i] for i in ranges], method="modules" if found is None else "graph",
+            saving_ops=sorted({k for op in ops for k in op.added}),
+            saving_op_names=[f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)],
+            grad_bytes=grad, peak_budget_bytes=peak_bytes, note=note, plain_measured_peak_bytes=plain_measured,
+            lossy=lossy_saves)
 
     if peak_bytes is None or peak_bytes >= (plain_measured or plain_peak):
         least = planner.plain  # what is kept without regions: plain's bytes, or narrowed ones

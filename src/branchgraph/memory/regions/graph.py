@@ -141,11 +141,12 @@ def profile_graph(gm: fx.GraphModule, model: nn.Module, example: torch.Tensor, r
             holders.setdefault(ptr, []).append(k)
     changes = [sorted({j for ptr in ptrs for j in holders.get(ptr, [])}) for ptrs in recorder.changed_ptrs]
     return GraphProfile(
-        [n.name for n in units], [node_module(n) for n in units],
-        Saves(np.array(table.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), recorder.outs,
-        np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
-        seconds, recorder.macs, users, args, changes, np.array(table.element, dtype=np.int64),
-        np.array(table.integer, dtype=bool), np.array(table.flagged, dtype=bool), recorder.widths, saving_seconds)
+        names=[n.name for n in units], modules=[node_module(n) for n in units],
+        saves=Saves(np.array(table.sizes, dtype=np.int64), pairs[:, 0], pairs[:, 1]), out_storages=recorder.outs,
+        pre_saves=np.array([bool(saved_by[k]) and saved_by[k] <= recorder.ins[k] for k in range(len(units))]),
+        seconds=seconds, macs=recorder.macs, value_users=users, args=args, changes=changes,
+        element=np.array(table.element, dtype=np.int64), integer=np.array(table.integer, dtype=bool),
+        narrowable=np.array(table.flagged, dtype=bool), widths=recorder.widths, saving_seconds=saving_seconds)
 
 
 @dataclass(frozen=True)
@@ -327,5 +328,7 @@ def graph_problem(prof: GraphProfile, overhead: float, options: list[SavingOptio
         entries = sorted({e for pair in o.pairs for e in entries_of[pair]})
         shrinks.append(Shrink(o.unit, np.array(entries, dtype=np.int64), o.added, o.rebuilt))
     inner = [[first + j for j in ops] for ops in inside] + [[] for _ in options]
-    return Problem(prof.saves, regions, masks, inputs, seconds, masks.astype(np.int64) @ prof.macs,
-                   float(prof.seconds.sum()), int(prof.macs.sum()), shrinks, inner, prof.element, prof.narrowable)
+    return Problem(saves=prof.saves, regions=regions, masks=masks, inputs=inputs, seconds=seconds,
+                   macs=masks.astype(np.int64) @ prof.macs, forward_seconds=float(prof.seconds.sum()),
+                   forward_macs=int(prof.macs.sum()), shrinks=shrinks, inner=inner, element=prof.element,
+                   narrowable=prof.narrowable)

@@ -120,9 +120,10 @@ def module_problem(model: nn.Module, example: torch.Tensor) -> Problem:
     leaf_macs = np.array([prof.macs.get(p, 0) for p in prof.paths], dtype=np.int64)
     leaf_seconds = np.array([prof.seconds.get(p, 0.0) for p in prof.paths])
     inputs = [np.array(sorted(prof.inputs.get(group[0], set())), dtype=np.int64) for group in members]
-    return Problem(Saves(prof.sizes, prof.entry_storage, prof.entry_path), regions, masks, inputs,
-                   masks.astype(np.float64) @ leaf_seconds, masks.astype(np.int64) @ leaf_macs,
-                   float(leaf_seconds.sum()), int(leaf_macs.sum()))
+    return Problem(saves=Saves(prof.sizes, prof.entry_storage, prof.entry_path), regions=regions, masks=masks,
+                   inputs=inputs, seconds=masks.astype(np.float64) @ leaf_seconds,
+                   macs=masks.astype(np.int64) @ leaf_macs, forward_seconds=float(leaf_seconds.sum()),
+                   forward_macs=int(leaf_macs.sum()))
 
 
 def _contexts(modules: list[nn.Module]) -> tuple[contextlib.AbstractContextManager[None], ...]:
