@@ -59,10 +59,11 @@ PROCESS_WORDS = re.compile(
 
 
 def test_no_development_process_words_in_the_product() -> None:
-    """Source files, the README and docs/ speak of the tool: no issue numbers, sessions, "bars" (targets) or
-    internal source documents."""
-    tracked = subprocess.run(["git", "ls-files", "src", "README.md", "docs"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split()
+    """Source files, the README, docs/, the changelog and the contributors' guide speak of the tool: no issue
+    numbers, sessions, "bars" (targets) or internal source documents."""
+    paths = ["src", "README.md", "docs", "CHANGELOG.md", "CONTRIBUTING.md"]
+    tracked = subprocess.run(["git", "ls-files", *paths], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split()
     found = []
     for name in tracked:
         path = REPO / name
@@ -101,3 +102,17 @@ def test_results_pages_are_generated_with_their_machine(tmp_path: Path) -> None:
         assert str(value) in text
     assert "| 1 | 2 |" in text and page.with_suffix(".json").is_file()
     assert page.name in (tmp_path / "index.md").read_text()
+
+
+def test_readme_figures_come_from_the_results_pages() -> None:
+    """The README's zoo figures are those of the generated page: the command count and each BN-folding cell."""
+    import json
+
+    readme = (REPO / "README.md").read_text()
+    record = json.loads((REPO / "docs" / "results" / "zoo-avx512.json").read_text())
+    cells = {row[0]: " | ".join(row[1:]) for row in record["rows"]}
+    commands = [result for per_model in record["data"].values() for result in per_model.values()]
+    ran, total = sum(result["ok"] for result in commands), len(commands)
+    assert f"{ran} of {total} commands ran" in readme
+    for claim in re.findall(r"(\w+) (\d+ BN folded, \d+ kept)", readme):
+        assert claim[1] in cells[claim[0]], claim
