@@ -133,7 +133,8 @@ def test_train_a_spec_model_or_say_why_it_does_not_fit(user_dir: Path, data_dir:
     common = ["--limit", "256", "--batch-size", "64", "--epochs", "1", "--val-size", "64", "--precision", "fp32",
               "--data-dir", str(data_dir), "--out-dir", str(user_dir / "runs"), "--quiet"]
     r = run_cli("train", "--model", "mypkg.nets:build", *common, cwd=user_dir)
-    assert r.returncode == 2 and "does not take 1x28x28 images" in r.stderr and r.stderr.count("\n") == 1
+    assert r.returncode == 2 and "takes 3-channel images, not 1" in r.stderr and r.stderr.count("\n") == 1
+    assert '"in_chans": 1' in r.stderr
     r = run_cli("train", "--model", "mypkg.nets:build", "--model-kwargs", '{"in_chans": 1, "num_classes": 5}',
                 *common, cwd=user_dir)
     assert r.returncode == 2 and "10 logits" in r.stderr and r.stderr.count("\n") == 1

@@ -155,15 +155,12 @@ WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor o
 # googlenet-d2l's plans ran up to 60 % above the measured peaks, and up to 12 % below on smaller nets)
 
 
-def _names(result: CheckpointPlan | None) -> list[str] | None:
-    return None if result is None else [r.name for r in result.regions]
-
-
 def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPlan | None) -> int | None:
     """The heap peak of one training step of ``model`` with the plan (None: plain), or None where the heap
     cannot be read."""
     net = model if result is None else apply_plan(copy.deepcopy(model), result)  # step_memory runs a copy
-    with torch.random.fork_rng(devices=[]), step_failure(model, _names(result)):
+    names = None if result is None else [r.name for r in result.regions]
+    with torch.random.fork_rng(devices=[]), step_failure(model, names):
         return step_memory(net, example).peak_bytes
 
 
@@ -260,9 +257,9 @@ def plan(
     checked = apply_plan(copy.deepcopy(model), result)
     if lossy_saves is None:
         exact = result.regions or result.saving_ops
-        result.grad_change = verify_plan(model, checked, example, _names(result) or []) if exact else 0.0
+        result.grad_change = verify_plan(model, checked, example, [r.name for r in result.regions]) if exact else 0.0
     else:
-        with step_failure(model, _names(result)):
+        with step_failure(model, [r.name for r in result.regions]):
             result.lossy_grad_error = grad_error(model, checked, example[:LOSSY_CHECK])
         if not result.lossy_grad_error <= lossy.TOLERANCE:
             raise ConfigError(f"lossy {lossy_saves} saves change {type(model).__name__}'s parameter gradients by "
