@@ -116,3 +116,15 @@ def test_readme_figures_come_from_the_results_pages() -> None:
     assert f"{ran} of {total} commands ran" in readme
     for claim in re.findall(r"(\w+) (\d+ BN folded, \d+ kept)", readme):
         assert claim[1] in cells[claim[0]], claim
+
+
+def test_readme_ratios_come_from_the_results_pages() -> None:
+    """Every speed-up the README's table states ("1.83x") is a cell of a generated results page."""
+    import json
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Measured"):readme.index("More measurements")]
+    cells = {cell for path in (REPO / "docs" / "results").glob("*.json")
+             for row in json.loads(path.read_text())["rows"] for cell in row}
+    ratios = re.findall(r"\b\d+\.\d+x\b", table)
+    assert ratios and all(r in cells for r in ratios), [r for r in ratios if r not in cells]
