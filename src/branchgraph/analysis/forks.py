@@ -72,11 +72,11 @@ def _is_tensor(node: fx.Node) -> bool:
     return isinstance(node.meta.get("tensor_meta"), TensorMetadata)
 
 
-def _fork_tensor(gm: fx.GraphModule, block: Block) -> tuple[fx.Node, fx.Node | None] | None:
+def _fork_tensor(nodes: dict[str, fx.Node], block: Block) -> tuple[fx.Node, fx.Node | None] | None:
     """(the tensor whose gradient the block's branches share, the split/chunk between it and them or None); None
     where the fork is a tuple that comes from no tensor's split. A channel split's branches read slices of one
     tensor: their contributions to its gradient are zero outside their slice, and still add up to it."""
-    fork = next(n for n in gm.graph.nodes if n.name == block.fork)
+    fork = nodes[block.fork]
     if _is_tensor(fork):
         return fork, None
     source = fork.args[0] if fork.args else None
@@ -94,13 +94,10 @@ def _pieces(node: fx.Node) -> list[fx.Node] | None:
     return [u for u in node.users if u.users]
 
 
-def _uses(gm: fx.GraphModule, block: Block) -> list[tuple[fx.Node, str]]:
-    """(user node, branch name) for every use of the block's fork tensor; uses outside the block are 'other'. Each
-    piece of a split of the tensor is a use of its own (its getitem node); where the block's branches start at
-    the split, they are named by the piece's index."""
-    found = _fork_tensor(gm, block)
-    assert found is not None, block.fork
-    tensor, split = found
+def _uses(block: Block, tensor: fx.Node, split: fx.Node | None) -> list[tuple[fx.Node, str]]:
+    """(user node, branch name) for every use of the block's fork ``tensor``; uses outside the block are 'other'.
+    Each piece of a split of the tensor is a use of its own (its getitem node); where the block's branches start
+    at the block's ``split``, they are named by the piece's index."""
     owner = {name: b.name for b in block.branches for name in b.nodes}
     identity = next((b.name for b in block.branches if not b.nodes), None)
 
@@ -173,23 +170,20 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
     if cap.graph_module is None:
         raise BranchgraphError(f"{type(model).__name__}: {cap.note}")
     gm = cap.graph_module
+    nodes = {n.name: n for n in gm.graph.nodes}
+    order = {name: i for i, name in enumerate(nodes)}
     # forks that hold one tensor, or a split of one (its pieces are the uses); where several joins share a split
     # (its pieces added and concatenated, as in Res2Net), the last join's block stands for them
-    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    blocks: list[tuple[Block, str]] = []
-    at_split: dict[str, int] = {}  # split node -> its block's index in ``blocks``
-    for block in find_blocks(gm):
-        found = _fork_tensor(gm, block)
+    chosen: dict[int | str, tuple[Block, fx.Node, fx.Node | None]] = {}  # block index, or the split's name
+    for index, block in enumerate(find_blocks(gm)):
+        found = _fork_tensor(nodes, block)
         if found is None:
             continue
-        if found[1] is None:
-            blocks.append((block, found[0].name))
-        elif found[1].name not in at_split:
-            at_split[found[1].name] = len(blocks)
-            blocks.append((block, found[0].name))
-        elif order[block.join] > order[blocks[at_split[found[1].name]][0].join]:
-            blocks[at_split[found[1].name]] = (block, found[0].name)
-    taps = {fork: _uses(gm, b) for b, fork in blocks}  # the users of a fork; several blocks may share one
+        key = index if found[1] is None else found[1].name
+        if key not in chosen or order[block.join] > order[chosen[key][0].join]:
+            chosen[key] = (block, *found)
+    blocks = [(block, tensor.name, _uses(block, tensor, split)) for block, tensor, split in chosen.values()]
+    taps = {fork: uses for _, fork, uses in blocks}  # the users of a fork; several blocks may share one
     generator = torch.Generator().manual_seed(seed)
     shape = next(n for n in gm.graph.nodes if n.op == "output").meta["tensor_meta"].shape  # the capture's eval run
     target = torch.randint(0, shape[1], (shape[0],), generator=generator) if len(shape) == 2 else None
@@ -203,12 +197,11 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
         recorded.append(store)
     totals, contributions = recorded
     reports = []
-    for block, fork in blocks:
+    for block, fork, uses in blocks:
         total = totals.get(f"{fork}/total")
         if total is None:
             continue  # no gradient reaches this fork (nothing before it requires grad)
-        parts = [(name, contributions.get(f"{fork}/{i}", torch.zeros_like(total)))
-                 for i, (_, name) in enumerate(_uses(gm, block))]
+        parts = [(name, contributions.get(f"{fork}/{i}", torch.zeros_like(total))) for i, (_, name) in enumerate(uses)]
         norm = float(total.norm())
         summed = torch.stack([g for _, g in parts]).sum(0)
         denom = float(total.pow(2).sum()) or 1.0

@@ -141,12 +141,13 @@ class _AfterEveryAllocation(TorchDispatchMode):
 
 class ModuleCalls:
     """While entered, every module of ``model`` is hooked: ``current`` is the path of the innermost module running
-    ("" outside any), and ``on_call(path, module, args, output, seconds)`` runs after each call. The hooks are
-    observers: a planned model keeps running its plan."""
+    ("" outside any), ``on_enter(path, module, args)`` runs before each call and ``on_call(path, module, args,
+    output, seconds)`` after it. The hooks are observers: a planned model keeps running its plan."""
 
     def __init__(self, model: nn.Module,
-                 on_call: Callable[[str, nn.Module, Any, Any, float], None] | None = None) -> None:
-        self.model, self.on_call = model, on_call
+                 on_call: Callable[[str, nn.Module, Any, Any, float], None] | None = None,
+                 on_enter: Callable[[str, nn.Module, Any], None] | None = None) -> None:
+        self.model, self.on_call, self.on_enter = model, on_call, on_enter
         self.names = {m: n for n, m in model.named_modules()}
         self.stack: list[tuple[str, float]] = []
         self._handles: list[Any] = []
@@ -156,6 +157,8 @@ class ModuleCalls:
         return self.stack[-1][0] if self.stack else ""
 
     def _pre(self, module: nn.Module, args: Any) -> None:
+        if self.on_enter is not None:
+            self.on_enter(self.names[module], module, args)
         self.stack.append((self.names[module], time.perf_counter()))
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:

@@ -254,7 +254,7 @@ def plan(
     else:
         result = _fit_peak(model, example, planner, build, peak_bytes, kept_bytes, grad, in_flight, measure,
                            plain_measured or plain_peak)
-    checked = apply_plan(copy.deepcopy(model), result)
+    checked = apply_plan(copy.deepcopy(model), result)  # verified, then returned unless planning ``inplace``
     if lossy_saves is None:
         exact = result.regions or result.saving_ops
         result.grad_change = verify_plan(model, checked, example, [r.name for r in result.regions]) if exact else 0.0
@@ -265,8 +265,7 @@ def plan(
             raise ConfigError(f"lossy {lossy_saves} saves change {type(model).__name__}'s parameter gradients by "
                               f"{result.lossy_grad_error:.2e} relative (float64), above the tolerance "
                               f"{lossy.TOLERANCE:g}: plan without lossy saves")
-    target = model if inplace else copy.deepcopy(model)
-    return apply_plan(target, result), result
+    return (apply_plan(model, result) if inplace else checked), result
 
 
 def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,

@@ -50,26 +50,21 @@ def _profile(model: nn.Module, example: torch.Tensor) -> _Profile:
 
     versions: list[tuple[str, torch.Tensor, int]] = []  # (module path, input, its version when the call began)
 
-    def on_enter(module: nn.Module, args: Any) -> None:
-        versions.extend((names[module], t, t._version) for t in tensors(args))
+    def on_enter(name: str, module: nn.Module, args: Any) -> None:
+        versions.extend((name, t, t._version) for t in tensors(args))
 
     model.train()
     try:
         model(example)  # warm-up, so that the timed step does not pay first-call costs
     except Exception as exc:  # re-raised naming the innermost layer that was running
         raise layer_failure(model, "", tuple(example.shape), exc) from None
-    names = {m: p for p, m in model.named_modules()}
-    calls = ModuleCalls(model, on_call)
+    calls = ModuleCalls(model, on_call, on_enter)
     saved = SavedTensors(table, lambda: path_index[calls.current])
-    entered = [m.register_forward_pre_hook(on_enter) for m in model.modules()]
-    try:
-        with calls, saved:
+    with calls, saved:
+        try:
             model(example)
-    except Exception as exc:  # re-raised naming the innermost layer that was running
-        raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
-    finally:
-        for handle in entered:
-            handle.remove()
+        except Exception as exc:  # re-raised naming the innermost layer that was running
+            raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
     entries = saved.entries()
     changed = {path for path, t, version in versions if t._version != version}  # an in-place op, then or later
     return _Profile(list(path_index), np.array(table.sizes, dtype=np.int64), entries[:, 0], entries[:, 1],
