@@ -79,13 +79,14 @@ graphviz:
 		exit 2; \
 	fi
 
-# Long (about 35 minutes on 2 cores, torch.compile included); bench_results.py writes docs/results/<name>-<isa>.{json,md}.
+# Long (about 35 minutes on 2 cores, torch.compile included); every benchmark writes docs/results/<name>-<isa>.{json,md}
+# (the data, and the page generated from it, headed by the machine and the command).
 bench: setup data
-	$(BIN)/python benchmarks/bench_train.py
-	$(BIN)/python benchmarks/bench_memory.py
-	$(BIN)/python benchmarks/bench_heap.py
-	$(BIN)/python benchmarks/bench_revnet.py
-	$(BIN)/python benchmarks/bench_branch_stats.py
+	$(BIN)/python benchmarks/bench_train.py --results
+	$(BIN)/python benchmarks/bench_memory.py --results
+	$(BIN)/python benchmarks/bench_heap.py --results
+	$(BIN)/python benchmarks/bench_revnet.py --results
+	$(BIN)/python benchmarks/bench_branch_stats.py --results
 	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/profile_optimised.py
 

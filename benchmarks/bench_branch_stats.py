@@ -23,6 +23,7 @@ from torch import nn
 from branchgraph.analysis.branch_stats import BranchStats
 from branchgraph.models import create_model
 from branchgraph.timing import time_interleaved
+from results import invocation, write  # benchmarks/, the script's folder, is on sys.path
 
 
 def _step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, stats: BranchStats | None,
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--json")
+    parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     args = parser.parse_args()
     torch.manual_seed(0)
     base = create_model(args.model).to(memory_format=torch.channels_last).train()
@@ -75,6 +77,14 @@ def main() -> None:
     print("branch options, training step:")
     for name, seconds in steps.items():
         print(f"  {name:<10} {seconds * 1e3:8.1f} ms  {seconds / steps['plain']:.3f}x plain")
+    if args.results:
+        rows = [[f"branch statistics {name}", f"{s * 1e3:.1f}", f"{s / medians['off']:.3f}x off"]
+                for name, s in medians.items()]
+        rows += [[f"branch option {name}", f"{s * 1e3:.1f}", f"{s / steps['plain']:.3f}x plain"]
+                 for name, s in steps.items()]
+        write("branch-stats", f"{args.model} training step with branch statistics and branch options, batch "
+              f"{args.batch}", invocation(), ["variant", "median ms", "ratio"], rows,
+              {"median_s": medians, "options_median_s": steps, "rounds": args.rounds})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "batch": args.batch, "rounds": args.rounds,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from branchgraph.hardware import describe_text
 from branchgraph.heap import apply_heap_policy
 from branchgraph.models import create_model
+from results import invocation, write  # benchmarks/, the script's folder, is on sys.path
 
 CASES = {
     "googlenet-d2l fp32": ("googlenet-d2l", {}, 96, False),
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--beside", action="store_true", help="a one-thread matmul loop running alongside")
     parser.add_argument("--json")
+    parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "POLICY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -104,6 +106,15 @@ def main() -> None:
               f"faults/step, {row['system']['max_rss_mib']:.0f} MiB resident; keep {row['keep']['median_s'] * 1000:.0f}"
               f" ms, {row['keep']['faults_per_step']:.0f} faults/step, {row['keep']['max_rss_mib']:.0f} MiB; keep / "
               f"system {row['keep_over_system']:.3f}x (rounds {min(ratios):.3f}-{max(ratios):.3f})")
+    if args.results:
+        rows = [[case, *(f"{row[p]['median_s'] * 1e3:.0f} ms, {row[p]['faults_per_step']:.0f} faults/step, "
+                         f"{row[p]['max_rss_mib']:.0f} MiB" for p in ("system", "keep")),
+                 f"{row['keep_over_system']:.3f}x ({row['ratio_range'][0]:.3f}-{row['ratio_range'][1]:.3f})"]
+                for case, row in summary.items()]
+        write("heap" + ("-shared" if args.beside else ""), "Training steps under glibc's heap policy and --heap keep"
+              + (", beside a one-thread matmul loop" if args.beside else ""), invocation(),
+              ["case", "system (median step, page faults, resident)", "keep", "keep / system (range)"], rows,
+              {"rounds": args.rounds, "cases": summary})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": describe_text(), "rounds": args.rounds, "beside": args.beside, "cases": summary}, f,

@@ -36,6 +36,7 @@ from branchgraph.memory.checkpointing import traced_problem
 from branchgraph.memory.search import Planner
 from branchgraph.models import create_model
 from foreign_nets import InceptionV3Like  # benchmarks/, the script's folder, is on sys.path
+from results import invocation, variant_rows, write
 
 
 class UniformCheckpoint(nn.Module):
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help="branchgraph.heap policy (as train)")
     parser.add_argument("--json")
+    parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     args = parser.parse_args()
     apply_heap_policy(args.heap)
     torch.manual_seed(args.seed)
@@ -152,6 +154,15 @@ def main() -> None:
         least[budget] = least_recomputation(model, x, budget, args.least)
         found = "none found" if least[budget] is None else f"{least[budget]:.2f} of the forward's time"
         print(f"least recomputation at budget {budget:g} (integer program, {args.least:g} s): {found}")
+    if args.results:
+        header, rows = variant_rows(results)
+        for row in rows:
+            p = plans.get(row[0])
+            row += [f"{p.saved_bytes / 2**20:.1f}", f"{p.predicted_peak_bytes / 2**20:.1f}"] if p else ["-", "-"]
+        write(f"memory-{args.model}", f"Checkpoint plans of {args.model}, batch {args.batch}, {args.size}x{args.size}, "
+              f"{layout}", invocation(), [*header, "predicted kept MiB", "predicted peak MiB"], rows,
+              {"plans": {n: p.to_dict() for n, p in plans.items()},
+               "results": [r.to_dict(results[0]) for r in results], "forward_shares": shares})
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"plans": {n: p.to_dict() for n, p in plans.items()},

@@ -15,6 +15,7 @@ import torch
 
 from branchgraph.memory import compare_variants, table
 from branchgraph.models import create_model
+from results import invocation, variant_rows, write  # benchmarks/, the script's folder, is on sys.path
 
 
 def main() -> None:
@@ -23,10 +24,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--units", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--json")
+    parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     args = parser.parse_args()
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
-    report = {}
+    report, table_rows = {}, []
     for units in args.units:
         torch.manual_seed(0)
         variants = {
@@ -38,9 +40,15 @@ def main() -> None:
         print(f"\nunits per stage {units}, batch {args.batch}, 32x32, {torch.get_num_threads()} threads", flush=True)
         print(table(results), flush=True)
         report[units] = [r.to_dict(results[0]) for r in results]
+        header, rows = variant_rows(results)
+        table_rows += rows
     first, last = report[args.units[0]][0], report[args.units[-1]][0]
     print(f"\nrevnet kept bytes, {args.units[-1]} vs {args.units[0]} units per stage: "
           f"{last['forward_mib'] / first['forward_mib']:.3f}x; peak {last['peak_mib'] / first['peak_mib']:.3f}x")
+    if args.results:
+        write("revnet", f"RevNet-38 against its stored-activation twin and a ResNet of as many convs, batch "
+              f"{args.batch}, 32x32 (ratios against the RevNet of the same depth)", invocation(), header, table_rows,
+              report)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)

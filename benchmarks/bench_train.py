@@ -22,6 +22,7 @@ from branchgraph.heap import HEAP_POLICIES, apply_heap_policy
 from branchgraph.models import model_info
 from branchgraph.timing import make_runner, time_interleaved
 from branchgraph.tune import Candidate, build_candidate, tune
+from results import invocation, write  # benchmarks/, the script's folder, is on sys.path
 
 VARIANTS = {
     "fp32 NCHW": Candidate("fp32", False),
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     parser.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help="branchgraph.heap policy (as train)")
     args = parser.parse_args()
     apply_heap_policy(args.heap)
@@ -54,6 +56,13 @@ def main() -> None:
     rows = [{"variant": v, "median_ms": 1000 * t, "images_per_s": args.batch / t, "speedup_vs_fp32_nchw": base / t}
             for v, t in medians.items()]
     chosen = tune(model, x, y, "train", cache=False).chosen.name
+    if args.results:
+        table = [[r["variant"], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.0f}",
+                  f"{r['speedup_vs_fp32_nchw']:.2f}x"] for r in rows]
+        table.append([f"chosen by --precision auto: {chosen}", "", "", ""])
+        write("train-precision", f"{args.model} training step by precision and layout, batch {args.batch}",
+              invocation(), ["variant", "median ms", "images/s", "vs fp32 NCHW"], table,
+              {"results": rows, "auto_chooses": chosen, "rounds": args.rounds})
     if args.json:
         print(json.dumps({"model": args.model, "batch": args.batch, "rounds": args.rounds, "machine": describe(),
                           "results": rows, "auto_chooses": chosen}, indent=2))

@@ -8,7 +8,9 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,28 @@ def machine() -> dict[str, Any]:
         "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(), "torch": torch.__version__,
         "commit": commit, "date": datetime.date.today().isoformat(),
     }
+
+
+def invocation() -> str:
+    """The command line that ran this benchmark, as a page quotes it."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(RESULTS.parents[1]) if script.is_relative_to(RESULTS.parents[1]) else script
+    return "python " + " ".join(shlex.quote(str(arg)) for arg in (shown, *sys.argv[1:]))
+
+
+def variant_rows(results: list[Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of ``compare_variants`` results: kept bytes, peak and step time, each against the first."""
+    plain = results[0]
+    rows = []
+    for r in results:
+        d = r.to_dict(plain)
+        low, high = d["time_vs_plain_range"] or (None, None)
+        timing = ([f"{d['median_s'] * 1e3:.0f}", f"{d['time_vs_plain']:.2f}x ({low:.2f}-{high:.2f})"]
+                  if d["median_s"] is not None and d["time_vs_plain"] is not None else ["-", "-"])
+        rows.append([r.name, f"{d['forward_mib']:.1f}", f"{d['forward_vs_plain']:.1%}", f"{d['peak_mib']:.1f}",
+                     f"{d['peak_vs_plain']:.1%}", *timing])
+    header = ["variant", "kept MiB", "vs first", "peak MiB", "vs first", "step ms (median)", "vs first (range)"]
+    return header, rows
 
 
 def write(name: str, title: str, command: str, header: list[str], rows: list[list[str]], data: Any,
