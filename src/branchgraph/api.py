@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.models.registry import resolve_model
 
@@ -45,14 +46,44 @@ def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int 
 
 def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes: list[str] | None = None,
              mode: str = "eval", batch: int = 2, seed: int = 0, model_kwargs: dict[str, Any] | None = None,
-             verify: bool = True) -> tuple[nn.Module, OptimizeReport]:
+             verify: bool = True, tune: bool = False, tune_batch: int = 128, out: str | Path | None = None,
+             **tune_options: Any) -> tuple[nn.Module, OptimizeReport]:
     """Run graph passes (default: the mode's lossless set) on ``model`` and verify the result against it on a
-    random batch of ``batch`` (outputs, and in training mode gradients and weights after an SGD step)."""
+    random batch of ``batch`` (outputs, and in training mode gradients and weights after an SGD step). With
+    ``tune``, time precisions, layouts, {eager, the passes} and, for inference, compiled and runtime engines at
+    ``tune_batch`` (``tune_options`` go to ``branchgraph.tune.tune``: engines, retune, compile_budget...) and
+    return the fastest verified one as a module (fp32 in, fp32 out) whichever engine won; ``out`` (inference)
+    writes it for deployment (``branchgraph.inference.load`` reads it back)."""
+    from branchgraph.passes.manager import resolve
+    from branchgraph.passes.pipeline import OptimizeReport
     from branchgraph.passes.pipeline import optimize as run_passes_verified
+    from branchgraph.tune import build_candidate
+    from branchgraph.tune import tune as tune_choice
 
-    _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
+    if out is not None and not (tune and mode == "eval"):
+        raise ConfigError("--out writes the tuned inference model: use it with --tune and --mode eval")
+    _, module, size, classes = _resolve(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
-    return run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
+    if not tune:
+        return run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
+    timed, target = example_for(size, tune_batch, seed, classes)
+    tuning = tune_choice(module, timed, target, mode, pass_sets=(None, resolve(passes, mode)), **tune_options)
+    cand = tuning.chosen
+    if cand.engine == "torch" and cand.passes is not None:
+        net, report = run_passes_verified(module, example, passes=cand.pass_list(), mode=mode, verify=verify,
+                                          seed=seed)
+    else:
+        net, report = build_candidate(module, example, mode, cand).net, OptimizeReport(mode, [])
+        if cand.engine == "torch" and not cand.weights:  # eager: the layout and autocast the timings used
+            from branchgraph.inference.engines import Serving
+
+            net = Serving(net, cand.channels_last, autocast=cand.autocast)
+    report.tuning = tuning
+    if out is not None:
+        from branchgraph.inference.deploy import save
+
+        report.deployed = save(module, example, tuning, out)
+    return net, report
 
 
 def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float | int | str | None = None, *,

@@ -6,8 +6,11 @@ another and concurrently."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,20 +20,32 @@ from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.graph import capture, measure
 from branchgraph.hardware import describe_text, matmul_peak
+from branchgraph.inference.engines import Built, export_for_runtimes
+from branchgraph.inference.runtimes import available, missing_note
 from branchgraph.models.registry import resolve_model
 from branchgraph.passes import optimize, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
-from branchgraph.tune import DTYPES, TuneResult, build_candidate
+from branchgraph.tune import (
+    COMPILE_BUDGET_S,
+    DTYPES,
+    RUNTIME_ENGINES,
+    Candidate,
+    TuneResult,
+    build_candidate,
+    usable_precisions,
+)
 from branchgraph.tune import tune as tune_choice
 
 VARIANTS = ("eager", "compiled", "optimised", "optimised+compiled", "tuned", "tuned+compiled")
+PEERS = ("compiled (frozen)", "onnxruntime fp32", "openvino fp32", "openvino bf16")
 
 
 @dataclass
 class BenchResult:
-    """Median seconds per call of each variant, its speed-up over eager, and its achieved GFLOP/s against this
-    machine's measured matmul peak for the variant's precision (the roofline)."""
+    """Median seconds per call of each variant, its speed-up over eager, its achieved GFLOP/s against this
+    machine's measured matmul peak for the variant's precision (the roofline), and in inference its output error
+    (max abs difference over max abs output of eager fp32)."""
 
     model: str
     mode: str
@@ -44,6 +59,9 @@ class BenchResult:
     peak_gflops: dict[str, float]
     machine: str
     tuning: TuneResult | None = None
+    errors: dict[str, float] = field(default_factory=dict)
+    compile_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         eager = self.median_s["eager"]
@@ -52,9 +70,10 @@ class BenchResult:
                 "machine": self.machine, "gflop_per_call": self.gflop_per_call, "peak_gflops": self.peak_gflops,
                 "variants": {v: {"median_ms": 1000 * t, "speedup_vs_eager": eager / t, "precision": self.precision[v],
                                  "gflops": self.gflop_per_call / t,
-                                 "fraction_of_peak": self.gflop_per_call / t / self.peak_gflops[self.precision[v]]}
+                                 "fraction_of_peak": self.gflop_per_call / t / self.peak_gflops[self.precision[v]],
+                                 "output_error": self.errors.get(v), "compile_s": self.compile_s.get(v)}
                              for v, t in self.median_s.items()},
-                "tuning": self.tuning.to_dict() if self.tuning else None}
+                "tuning": self.tuning.to_dict() if self.tuning else None, "notes": self.notes}
 
     def to_text(self) -> str:
         d = self.to_dict()
@@ -63,11 +82,16 @@ class BenchResult:
                  f"interleaved rounds; passes: {', '.join(self.passes)}",
                  f"machine: {self.machine}",
                  f"roofline: {self.gflop_per_call:.1f} GFLOP per call; measured matmul peak GFLOP/s: {peaks}",
-                 f"{'variant':<20} {'median ms':>10} {'vs eager':>9} {'GFLOP/s':>8} {'of peak':>8}"]
-        lines += [f"{v:<20} {r['median_ms']:>10.1f} {r['speedup_vs_eager']:>8.2f}x {r['gflops']:>8.1f} "
-                  f"{r['fraction_of_peak']:>7.0%} {r['precision']}" for v, r in d["variants"].items()]
+                 f"{'variant':<20} {'median ms':>10} {'vs eager':>9} {'GFLOP/s':>8} {'of peak':>8} {'precision':<9}"
+                 + (" error" if self.errors else "")]
+        for v, r in d["variants"].items():
+            error = "" if r["output_error"] is None else f" {r['output_error']:.1e}"
+            built = f" (compiled in {r['compile_s']:.0f} s)" if r["compile_s"] else ""
+            lines.append(f"{v:<20} {r['median_ms']:>10.1f} {r['speedup_vs_eager']:>8.2f}x {r['gflops']:>8.1f} "
+                         f"{r['fraction_of_peak']:>7.0%} {r['precision']:<9}{error}{built}")
         if self.tuning is not None:
             lines.append(self.tuning.to_text())
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -79,13 +103,51 @@ def step_gflop(model: nn.Module, example: torch.Tensor, mode: str) -> float:
     return 2 * macs * example.shape[0] / 1e9
 
 
+def _max_error(net: nn.Module, x: torch.Tensor, autocast: torch.dtype | None, reference: torch.Tensor) -> float:
+    """Max abs difference of ``net``'s output from ``reference`` over the reference's max abs value."""
+    context = torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), context:
+        out = net(x)
+    out = (out[0] if isinstance(out, tuple) else out).float()
+    return ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
+
+
+def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str]) -> tuple[dict[str, Built], list[str]]:
+    """Inductor with freezing, and ONNX Runtime and OpenVINO (fp32, and bf16 where native) on the exported graph:
+    the engines a user could deploy instead; notes for those left out."""
+    wanted = [Candidate(engine="compiled"), Candidate("fp32", engine="onnxruntime"),
+              Candidate("fp32", engine="openvino"), *([Candidate("bf16", engine="openvino")] if "bf16" in precisions
+                                                     else [])]
+    built, notes = {}, [n for n in [missing_note()] if n]
+    with tempfile.TemporaryDirectory(prefix="branchgraph-bench-") as tmp:
+        onnx_path = None
+        if any(available(r) for r in RUNTIME_ENGINES):
+            try:
+                onnx_path = export_for_runtimes(model, x, Path(tmp))
+            except Exception as exc:  # the runtimes are left out, with the export's first line
+                notes.append(f"ONNX export failed, so no runtime is compared: {str(exc).strip().splitlines()[0]}")
+        for cand in wanted:
+            if cand.engine in RUNTIME_ENGINES and (onnx_path is None or not available(cand.engine)):
+                continue
+            name = "compiled (frozen)" if cand.engine == "compiled" else cand.name
+            try:
+                built[name] = build_candidate(model, x, "eval", cand, onnx_path)
+            except Exception as exc:  # one engine failing on this model does not stop the others
+                notes.append(f"{name} left out: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}")
+    return built, notes
+
+
 def bench(
     name: nn.Module | str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
     rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None, tune: bool = False,
-    seed: int = 0, model_kwargs: dict[str, Any] | None = None,
+    seed: int = 0, model_kwargs: dict[str, Any] | None = None, peers: bool = False, retune: bool = False,
+    engines: list[str] | None = None, compile_budget: float | None = COMPILE_BUDGET_S,
 ) -> BenchResult:
     """Time the variants of model ``name`` (a module, registry name or spec; ``compile=False`` leaves out the compiled
-    ones); ``tune`` adds the variant ``branchgraph.tune`` picks among precisions, layouts and {eager, ``passes``}."""
+    ones); ``tune`` adds the variant ``branchgraph.tune`` picks (among ``engines``); ``peers`` (inference) adds
+    Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error against eager fp32."""
+    if peers and mode != "eval":
+        raise ConfigError("--peers compares inference engines: use it with --mode eval")
     torch.manual_seed(seed)
     label, model, size, classes = resolve_model(name, input_size, model_kwargs)
     model.train(mode == "train")
@@ -96,26 +158,44 @@ def bench(
     nets: dict[str, nn.Module] = {"eager": model, "optimised": optimised}
     precision = {"eager": "fp32", "compiled": "fp32", "optimised": reduced, "optimised+compiled": reduced}
     inputs = dict.fromkeys(VARIANTS, x)
-    autocast: dict[str, torch.dtype | None] = dict.fromkeys(VARIANTS)
-    tuning = None
+    autocast: dict[str, torch.dtype | None] = {}
+    compile_s: dict[str, float] = {}
+    tuning, notes = None, []
     if tune:
-        tuning = tune_choice(model, x, y, mode, pass_sets=(None, names))
-        nets["tuned"], inputs["tuned"] = build_candidate(model, x, mode, tuning.chosen)
+        tuning = tune_choice(model, x, y, mode, pass_sets=(None, names), retune=retune, engines=engines,
+                             compile_budget=compile_budget if compile else 0)
+        chosen = build_candidate(model, x, mode, tuning.chosen)
+        nets["tuned"], inputs["tuned"] = chosen.net, chosen.x
         precision["tuned"] = precision["tuned+compiled"] = tuning.chosen.precision
         autocast["tuned"] = autocast["tuned+compiled"] = tuning.chosen.autocast
         inputs["tuned+compiled"] = inputs["tuned"]
     if compile:
         nets["compiled"] = torch.compile(copy.deepcopy(model))
         nets["optimised+compiled"] = torch.compile(copy.deepcopy(optimised))
-        if tune:
+        if tune and tuning is not None and tuning.chosen.engine == "torch":
             nets["tuned+compiled"] = torch.compile(copy.deepcopy(nets["tuned"]))
-    runs = {v: make_runner(nets[v], inputs[v], y, mode, autocast=autocast[v]) for v in VARIANTS if v in nets}
+    order = [v for v in VARIANTS if v in nets]
+    if peers:
+        found, notes = _peers(model, x, usable_precisions(x.device, None)[0])
+        for variant, b in found.items():
+            nets[variant], inputs[variant] = b.net, b.x
+            precision[variant] = "bf16" if variant.endswith("bf16") else "fp32"
+            if b.compile_s:
+                compile_s[variant] = b.compile_s
+        order += list(found)
+    runs = {v: make_runner(nets[v], inputs[v], y, mode, autocast=autocast.get(v)) for v in order}
     medians = time_interleaved(runs, rounds, warmup)
+    errors = {}
+    if mode == "eval":
+        with torch.no_grad():
+            reference = model(x)
+        reference = (reference[0] if isinstance(reference, tuple) else reference).float()
+        errors = {v: _max_error(nets[v], inputs[v], autocast.get(v), reference) for v in order if v != "eager"}
     peaks = {p: matmul_peak(DTYPES[p]) for p in dict.fromkeys(precision[v] for v in medians)}
     return BenchResult(model=label, mode=mode, batch=batch, input_size=size, rounds=rounds, median_s=medians,
                        passes=[p.name for p in report.passes], gflop_per_call=step_gflop(model, x, mode),
                        precision={v: precision[v] for v in medians}, peak_gflops=peaks, machine=describe_text(),
-                       tuning=tuning)
+                       tuning=tuning, errors=errors, compile_s=compile_s, notes=notes)
 
 
 @dataclass

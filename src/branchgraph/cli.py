@@ -69,6 +69,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -143,6 +153,14 @@ TRAIN_SWITCHES = {
 }
 
 
+def _add_tune_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engines", help="comma-separated engines --tune may choose among (torch, compiled, "
+                   "onnxruntime, openvino; default: all for inference, torch for training)")
+    p.add_argument("--retune", action="store_true", help="measure again instead of using the cached choice")
+    p.add_argument("--compile-budget", type=_nonnegative_float, default=600.0, metavar="SECONDS",
+                   help="leave out a compiled candidate that takes longer to compile (0: compile none; default 600)")
+
+
 def _add_heap_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help=HEAP_HELP + " (default keep)")
 
@@ -205,10 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="train", help="optimise for training or inference")
     _add_input_flags(p, batch=2, batch_help="batch of the verification input")
     p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
-    p.add_argument("--tune", action="store_true", help="choose precision (bf16 only where native), layout and "
-                   "the pass set by timing each on this machine at --tune-batch; cached per machine and model")
+    p.add_argument("--tune", action="store_true", help="choose precision (bf16 only where native), layout, the "
+                   "pass set and, for inference, the engine by timing each on this machine at --tune-batch; cached "
+                   "per machine and model")
     p.add_argument("--tune-batch", type=_positive_int, default=128, help="batch size the --tune timings use "
                    "(default 128)")
+    _add_tune_flags(p)
+    p.add_argument("--out", metavar="DIR", help="with --tune --mode eval: write the chosen model for deployment "
+                   "(torch.export program, ONNX or OpenVINO IR) and record.json; branchgraph.inference.load reads it")
     p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
     p.add_argument("--show", type=int, default=3, help="changes listed per pass (default 3)")
 
@@ -227,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help=PASSES_HELP)
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     p.add_argument("--tune", action="store_true", help="add the variant chosen by timing precisions (bf16 only "
-                   "where native), layouts and {eager, --passes} on this machine (and it compiled)")
+                   "where native), layouts, {eager, --passes} and, for inference, engines on this machine")
+    _add_tune_flags(p)
+    p.add_argument("--peers", action="store_true", help="inference: add torch.compile with freezing, ONNX Runtime "
+                   "and OpenVINO (fp32, and bf16 where native), each with its output error")
     _add_heap_flag(p)
 
     p = add("bench-parallel", cmd_bench_parallel, "the model's branches run one after another vs concurrently "

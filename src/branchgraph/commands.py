@@ -135,29 +135,27 @@ def _passes(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
 
 
-def cmd_optimize(args: argparse.Namespace) -> int:
-    """Run passes on a registry model, verify the result, optionally export it to ONNX."""
+def _tune_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The tuner's options given as flags: engines, --retune, --compile-budget."""
+    return {"engines": _passes(args.engines), "retune": args.retune, "compile_budget": args.compile_budget}
 
-    from branchgraph.passes import optimize
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Run passes on a model, verify the result; with --tune choose the fastest verified engine (and --out write
+    it for deployment); optionally export it to ONNX."""
+    from branchgraph.api import optimize
     from branchgraph.passes.export import export_onnx
 
-    model, size, classes = _model(args)
+    if args.onnx and args.mode != "eval":
+        raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
+    model, size, _ = _model(args)
     example, _ = example_for(size, args.batch, args.seed)
-    passes, tuning = _passes(args.passes), None
-    if args.tune:
-        from branchgraph.passes.manager import resolve
-        from branchgraph.tune import tune
-
-        tuning = tune(model, *example_for(size, args.tune_batch, args.seed, classes), args.mode,
-                      pass_sets=((), resolve(passes, args.mode)))
-        passes = tuning.chosen.pass_list()
-    optimised, report = optimize(model, example, passes=passes, mode=args.mode, verify=not args.no_verify,
-                                 seed=args.seed)
+    optimised, report = optimize(model, size, passes=_passes(args.passes), mode=args.mode, batch=args.batch,
+                                 seed=args.seed, verify=not args.no_verify, tune=args.tune, tune_batch=args.tune_batch,
+                                 out=args.out, **(_tune_options(args) if args.tune else {}))
+    tuning = report.tuning
     data = report.to_dict()
-    data["tuning"] = tuning.to_dict() if tuning else None
     if args.onnx:
-        if args.mode != "eval":
-            raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
         data["onnx"] = str(export_onnx(optimised, example, args.onnx))
     lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
     if tuning:
@@ -174,6 +172,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                          f"float64: original {f32['original']:.1e} (worst of {len(f32['original_variants'])} "
                          f"run(s)), optimised {f32['optimised']:.1e} (limit {f32['limit']:.1e})")
         lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
+    if report.deployed:
+        record = json.loads(report.deployed.read_text())
+        files = ", ".join(record["files"])
+        error = record["verification"]["output_error_normwise"]
+        lines.append(f"  deployable {record['candidate']} written to {report.deployed.parent} ({files}); loaded "
+                     f"back: outputs {error:.1e} off fp32 normwise")
+        lines.append(f"  serve it with branchgraph.inference.load('{report.deployed.parent}')")
     if args.onnx:
         lines.append(f"  ONNX written to {data['onnx']}")
     _emit(args, data, "\n".join(lines))
@@ -199,7 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     apply_heap_policy(args.heap)
     result = bench(args.model, args.mode, args.batch, args.input, rounds=args.rounds, compile=not args.no_compile,
-                   passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs)
+                   passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs,
+                   peers=args.peers, **_tune_options(args))
     _emit(args, result.to_dict(), result.to_text())
     return 0
 

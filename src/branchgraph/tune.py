@@ -8,7 +8,8 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
+import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,42 +22,52 @@ from torch import nn
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model, native_bf16
 from branchgraph.heap import keeping
+from branchgraph.inference.engines import Built, build, export_for_runtimes
+from branchgraph.inference.runtimes import INSTALL, available
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.manager import resolve
-from branchgraph.passes.pipeline import REDUCED_PRECISION_TOLERANCE, optimize
-from branchgraph.timing import make_runner, time_interleaved
+from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, optimize
+from branchgraph.timing import interleaved_times, make_runner
+from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, write_cache
 
-CACHE_FORMAT = 1
-CACHE_NAME = "tune.json"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cache_dir() -> Path:
-    """``$BRANCHGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/branchgraph``, else ``~/.cache/branchgraph``."""
-    explicit = os.environ.get("BRANCHGRAPH_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "branchgraph"
+ENGINES = ("torch", "compiled", "onnxruntime", "openvino")
+RUNTIME_ENGINES = ("onnxruntime", "openvino")
+# Rounds of one candidate may differ by this share of their median before the measurement counts as disturbed (another
+# job on the cores): it is measured again with twice the rounds, and not cached if the rounds still disagree.
+SPREAD_LIMIT = 0.25
+COMPILE_BUDGET_S = 600.0
+__all__ = ["CACHE_NAME", "Candidate", "TuneResult", "build_candidate", "cache_dir", "candidates", "tune"]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to run the model: arithmetic precision, memory layout, and the passes (None: eager)."""
+    """One way to run the model: arithmetic precision, memory layout, the passes (None: eager), whether the
+    weights themselves are cast to ``precision`` (not autocast), and the engine: ``torch`` (eager), ``compiled``
+    (Inductor with freezing), ``onnxruntime`` or ``openvino`` (the exported ONNX graph)."""
 
     precision: str = "fp32"
     channels_last: bool = False
     passes: tuple[str, ...] | None = None
+    weights: bool = False
+    engine: str = "torch"
 
     @property
     def name(self) -> str:
-        text = f"{self.precision} {'channels_last' if self.channels_last else 'NCHW'}"
+        if self.engine in ("onnxruntime", "openvino"):
+            return f"{self.engine} {self.precision}"
+        layout = "channels_last" if self.channels_last else "NCHW"
+        text = f"{self.precision}{' weights' if self.weights else ''} {layout}"
+        if self.engine == "compiled":
+            return f"{text}, compiled (frozen)"
         return text if self.passes is None else f"{text} + passes {','.join(self.passes) or 'none'}"
 
     @property
     def autocast(self) -> torch.dtype | None:
         """The dtype to run the forward under ``torch.autocast``: eager reduced precision only (with passes,
-        the ``precision`` pass puts autocast into the graph)."""
-        return DTYPES[self.precision] if self.precision != "fp32" and self.passes is None else None
+        the ``precision`` pass puts autocast into the graph; cast weights need none)."""
+        eager = self.passes is None and not self.weights and self.engine == "torch"
+        return DTYPES[self.precision] if self.precision != "fp32" and eager else None
 
     def pass_list(self) -> list[str]:
         """The passes that give this candidate on a captured graph (layout and precision as passes, last but
@@ -68,7 +79,9 @@ class Candidate:
 
 @dataclass
 class TuneResult:
-    """What was measured (or read from the cache) and what was chosen, with the reason in words."""
+    """What was measured (or read from the cache) and what was chosen, with the reason in words: per candidate
+    its median, the spread of its rounds ((max - min) / median), its output error against fp32 eager (normwise)
+    and its compile time."""
 
     key: dict[str, Any]
     chosen: Candidate
@@ -77,42 +90,49 @@ class TuneResult:
     left_out: dict[str, str] = field(default_factory=dict)
     cached: bool = False
     notes: list[str] = field(default_factory=list)
+    spread: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
+    compile_s: dict[str, float] = field(default_factory=dict)
+    measured_at: str = ""
 
     @property
     def reason(self) -> str:
-        """Why ``chosen`` won, in one sentence."""
+        """Why ``chosen`` won, in one sentence that says when it was measured."""
         if not self.median_s:
             return f"{self.chosen.name}: the only candidate"
         best = self.median_s[self.chosen.name]
         worst_name = max(self.median_s, key=self.median_s.__getitem__)
         ratio = f" ({self.median_s[worst_name] / best:.2f}x {worst_name})" if worst_name != self.chosen.name else ""
-        source = "cached measurement" if self.cached else "measured"
-        return (f"{self.chosen.name}: fastest whose outputs hold of {len(self.median_s)} {source} candidates, "
-                f"{1000 * best:.1f} ms per {self.key['mode']} step{ratio}")
+        source = (f"cached, measured {self.measured_at}; --retune measures again" if self.cached
+                  else f"measured {self.measured_at}")
+        return (f"{self.chosen.name}: fastest whose outputs hold of {len(self.median_s)} candidates, "
+                f"{1000 * best:.1f} ms per {self.key['mode']} step{ratio} ({source})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": asdict(self.chosen) | {"name": self.chosen.name}, "reason": self.reason,
-                "median_ms": {k: 1000 * v for k, v in self.median_s.items()}, "rejected": self.rejected,
-                "left_out": self.left_out, "cached": self.cached, "notes": self.notes, "key": self.key}
+                "median_ms": {k: 1000 * v for k, v in self.median_s.items()}, "spread": self.spread,
+                "output_error": self.errors, "compile_s": self.compile_s, "rejected": self.rejected,
+                "left_out": self.left_out, "cached": self.cached, "measured_at": self.measured_at,
+                "notes": self.notes, "key": self.key}
 
     def to_text(self) -> str:
         lines = [f"tuned: {self.reason}"]
-        lines += [f"  {name:<44} {1000 * t:9.1f} ms" + ("  <- chosen" if name == self.chosen.name else "")
-                  for name, t in sorted(self.median_s.items(), key=lambda kv: kv[1])]
-        lines += [f"  {name:<44} rejected: {why}" for name, why in self.rejected.items()]
-        lines += [f"  {name:<44} left out: {why}" for name, why in self.left_out.items()]
+        width = max(map(len, [*self.median_s, *self.rejected, *self.left_out, ""]))
+        for name, t in sorted(self.median_s.items(), key=lambda kv: kv[1]):
+            extra = f"  rounds +-{self.spread[name] / 2:.0%}" if name in self.spread else ""
+            extra += f"  error {self.errors[name]:.1e}" if name in self.errors else ""
+            extra += f"  built in {self.compile_s[name]:.1f} s" if self.compile_s.get(name, 0) >= 0.05 else ""
+            extra += "  <- chosen" if name == self.chosen.name else ""
+            lines.append(f"  {name:<{width}} {1000 * t:9.1f} ms{extra}")
+        lines += [f"  {name:<{width}} rejected: {why}" for name, why in self.rejected.items()]
+        lines += [f"  {name:<{width}} left out: {why}" for name, why in self.left_out.items()]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
-def candidates(
-    device: torch.device, mode: str, layouts: Sequence[bool] = (False, True),
-    pass_sets: Sequence[Sequence[str] | None] = (None,), precisions: Sequence[str] | None = None,
-) -> tuple[list[Candidate], dict[str, str]]:
-    """Every precision x layout x pass set worth timing on ``device``, and those left out with the reason:
-    bf16 only where it is native (emulated bf16 is several times slower), fp16 only on CUDA; precisions named in
-    ``precisions`` are timed as given (the user forced them). ``layout`` and ``precision`` in a pass set are
-    dropped: they are the layout and precision axes."""
+def usable_precisions(device: torch.device, precisions: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The precisions worth timing on ``device`` and those left out with the reason: bf16 only where it is native
+    (emulated bf16 is several times slower), fp16 only on CUDA; named ``precisions`` are kept as given."""
     wanted = list(precisions or DTYPES)
     unknown = [p for p in wanted if p not in DTYPES]
     if unknown:
@@ -128,11 +148,52 @@ def candidates(
             left_out[p] = "fp16 autocast is for CUDA; CPUs run it emulated"
         else:
             kept.append(p)
+    return kept, left_out
+
+
+def candidates(
+    device: torch.device, mode: str, layouts: Sequence[bool] = (False, True),
+    pass_sets: Sequence[Sequence[str] | None] = (None,), precisions: Sequence[str] | None = None,
+    engines: Sequence[str] | None = None,
+) -> tuple[list[Candidate], dict[str, str]]:
+    """Every candidate worth timing on ``device`` and those left out with the reason: precision (``usable_precisions``)
+    x layout x pass set in eager torch (``layout`` and ``precision`` in a pass set are dropped: they are the layout
+    and precision axes); for inference also reduced-precision weights, Inductor with freezing (fp32 NCHW and
+    reduced-precision weights channels_last), and ONNX Runtime and OpenVINO where installed. ``engines`` (default:
+    all of ``ENGINES`` for inference, ``torch`` for training) limits them."""
+    chosen_engines = list(engines) if engines is not None else list(ENGINES if mode == "eval" else ("torch",))
+    unknown = [e for e in chosen_engines if e not in ENGINES]
+    if unknown:
+        raise ConfigError(f"unknown engine {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
+    if mode != "eval" and chosen_engines != ["torch"]:
+        raise ConfigError("engines other than torch run inference only: use them with --mode eval")
+    kept, left_out = usable_precisions(device, precisions)
     sets = [None if ps is None else tuple(p for p in ps if p not in ("layout", "precision")) for ps in pass_sets]
     for passes in sets:
         if passes is not None:
             resolve(list(passes), mode)
-    found = [Candidate(p, cl, passes) for passes in dict.fromkeys(sets) for cl in dict.fromkeys(layouts) for p in kept]
+    found: list[Candidate] = []
+    reduced = [p for p in kept if p != "fp32"]
+    if "torch" in chosen_engines:
+        found += [Candidate(p, cl, passes) for passes in dict.fromkeys(sets) for cl in dict.fromkeys(layouts)
+                  for p in kept]
+        if mode == "eval":
+            found += [Candidate(p, cl, weights=True) for cl in dict.fromkeys(layouts) for p in reduced]
+    if "compiled" in chosen_engines:
+        found += [Candidate(engine="compiled"), *(Candidate(p, True, weights=True, engine="compiled")
+                                                  for p in reduced)]
+    for runtime in (e for e in RUNTIME_ENGINES if e in chosen_engines):
+        if device.type != "cpu":
+            left_out[runtime] = f"compared on the CPU only (this model runs on {device.type})"
+        elif not available(runtime):
+            left_out[runtime] = f"not installed: {INSTALL}"
+        else:
+            found.append(Candidate("fp32", engine=runtime))
+            if runtime == "openvino" and "bf16" in kept:
+                found.append(Candidate("bf16", engine=runtime))
+    if not found:
+        raise ConfigError(f"no candidate to time among engines {', '.join(chosen_engines)}: "
+                          + "; ".join(f"{k}: {v}" for k, v in left_out.items()))
     return found, left_out
 
 
@@ -144,121 +205,160 @@ def _model_id(model: nn.Module) -> str:
 
 
 def build_candidate(
-    model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate
-) -> tuple[nn.Module, torch.Tensor]:
-    """The network for ``cand`` and the input in its layout (eager: a copy, run it under autocast for reduced
-    precision; with passes: ``optimize``, unverified, since the caller verifies what it keeps)."""
+    model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate, onnx_path: Path | None = None
+) -> Built:
+    """The network for ``cand`` and the input it takes (eager: a copy in the candidate's layout, run it under
+    ``cand.autocast``; with passes: ``optimize``, unverified, since the caller verifies what it keeps; other
+    engines: ``branchgraph.inference.engines.build``, compiled here)."""
     x = example.contiguous(memory_format=torch.channels_last) if cand.channels_last and example.dim() == 4 \
         else example
+    if cand.engine != "torch" or cand.weights:
+        return build(model, example, cand, onnx_path)
     if cand.passes is None:
         net = copy.deepcopy(model).train(mode == "train")
-        return (net.to(memory_format=torch.channels_last) if cand.channels_last else net), x
+        return Built(net.to(memory_format=torch.channels_last) if cand.channels_last else net, x)
     net, _ = optimize(model, example[:2], passes=cand.pass_list(), mode=mode, verify=False)
-    return net, x
+    return Built(net, x)
 
 
 def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
-    """The main output of one forward, in float32, under the candidate's autocast when eager."""
+    """The main output of one forward in inference mode, in float32, under the candidate's autocast when eager
+    (a training candidate is copied into eval mode first, so its statistics stay)."""
+    if cand.engine == "torch" and not cand.weights:
+        net = copy.deepcopy(net).eval()
     context = torch.autocast(x.device.type, dtype=cand.autocast) if cand.autocast else contextlib.nullcontext()
     with torch.no_grad(), context:
         out = net(x)
     return (out[0] if isinstance(out, tuple) else out).float()
 
 
-def _load_cache(path: Path) -> tuple[dict[str, Any], str | None]:
-    """The cache's entries, and a note when the file was unreadable or malformed (it is set aside, never
-    trusted, and rebuilt)."""
-    if not path.exists():
-        return {}, None
-    try:
-        data = json.loads(path.read_text())
-        if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT
-                and isinstance(data.get("entries"), dict)):
-            raise ValueError(f"not a branchgraph tuning cache of format {CACHE_FORMAT}")
-        return data["entries"], None
-    except (OSError, ValueError) as exc:
-        aside = path.with_name(path.name + ".corrupt")
-        try:
-            path.replace(aside)
-        except OSError:
-            aside = path
-        return {}, f"tuning cache {path} was unreadable ({str(exc).splitlines()[0][:80]}); kept as {aside}, rebuilt"
+def _measure(runs: dict[str, Any], rounds: int, warmup: int) -> tuple[dict[str, float], dict[str, float], str | None]:
+    """Medians and per-round spreads of ``runs`` timed interleaved; measured again with twice the rounds when a
+    spread passes ``SPREAD_LIMIT``, and a note when it still does (the machine was busy: not worth caching)."""
+    medians, spread = {}, {}
+    for attempt in (rounds, 2 * rounds):
+        times = interleaved_times(runs, attempt, warmup if attempt == rounds else 0)
+        medians = {k: statistics.median(t) for k, t in times.items()}
+        spread = {k: (max(t) - min(t)) / medians[k] for k, t in times.items()}
+        if max(spread.values()) <= SPREAD_LIMIT:
+            return medians, spread, None
+    worst = max(spread, key=spread.__getitem__)
+    return medians, spread, (f"rounds of {worst} differed by {spread[worst]:.0%} of its median (more than "
+                             f"{SPREAD_LIMIT:.0%}) in two measurements: the machine is busy, so this choice is not "
+                             "cached")
 
 
-def _cached_choice(entry: Any, found: list[Candidate]) -> tuple[Candidate, dict[str, float]] | None:
-    """The cached entry's choice if it is well-formed and still one of this run's candidates."""
-    try:
-        chosen = Candidate(entry["chosen"]["precision"], bool(entry["chosen"]["channels_last"]),
-                           None if entry["chosen"]["passes"] is None else tuple(entry["chosen"]["passes"]))
-        medians = {str(k): float(v) / 1000 for k, v in entry["median_ms"].items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-    return (chosen, medians) if chosen in found else None
-
-
-def _write_cache(path: Path, entries: dict[str, Any]) -> str | None:
-    """Write atomically (temporary file, then rename); a note instead of an error when it cannot."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        return f"could not write the tuning cache {path} ({exc.strerror}); the choice is not remembered"
-    return None
+def _build_all(model: nn.Module, example: torch.Tensor, mode: str, found: list[Candidate],
+               compile_budget: float | None) -> tuple[dict[Candidate, Built], dict[str, str]]:
+    """Each candidate built (ONNX exported once for the runtimes), and those that could not be, with the reason:
+    an export the runtimes cannot take, a compile error, or a compile longer than ``compile_budget`` seconds."""
+    built, left_out = {}, {}
+    with tempfile.TemporaryDirectory(prefix="branchgraph-tune-") as tmp:
+        onnx_path, onnx_error = None, None
+        if any(c.engine in RUNTIME_ENGINES for c in found):
+            try:
+                onnx_path = export_for_runtimes(model, example, Path(tmp))
+            except Exception as exc:  # an export failure leaves the runtimes out, with its first line
+                onnx_error = f"ONNX export failed: {str(exc).strip().splitlines()[0][:160]}"
+        for cand in found:
+            if cand.engine in RUNTIME_ENGINES and onnx_path is None:
+                left_out[cand.name] = onnx_error or "no ONNX graph"
+            elif cand.engine == "compiled" and compile_budget == 0:
+                left_out[cand.name] = "compile budget 0 s"
+            else:
+                try:
+                    built[cand] = build_candidate(model, example, mode, cand, onnx_path)
+                except Exception as exc:  # an engine that cannot take this model: left out, in one line
+                    if isinstance(exc, ConfigError):
+                        raise
+                    left_out[cand.name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+                    continue
+                seconds = built[cand].compile_s
+                if cand.engine == "compiled" and compile_budget is not None and seconds > compile_budget:
+                    del built[cand]
+                    left_out[cand.name] = f"compiled in {seconds:.0f} s, over the budget of {compile_budget:g} s"
+    return built, left_out
 
 
 def tune(
     model: nn.Module, example: torch.Tensor, target: torch.Tensor | None = None, mode: str = "train", *,
     layouts: Sequence[bool] = (False, True), pass_sets: Sequence[Sequence[str] | None] = (None,),
-    precisions: Sequence[str] | None = None, rounds: int = 3, warmup: int = 1, cache: bool = True,
-    tolerance: float = REDUCED_PRECISION_TOLERANCE,
+    precisions: Sequence[str] | None = None, engines: Sequence[str] | None = None, rounds: int = 3,
+    warmup: int = 1, cache: bool = True, retune: bool = False, tolerance: float = REDUCED_PRECISION_TOLERANCE,
+    compile_budget: float | None = COMPILE_BUDGET_S,
 ) -> TuneResult:
     """Time every candidate (see ``candidates``) on ``example`` (and ``target`` for training steps) interleaved,
-    reject a reduced-precision one whose main output is more than ``tolerance`` off fp32's normwise, and
-    choose the fastest left. ``model`` is not modified. With ``cache``, the choice is read from and written to
-    ``cache_dir()/tune.json`` under the processor, torch version, model, input shape, mode and candidates."""
+    reject one whose main output is further than ``tolerance`` (reduced precision) or ``FP32_TOLERANCE`` (fp32)
+    from fp32 eager's normwise, and choose the fastest left. ``model`` is not modified. With ``cache``, the choice
+    is read from and written to ``cache_dir()/tune.json`` under the processor, torch version, model, input shape,
+    mode and candidates (``retune``: measure again and overwrite); a measurement whose rounds disagree by more than
+    ``SPREAD_LIMIT`` twice is not cached."""
     check_mode(mode)
     if rounds <= 0 or warmup < 0:
         raise ConfigError(f"rounds must be > 0 and warmup >= 0; got rounds={rounds}, warmup={warmup}")
     device = example.device
-    found, left_out = candidates(device, mode, layouts, pass_sets, precisions)
+    found, left_out = candidates(device, mode, layouts, pass_sets, precisions, engines)
     key = {"cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "threads": torch.get_num_threads(), "model": _model_id(model), "input": list(example.shape),
            "mode": mode, "candidates": [c.name for c in found], "heap": "keep" if keeping() else "system"}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / CACHE_NAME
-    entries, note = _load_cache(path) if cache else ({}, None)
+    entries, note = load_cache(path) if cache else ({}, None)
     notes = [note] if note else []
-    hit = _cached_choice(entries.get(digest), found) if cache else None
+    hit = _cached(entries.get(digest), found) if cache and not retune else None
     if hit is not None:
-        return TuneResult(key, hit[0], hit[1], left_out=left_out, cached=True, notes=notes)
+        return TuneResult(key, hit.chosen, hit.median_s, left_out=left_out, cached=True, notes=notes,
+                          spread=hit.spread, errors=hit.errors, compile_s=hit.compile_s, measured_at=hit.measured_at)
+    now = time.strftime("%Y-%m-%d %H:%M")
     if len(found) == 1:
-        return TuneResult(key, found[0], left_out=left_out, notes=notes)
+        return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now)
     y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=device)
-    reference = _output(copy.deepcopy(model).eval(), example, Candidate())
-    runs, rejected = {}, {}
-    for cand in found:
-        net, x = build_candidate(model, example, mode, cand)
-        if cand.precision != "fp32":
-            probe = copy.deepcopy(net).eval()
-            err = ((_output(probe, x, cand) - reference).norm() / reference.norm().clamp_min(1e-30)).item()
-            if not err <= tolerance:
-                rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {tolerance:g})"
+    reference = _output(model, example, Candidate())
+    built, failed = _build_all(model, example, mode, found, compile_budget)
+    left_out |= failed
+    runs, rejected, errors = {}, {}, {}
+    for cand, b in built.items():
+        if cand != Candidate():
+            err = ((_output(b.net, b.x, cand) - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+            errors[cand.name] = err
+            limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
+            if not err <= limit:
+                rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {limit:g})"
                 continue
-        runs[cand.name] = make_runner(net, x, y, mode, autocast=cand.autocast)
+        runs[cand.name] = make_runner(b.net, b.x, y, mode, autocast=cand.autocast)
     if not runs:
-        raise ConfigError(f"every precision asked for is too far from fp32 on this model: "
+        raise ConfigError(f"every candidate asked for is too far from fp32 on this model: "
                           f"{'; '.join(f'{k}: {v}' for k, v in rejected.items())}; use fp32 or auto")
-    medians = time_interleaved(runs, rounds, warmup)
+    medians, spread, noisy = _measure(runs, rounds, warmup)
     by_name = {c.name: c for c in found}
     chosen = by_name[min(medians, key=medians.__getitem__)]
-    result = TuneResult(key, chosen, medians, rejected, left_out, notes=notes)
-    if cache:
+    compile_s = {c.name: b.compile_s for c, b in built.items() if b.compile_s}
+    result = TuneResult(key, chosen, medians, rejected, left_out, notes=notes, spread=spread, errors=errors,
+                        compile_s=compile_s, measured_at=now)
+    if noisy:
+        result.notes.append(noisy)
+    elif cache:
         entries[digest] = {"key": key, "chosen": asdict(chosen), "median_ms": {k: 1000 * v for k, v in medians.items()},
-                           "rejected": rejected, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_note = _write_cache(path, entries)
+                           "spread": spread, "output_error": errors, "compile_s": compile_s, "rejected": rejected,
+                           "when": now}
+        write_note = write_cache(path, entries)
         if write_note:
             result.notes.append(write_note)
     return result
+
+
+def _cached(entry: Any, found: list[Candidate]) -> TuneResult | None:
+    """The cached entry as a result (key and cache flags filled in by the caller) if it is well-formed and its
+    choice is still one of this run's candidates."""
+    try:
+        chosen = Candidate(**{k: tuple(v) if k == "passes" and v is not None else v
+                              for k, v in entry["chosen"].items()})
+        result = TuneResult({}, chosen, {str(k): float(v) / 1000 for k, v in entry["median_ms"].items()},
+                            spread={str(k): float(v) for k, v in entry["spread"].items()},
+                            errors={str(k): float(v) for k, v in entry["output_error"].items()},
+                            compile_s={str(k): float(v) for k, v in entry["compile_s"].items()},
+                            measured_at=str(entry["when"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return result if chosen in found else None

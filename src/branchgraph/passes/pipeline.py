@@ -6,6 +6,7 @@ import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -112,6 +113,8 @@ class OptimizeReport:
     mode: str
     passes: list[PassReport]
     verification: Verification | None = None
+    tuning: Any = None  # the TuneResult that chose the passes, precision, layout and engine, when tuned
+    deployed: Path | None = None  # record.json of the files written for deployment, when asked
 
     @property
     def ok(self) -> bool:
@@ -119,7 +122,9 @@ class OptimizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "passes": [p.to_dict() for p in self.passes],
-                "verification": self.verification.to_dict() if self.verification else None}
+                "verification": self.verification.to_dict() if self.verification else None,
+                "tuning": self.tuning.to_dict() if self.tuning else None,
+                "deployed": str(self.deployed) if self.deployed else None}
 
 
 def optimize(

@@ -1,0 +1,91 @@
+"""Inference engines beyond eager torch, built for one tuning candidate: reduced-precision weights, Inductor with
+freezing (constant folding and weight prepacking), and ONNX Runtime or OpenVINO on the exported ONNX graph; and
+``Serving``, the module a user calls whichever engine won (fp32 NCHW in, fp32 out)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
+
+if TYPE_CHECKING:
+    from branchgraph.tune import Candidate
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+class Serving(nn.Module):
+    """``net`` behind the interface of the original model's inference: an fp32 input in any layout, converted to
+    the candidate's layout; the forward under autocast when the candidate asks for it; weights cast to a reduced
+    precision get inputs of that precision; the main output back in fp32."""
+
+    def __init__(self, net: nn.Module, channels_last: bool = False, autocast: torch.dtype | None = None,
+                 weights: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.net, self.channels_last, self.autocast, self.weights = net, channels_last, autocast, weights
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.weights is not None:
+            x = x.to(self.weights)
+        context = torch.autocast(x.device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext()
+        with context:
+            out = _first(self.net(x))
+        return out.float()
+
+
+@dataclass
+class Built:
+    """A candidate ready to time: the module, the input it takes, and seconds spent compiling it (0 if none)."""
+
+    net: nn.Module
+    x: torch.Tensor
+    compile_s: float = 0.0
+
+
+def export_for_runtimes(model: nn.Module, example: torch.Tensor, directory: Path) -> Path:
+    """``model`` (fp32, eval) as ``directory/model.onnx`` with a dynamic batch, checked by ONNX's checker."""
+    from branchgraph.passes.export import export_onnx
+
+    return export_onnx(copy.deepcopy(model).float().eval(), example[:1].float(), directory / "model.onnx")
+
+
+def build(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx_path: Path | None = None) -> Built:
+    """The inference module of a non-eager candidate: ``weights`` casts a copy to the candidate's precision,
+    ``compiled`` runs Inductor with freezing on it (compiled here, on ``example``, and timed), ``onnxruntime`` and
+    ``openvino`` run ``onnx_path`` (exported from ``model`` when None)."""
+    if cand.engine in ("onnxruntime", "openvino") and onnx_path is None:
+        with tempfile.TemporaryDirectory(prefix="branchgraph-onnx-") as tmp:  # the engines read the file now
+            return build(model, example, cand, export_for_runtimes(model, example, Path(tmp)))
+    if cand.engine == "onnxruntime":
+        return Built(OnnxRuntimeModule(onnx_path), example.contiguous())
+    if cand.engine == "openvino":
+        start = time.perf_counter()
+        net = OpenVinoModule(onnx_path, cand.precision)
+        return Built(net, example.contiguous(), time.perf_counter() - start)
+    net = copy.deepcopy(model).eval()
+    dtype = DTYPES[cand.precision] if cand.weights else None
+    if cand.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    served = Serving(net.to(dtype) if dtype else net, cand.channels_last, weights=dtype)
+    if cand.engine != "compiled":
+        return Built(served, example)
+    compiled = torch.compile(served, options={"freezing": True})
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled(example)
+    return Built(compiled, example, time.perf_counter() - start)
