@@ -67,7 +67,7 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     if not tune:
         return run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
     timed, target = example_for(size, tune_batch, seed, classes)
-    tuning = tune_choice(module, timed, target, mode, pass_sets=(None, resolve(passes, mode)), **tune_options)
+    tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), **tune_options)
     cand = tuning.chosen
     if cand.engine == "torch" and cand.passes is not None:
         net, report = run_passes_verified(module, example, passes=cand.pass_list(), mode=mode, verify=verify,

@@ -177,7 +177,7 @@ def candidates(
     if "torch" in chosen_engines:
         found += [Candidate(p, cl, passes) for passes in dict.fromkeys(sets) for cl in dict.fromkeys(layouts)
                   for p in kept]
-        if mode == "eval":
+        if mode == "eval" and None in sets:  # eager with the weights themselves in reduced precision
             found += [Candidate(p, cl, weights=True) for cl in dict.fromkeys(layouts) for p in reduced]
     if "compiled" in chosen_engines:
         found += [Candidate(engine="compiled"), *(Candidate(p, True, weights=True, engine="compiled")
