@@ -76,7 +76,7 @@ def test_rounds_that_disagree_are_measured_again_and_not_cached(tuning_cache: Pa
     calls: list[int] = []
     spread = {"value": 2.0}
 
-    def fake_times(runs: dict, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    def fake_times(runs: dict, rounds: int, warmup: int = 1, settle_s: float = 0.0) -> dict[str, list[float]]:
         calls.append(rounds)
         return {name: [0.01 * (i + 1)] * (rounds - 1) + [0.01 * (i + 1) * (1 + spread["value"])]
                 for i, name in enumerate(runs)}
@@ -123,7 +123,7 @@ def test_the_tuned_choice_is_a_module_and_deploys(tmp_path: Path, engine: str) -
     with torch.no_grad():
         expected = model(x)
         assert torch.allclose(net(x), expected, rtol=1e-4, atol=1e-4) or report.tuning.chosen.precision != "fp32"
-        loaded = bg.inference.load(out)(x)
+        loaded = deploy.load(out)(x)
     record = json.loads((out / "record.json").read_text())
     assert record["engine"] == engine and all((out / f).exists() for f in record["files"])
     limit = record["verification"]["limit"]
@@ -132,13 +132,13 @@ def test_the_tuned_choice_is_a_module_and_deploys(tmp_path: Path, engine: str) -
 
 
 def test_load_refuses_damaged_directories_in_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="has no record.json"):
+    with pytest.raises(ConfigError, match=r"has no record\.json"):
         deploy.load(tmp_path)
     (tmp_path / "record.json").write_text("{")
     with pytest.raises(ConfigError, match="cannot read"):
         deploy.load(tmp_path)
     (tmp_path / "record.json").write_text(json.dumps({"engine": "torch"}))
-    with pytest.raises(ConfigError, match="lacks model.pt2"):
+    with pytest.raises(ConfigError, match=r"lacks model\.pt2"):
         deploy.load(tmp_path)
     (tmp_path / "model.pt2").write_bytes(b"not a program")
     with pytest.raises(ConfigError, match="cannot load"):

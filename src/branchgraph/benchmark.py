@@ -30,6 +30,7 @@ from branchgraph.tune import (
     COMPILE_BUDGET_S,
     DTYPES,
     RUNTIME_ENGINES,
+    SETTLE_S,
     Candidate,
     TuneResult,
     build_candidate,
@@ -184,7 +185,7 @@ def bench(
                 compile_s[variant] = b.compile_s
         order += list(found)
     runs = {v: make_runner(nets[v], inputs[v], y, mode, autocast=autocast.get(v)) for v in order}
-    medians = time_interleaved(runs, rounds, warmup)
+    medians = time_interleaved(runs, rounds, warmup, settle_s=SETTLE_S if peers else 0.0)
     errors = {}
     if mode == "eval":
         with torch.no_grad():

@@ -42,24 +42,34 @@ def make_runner(
     return step
 
 
-def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1,
+                      settle_s: float = 0.0) -> dict[str, list[float]]:
     """Seconds of each call of each closure, per round; every round calls each once, so machine noise hits all
-    alike."""
+    alike, and each round starts one variant later than the one before, so none always follows the same
+    neighbour. With ``settle_s``, each timed call follows untimed calls of the same closure lasting at least that
+    long: engines with thread pools of their own (OpenMP's spins after torch's ops, TBB's and ONNX Runtime's
+    wake up) otherwise make a call pay for the variant before it."""
     for _ in range(warmup):
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {v: [] for v in runs}
-    for _ in range(rounds):
-        for variant, run in runs.items():
+    names = list(runs)
+    for index in range(rounds):
+        for variant in names[index % len(names):] + names[:index % len(names)]:
+            run = runs[variant]
+            start = time.perf_counter()
+            while settle_s and time.perf_counter() - start < settle_s:
+                run()
             start = time.perf_counter()
             run()
             times[variant].append(time.perf_counter() - start)
     return times
 
 
-def time_interleaved(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, float]:
+def time_interleaved(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1,
+                     settle_s: float = 0.0) -> dict[str, float]:
     """Median seconds per call of each closure, timed interleaved (``interleaved_times``)."""
-    return {v: statistics.median(t) for v, t in interleaved_times(runs, rounds, warmup).items()}
+    return {v: statistics.median(t) for v, t in interleaved_times(runs, rounds, warmup, settle_s).items()}
 
 
 def paired_ratios(times: list[float], reference: list[float]) -> list[float]:

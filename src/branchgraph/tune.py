@@ -36,6 +36,9 @@ RUNTIME_ENGINES = ("onnxruntime", "openvino")
 # Rounds of one candidate may differ by this share of their median before the measurement counts as disturbed (another
 # job on the cores): it is measured again with twice the rounds, and not cached if the rounds still disagree.
 SPREAD_LIMIT = 0.25
+# Untimed calls of a candidate before each timed one when engines with thread pools of their own are compared
+# (branchgraph.timing.interleaved_times): 3 ms of settling took OpenVINO at batch 1 from 4.2 to 1.9 ms.
+SETTLE_S = 0.01
 COMPILE_BUDGET_S = 600.0
 __all__ = ["CACHE_NAME", "Candidate", "TuneResult", "build_candidate", "cache_dir", "candidates", "tune"]
 
@@ -232,12 +235,13 @@ def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
     return (out[0] if isinstance(out, tuple) else out).float()
 
 
-def _measure(runs: dict[str, Any], rounds: int, warmup: int) -> tuple[dict[str, float], dict[str, float], str | None]:
+def _measure(runs: dict[str, Any], rounds: int, warmup: int,
+             settle_s: float) -> tuple[dict[str, float], dict[str, float], str | None]:
     """Medians and per-round spreads of ``runs`` timed interleaved; measured again with twice the rounds when a
     spread passes ``SPREAD_LIMIT``, and a note when it still does (the machine was busy: not worth caching)."""
     medians, spread = {}, {}
     for attempt in (rounds, 2 * rounds):
-        times = interleaved_times(runs, attempt, warmup if attempt == rounds else 0)
+        times = interleaved_times(runs, attempt, warmup if attempt == rounds else 0, settle_s)
         medians = {k: statistics.median(t) for k, t in times.items()}
         spread = {k: (max(t) - min(t)) / medians[k] for k, t in times.items()}
         if max(spread.values()) <= SPREAD_LIMIT:
@@ -330,7 +334,8 @@ def tune(
     if not runs:
         raise ConfigError(f"every candidate asked for is too far from fp32 on this model: "
                           f"{'; '.join(f'{k}: {v}' for k, v in rejected.items())}; use fp32 or auto")
-    medians, spread, noisy = _measure(runs, rounds, warmup)
+    settle = SETTLE_S if any(c.engine in RUNTIME_ENGINES for c in built) else 0.0
+    medians, spread, noisy = _measure(runs, rounds, warmup, settle)
     by_name = {c.name: c for c in found}
     chosen = by_name[min(medians, key=medians.__getitem__)]
     compile_s = {c.name: b.compile_s for c, b in built.items() if b.compile_s}
