@@ -53,8 +53,10 @@ def test_command_lines_parse() -> None:
 
 
 # How the tool was built is not the user's business: tickets, work sessions, acceptance targets, internal documents.
+# (ONNX Runtime's sessions, ``self.session`` and its ``session.*`` settings, are the engine's, not ours.)
 PROCESS_WORDS = re.compile(
-    r"\bissues? ?#?\d+|\bsessions?\b|\bseeds? 00\d\b|\bacceptance\b|\bthe (?:issue's )?bars?\b|\btickets?\b",
+    r"\bissues? ?#?\d+|(?<!self\.)(?<!Runtime )\bsessions?\b(?![.\w])|\bseeds? 00\d\b|\bacceptance\b"
+    r"|\bthe (?:issue's )?bars?\b|\btickets?\b",
     re.IGNORECASE)
 
 

@@ -12,6 +12,7 @@ import torch
 
 import branchgraph as bg
 from branchgraph import benchmark
+from branchgraph import candidates as candidates_module
 from branchgraph import tune as tune_module
 from branchgraph.errors import ConfigError
 from branchgraph.inference import deploy, runtimes
@@ -26,8 +27,8 @@ needs_runtimes = pytest.mark.skipif(not RUNTIMES_INSTALLED, reason="pip install 
 
 
 def test_inference_candidates_add_weights_compiled_and_runtimes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tune_module, "native_bf16", lambda device: True)
-    monkeypatch.setattr(tune_module, "available", lambda runtime: True)
+    monkeypatch.setattr(candidates_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(candidates_module, "available", lambda runtime: True)
     names = {c.name for c in candidates(CPU, "eval")[0]}
     assert {"bf16 weights NCHW", "bf16 weights channels_last", "fp32 NCHW, compiled (frozen)",
             "bf16 weights channels_last, compiled (frozen)", "onnxruntime fp32", "openvino fp32",
@@ -38,10 +39,10 @@ def test_inference_candidates_add_weights_compiled_and_runtimes(monkeypatch: pyt
         candidates(CPU, "train", engines=("openvino",))
     with pytest.raises(ConfigError, match="unknown engine tensorrt"):
         candidates(CPU, "eval", engines=("tensorrt",))
-    monkeypatch.setattr(tune_module, "native_bf16", lambda device: False)
+    monkeypatch.setattr(candidates_module, "native_bf16", lambda device: False)
     names = {c.name for c in candidates(CPU, "eval")[0]}
     assert "openvino bf16" not in names and not any("weights" in n for n in names)  # no native bf16: fp32 only
-    monkeypatch.setattr(tune_module, "available", lambda runtime: False)
+    monkeypatch.setattr(candidates_module, "available", lambda runtime: False)
     found, left_out = candidates(CPU, "eval", engines=("torch", "onnxruntime", "openvino"))
     assert left_out["onnxruntime"] == left_out["openvino"] == "not installed: pip install 'branchgraph[runtimes]'"
     assert all(c.engine == "torch" for c in found)
@@ -153,7 +154,7 @@ def test_peers_without_runtimes_say_what_to_install(monkeypatch: pytest.MonkeyPa
     assert result.notes == ["onnxruntime and openvino not installed: pip install 'branchgraph[runtimes]' to compare "
                             "them"]
     assert not any("onnxruntime" in v or "openvino" in v for v in result.median_s)
-    with pytest.raises(ConfigError, match="--peers compares inference engines"):
+    with pytest.raises(ConfigError, match="peers compares inference engines"):
         benchmark.bench(TimmStyleInception(), "train", 2, (1, 16, 16), rounds=1, compile=False, peers=True)
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import branchgraph as bg
+from branchgraph import candidates as candidates_module
 from branchgraph import hardware
 from branchgraph import tune as tune_module
 from branchgraph.errors import ConfigError
@@ -56,7 +57,7 @@ def _data(batch: int = 8, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_is_a_candidate_only_where_native(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
-    monkeypatch.setattr(tune_module, "native_bf16", lambda device: native)
+    monkeypatch.setattr(candidates_module, "native_bf16", lambda device: native)
     found, left_out = candidates(CPU, "train")
     precisions = {c.precision for c in found}
     assert precisions == ({"fp32", "bf16"} if native else {"fp32"})
@@ -112,7 +113,7 @@ def test_tune_times_every_candidate_caches_and_leaves_the_model_alone(tuning_cac
 
 
 def test_accuracy_gate_rejects_reduced_precision_beyond_tolerance(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tune_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(candidates_module, "native_bf16", lambda device: True)
     torch.manual_seed(0)
     x, y = _data(batch=4)
     result = tune(TimmStyleInception(), x, y, "eval", layouts=(False,), rounds=1, cache=False, tolerance=0.0,
@@ -203,7 +204,7 @@ def test_matmul_peak_is_a_rate() -> None:
 def test_a_forced_precision_is_trained_where_it_is_emulated(monkeypatch: pytest.MonkeyPatch,
                                                             tuning_cache: Path) -> None:
     """``--precision bf16`` on a CPU without native bf16 times only the layout in bf16, not refused."""
-    monkeypatch.setattr(tune_module, "native_bf16", lambda device: False)
+    monkeypatch.setattr(candidates_module, "native_bf16", lambda device: False)
     config = build_config("fast", overrides={"precision": "bf16", "batch_size": 4, "model_kwargs": {"width": 0.25}})
     model = create_model("googlenet-fmnist", width=0.25)
     tuning, resolved = tune_precision(model, config, torch.device("cpu"), DistInfo())

@@ -61,7 +61,7 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     from branchgraph.tune import tune as tune_choice
 
     if out is not None and not (tune and mode == "eval"):
-        raise ConfigError("--out writes the tuned inference model: use it with --tune and --mode eval")
+        raise ConfigError("out writes the tuned inference model: give tune=True and mode='eval'", param="out")
     _, module, size, classes = _resolve(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
     if not tune:

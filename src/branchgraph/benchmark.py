@@ -148,7 +148,7 @@ def bench(
     ones); ``tune`` adds the variant ``branchgraph.tune`` picks (among ``engines``); ``peers`` (inference) adds
     Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error against eager fp32."""
     if peers and mode != "eval":
-        raise ConfigError("--peers compares inference engines: use it with --mode eval")
+        raise ConfigError("peers compares inference engines: use it with mode 'eval'", param="peers")
     torch.manual_seed(seed)
     label, model, size, classes = resolve_model(name, input_size, model_kwargs)
     model.train(mode == "train")

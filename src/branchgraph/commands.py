@@ -148,6 +148,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     if args.onnx and args.mode != "eval":
         raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
+    if args.out and not (args.tune and args.mode == "eval"):
+        raise ConfigError("--out writes the tuned inference model: use it with --tune and --mode eval")
     model, size, _ = _model(args)
     example, _ = example_for(size, args.batch, args.seed)
     optimised, report = optimize(model, size, passes=_passes(args.passes), mode=args.mode, batch=args.batch,
@@ -202,6 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
     from branchgraph.benchmark import bench
 
+    if args.peers and args.mode != "eval":
+        raise ConfigError("--peers compares inference engines: use it with --mode eval")
     apply_heap_policy(args.heap)
     result = bench(args.model, args.mode, args.batch, args.input, rounds=args.rounds, compile=not args.no_compile,
                    passes=_passes(args.passes), tune=args.tune, seed=args.seed, model_kwargs=args.model_kwargs,

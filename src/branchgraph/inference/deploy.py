@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from branchgraph.candidates import DTYPES
 from branchgraph.errors import ConfigError
-from branchgraph.inference.engines import DTYPES, Serving, export_for_runtimes
+from branchgraph.inference.engines import Serving, export_for_runtimes
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot write to {directory} ({exc.strerror}): choose another --out") from None
+        raise ConfigError(f"cannot write to {directory} ({exc.strerror}): choose another out directory",
+                          param="out") from None
     if cand.engine in ("onnxruntime", "openvino"):
         onnx_path = export_for_runtimes(model, example, directory)
         if cand.engine == "openvino":
@@ -65,14 +67,20 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
             program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
         except Exception as exc:  # a model torch.export cannot take: one line, nothing half-written kept
             raise ConfigError(f"torch.export cannot export the chosen {cand.name} "
-                              f"({str(exc).strip().splitlines()[0][:160]}); deploy with --engines "
-                              "onnxruntime,openvino or use the module from Python") from None
+                              f"({str(exc).strip().splitlines()[0][:160]}); limit engines to onnxruntime or "
+                              "openvino, or use the module from Python", param="engines") from None
+        _drop_dtype_asserts(program.graph_module)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the archive's note about weights that are not on the CPU
             torch.export.save(program, str(directory / "model.pt2"))
     with torch.no_grad():
         reference = copy.deepcopy(model).eval()(example)
-        loaded = load(directory, record={"engine": cand.engine, "precision": cand.precision})(example)
+        try:
+            loaded = load(directory, record={"engine": cand.engine, "precision": cand.precision})(example)
+        except Exception as exc:  # the written files do not run: one line, never a half-checked deployment
+            raise ConfigError(f"the written {cand.name} does not run when loaded back "
+                              f"({str(exc).strip().splitlines()[0][:160]}); limit engines to another one",
+                              param="engines") from None
     reference = (reference[0] if isinstance(reference, tuple) else reference).float()
     error = ((loaded - reference).norm() / reference.norm().clamp_min(1e-30)).item()
     limit = REDUCED_PRECISION_TOLERANCE if cand.precision != "fp32" else FP32_TOLERANCE
@@ -89,14 +97,27 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
     return path
 
 
+def _drop_dtype_asserts(program: torch.fx.GraphModule) -> None:
+    """Remove the dtype checks torch.export puts after casts: under CPU autocast it records the dtype a cast's
+    input had while tracing (fp32) where the program then computes bf16, and the check fails at run time. The
+    loaded program's outputs are compared with the original's before anything is deployed."""
+    for module in program.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            for node in list(module.graph.nodes):
+                if node.target is torch.ops.aten._assert_tensor_metadata.default:
+                    module.graph.erase_node(node)
+            module.recompile()
+
+
 def _read_record(directory: Path) -> dict[str, Any]:
     try:
         record = json.loads((directory / RECORD).read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{directory} has no {RECORD}: not written by 'branchgraph optimize --tune --out'") from None
+        raise ConfigError(f"{directory} has no {RECORD}: not a directory written by optimize with tune and "
+                          "out") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {directory / RECORD} ({exc}): write it again with "
-                          "'branchgraph optimize --tune --out'") from None
+        raise ConfigError(f"cannot read {directory / RECORD} ({exc}): write it again (optimize with tune and "
+                          "out)") from None
     if not isinstance(record, dict) or record.get("engine") not in FILES:
         raise ConfigError(f"{directory / RECORD} names no engine branchgraph knows; write it again")
     return record
@@ -109,8 +130,7 @@ def load(directory: str | Path, threads: int | None = None, record: dict[str, An
     engine, precision = record["engine"], record.get("precision", "fp32")
     missing = [f for f in FILES[engine] if not (directory / f).exists()]
     if missing:
-        raise ConfigError(f"{directory} lacks {', '.join(missing)}: write it again with 'branchgraph optimize --tune "
-                          "--out'")
+        raise ConfigError(f"{directory} lacks {', '.join(missing)}: write it again (optimize with tune and out)")
     if engine == "onnxruntime":
         return OnnxRuntimeModule(directory / "model.onnx", threads)
     if engine == "openvino":
@@ -121,5 +141,5 @@ def load(directory: str | Path, threads: int | None = None, record: dict[str, An
             net = torch.export.load(str(directory / "model.pt2")).module()
     except Exception as exc:  # a truncated or foreign file: one line
         raise ConfigError(f"cannot load {directory / 'model.pt2'} ({str(exc).strip().splitlines()[0][:120]}): "
-                          "write it again with 'branchgraph optimize --tune --out'") from None
+                          "write it again (optimize with tune and out)") from None
     return torch.compile(net, options={"freezing": True}) if engine == "compiled" else net

@@ -10,17 +10,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from branchgraph.candidates import DTYPES, Candidate
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
-
-if TYPE_CHECKING:
-    from branchgraph.tune import Candidate
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
