@@ -190,3 +190,26 @@ def test_frozen_compile_is_verified_and_bounded_by_the_budget() -> None:
     strict = tune(model, x, None, "eval", engines=("torch", "compiled"), precisions=("fp32",), rounds=1, cache=False,
                   compile_budget=1e-3)
     assert "over the budget of 0.001 s" in strict.left_out[frozen]
+
+
+def test_interleaved_rounds_rotate_and_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round starts one variant later; with ``settle_s`` every timed call follows untimed calls of the same
+    variant lasting at least that long (the clock here advances 1 ms per call)."""
+    from branchgraph import timing
+
+    clock = {"now": 0.0}
+    calls: list[str] = []
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
+
+    def variant(name: str):
+        def run() -> None:
+            calls.append(name)
+            clock["now"] += 0.001
+        return run
+
+    runs = {name: variant(name) for name in "abc"}
+    times = timing.interleaved_times(runs, rounds=3, warmup=0)
+    assert calls == list("abcbcacab") and all(t == [pytest.approx(0.001)] * 3 for t in times.values())
+    calls.clear()
+    timing.interleaved_times(runs, rounds=1, warmup=0, settle_s=0.003)
+    assert calls == list("aaaabbbbcccc")  # three settling calls (3 ms), then the timed one
