@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-portable test-slow test-zoo docs lint bench setup data graphviz clean
+.PHONY: demo test test-portable test-slow test-zoo docs lint bench setup data graphviz browser clean
 
 demo: setup data graphviz
 	$(BIN)/branchgraph train --preset fast
@@ -13,7 +13,7 @@ demo: setup data graphviz
 # Two pytest workers of one thread each: the suite's small tensors, subprocesses and Python overhead use both cores
 # better that way than one worker with two threads (5 min 40 s against 11 min 13 s on a 2-core box); tests marked
 # xdist_group share a worker, and so a module fixture.
-test: setup data graphviz
+test: setup data graphviz browser
 	$(BIN)/ruff check src tests benchmarks
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
@@ -89,6 +89,18 @@ bench: setup data
 	$(BIN)/python benchmarks/bench_branch_stats.py --results
 	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/profile_engines.py --results
+
+# Debian's chromium and chromium-driver run the report pages' tests in a real (headless) browser; without them those
+# tests skip, so a machine that cannot install them is told what to run and the target goes on.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "browser: installing Debian's chromium and chromium-driver (the report page tests)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "note: apt-get could not install chromium; run 'sudo apt-get install chromium chromium-driver' (the browser tests skip without it)" >&2; \
+	else \
+		echo "note: chromium is missing; run 'sudo apt-get install chromium chromium-driver' to run the browser tests (they skip without it)" >&2; \
+	fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,8 +5,9 @@ Every entry point takes a module, a registry name or a model spec: ``bg.summary(
 ``bg.bench(...)``, ``bg.train(...)``.
 """
 
-from branchgraph.api import bench, branches, optimize, plan, summary, train
+from branchgraph.api import bench, branches, optimize, plan, report, summary, train
 from branchgraph.models import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "bench", "branches", "create_model", "list_models", "optimize", "plan", "summary", "train"]
+__all__ = ["__version__", "bench", "branches", "create_model", "list_models", "optimize", "plan", "report", "summary",
+           "train"]

@@ -139,3 +139,12 @@ def train(model: Model | TrainConfig = "googlenet-fmnist", preset: str = "fast",
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
     return Trainer(config, directory, progress=progress, model=module).run()
+
+
+def report(model: Model, input_size: tuple[int, ...] | None = None, output: str | Path = "report.html",
+           **options: Any) -> Path:
+    """Write one self-contained interactive HTML page for ``model`` (``branchgraph.interactive.write_report``:
+    ``batch``, ``budget``/``peak`` for a checkpoint plan drawn on the graph, ``branches`` for gradient shares)."""
+    from branchgraph.interactive import write_report
+
+    return write_report(model, input_size, output, **options)

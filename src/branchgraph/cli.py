@@ -21,6 +21,7 @@ from branchgraph.commands import (
     cmd_models,
     cmd_optimize,
     cmd_prune,
+    cmd_report,
     cmd_summary,
     cmd_train,
 )
@@ -216,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, help="output file: .svg, .dot/.gv or .html")
     _add_input_flags(p)
+
+    p = add("report", cmd_report, "one interactive HTML page: summary, graph with collapsible blocks coloured by "
+            "MACs, saved bytes or time, a checkpoint plan and branch gradient shares")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("-o", "--output", default="report.html", help="the .html file to write (default report.html)")
+    _add_input_flags(p, batch=2, batch_help="batch size of the measured step (default 2: BatchNorm needs two)")
+    p.add_argument("--budget", help="draw the checkpoint plan for this kept-bytes budget (as memory --budget)")
+    p.add_argument("--peak", help="draw the checkpoint plan for this peak budget (as memory --peak)")
+    p.add_argument("--branches", action="store_true", help="add each block's branch gradient shares (float64)")
 
     p = add("optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
     p.add_argument("model", help=MODEL_HELP)

@@ -119,6 +119,16 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the interactive report page of a model (and a plan, and branch shares)."""
+    from branchgraph.interactive import write_report
+
+    path = write_report(args.model, args.input, args.output, batch=args.batch, budget=args.budget, peak=args.peak,
+                  branches=args.branches, seed=args.seed, model_kwargs=args.model_kwargs)
+    _emit(args, {"model": args.model, "output": str(path)}, f"wrote {path}: open it in a browser")
+    return 0
+
+
 def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
     """(module, input size, classes or None) of the command's model, --input and --model-kwargs; its weights
     drawn after seeding with --seed."""
