@@ -4,7 +4,7 @@ freezing, the tuned choice, ONNX Runtime and OpenVINO, each with its output erro
 eager, and the tuned choice's throughput against the fastest engine's.
 
     python benchmarks/bench_engines.py [--models googlenet-d2l googlenet inception-v3-like] [--batches 1 128]
-        [--rounds 5] [--results]
+        [--rounds 5] [--large-batch N] [--results]
 """
 
 from __future__ import annotations
@@ -35,12 +35,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["googlenet-d2l", "googlenet", "inception-v3-like"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 128])
+    parser.add_argument("--large-batch", type=int, default=None, metavar="N",
+                        help="use N instead of the largest of --batches for inception-v3-like (299x299: a batch of 128 "
+                             "takes over an hour of this benchmark on 2 cores)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     args = parser.parse_args()
     rows, data = [], {}
     for name in args.models:
-        for batch in args.batches:
+        batches = args.batches
+        if name == "inception-v3-like" and args.large_batch:
+            batches = [b for b in batches if b != max(batches)] + [args.large_batch]
+        for batch in batches:
             model, size = model_for(name)
             result = bg.bench(model, "eval", batch, size, rounds=args.rounds if batch > 1 else 6 * args.rounds,
                               peers=True, tune=True, retune=True).to_dict()
@@ -57,10 +63,10 @@ def main() -> None:
                          f"{tuned:.2f}", f"{share:.2f}x the fastest", "", "", "", ""])
             print(json.dumps({"model": name, "batch": batch, "tuned_vs_fastest": share, "fastest": fastest,
                               "chosen": result["tuning"]["chosen"]["name"]}), flush=True)
-    if args.results:
-        write("engines", "Inference engines: eager, compiled, tuned, ONNX Runtime and OpenVINO", invocation(),
-              ["model", "batch", "variant", "median ms", "vs eager", "precision", "error (max abs / max)",
-               "GFLOP/s", "of matmul peak"], rows, data)
+            if args.results:  # after every model and batch, so a long run keeps what it measured
+                write("engines", "Inference engines: eager, compiled, tuned, ONNX Runtime and OpenVINO",
+                      invocation(), ["model", "batch", "variant", "median ms", "vs eager", "precision",
+                                     "error (max abs / max)", "GFLOP/s", "of matmul peak"], rows, data)
 
 
 if __name__ == "__main__":
