@@ -48,7 +48,7 @@ def main() -> None:
             batches = [b for b in batches if b != max(batches)] + [args.large_batch]
         for batch in batches:
             model, size = model_for(name)
-            result = bg.bench(model, "eval", batch, size, rounds=args.rounds if batch > 1 else 6 * args.rounds,
+            result = bg.bench(model, "eval", batch, size, rounds=args.rounds if batch > 1 else 20 * args.rounds,
                               peers=True, tune=True, retune=True).to_dict()
             fastest = min(result["variants"], key=lambda v: result["variants"][v]["median_ms"])
             tuned = result["variants"]["tuned"]["median_ms"]

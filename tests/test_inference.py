@@ -192,9 +192,9 @@ def test_frozen_compile_is_verified_and_bounded_by_the_budget() -> None:
     assert "over the budget of 0.001 s" in strict.left_out[frozen]
 
 
-def test_interleaved_rounds_rotate_and_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each round starts one variant later; with ``settle_s`` every timed call follows untimed calls of the same
-    variant lasting at least that long (the clock here advances 1 ms per call)."""
+def test_interleaved_rounds_shuffle_and_settle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round runs the variants in its own seeded order; with ``settle_s`` every timed call follows untimed
+    calls of the same variant lasting at least that long (the clock here advances 1 ms per call)."""
     from branchgraph import timing
 
     clock = {"now": 0.0}
@@ -209,7 +209,9 @@ def test_interleaved_rounds_rotate_and_settle(monkeypatch: pytest.MonkeyPatch) -
 
     runs = {name: variant(name) for name in "abc"}
     times = timing.interleaved_times(runs, rounds=3, warmup=0)
-    assert calls == list("abcbcacab") and all(t == [pytest.approx(0.001)] * 3 for t in times.values())
+    rounds = [calls[i:i + 3] for i in range(0, 9, 3)]
+    assert all(sorted(r) == list("abc") for r in rounds) and len({"".join(r) for r in rounds}) > 1
+    assert all(t == [pytest.approx(0.001)] * 3 for t in times.values())
     calls.clear()
     timing.interleaved_times(runs, rounds=1, warmup=0, settle_s=0.003)
-    assert calls == list("aaaabbbbcccc")  # three settling calls (3 ms), then the timed one
+    assert sorted(calls) == list("aaaabbbbcccc") and calls[:4] == [calls[0]] * 4  # 3 ms of settling, then timed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -45,17 +46,18 @@ def make_runner(
 def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, warmup: int = 1,
                       settle_s: float = 0.0) -> dict[str, list[float]]:
     """Seconds of each call of each closure, per round; every round calls each once, so machine noise hits all
-    alike, and each round starts one variant later than the one before, so none always follows the same
-    neighbour. With ``settle_s``, each timed call follows untimed calls of the same closure lasting at least that
+    alike, and each round runs them in its own shuffled order (seeded by the round), so none always follows the
+    same neighbour. With ``settle_s``, each timed call follows untimed calls of the same closure lasting at least that
     long: engines with thread pools of their own (OpenMP's spins after torch's ops, TBB's and ONNX Runtime's
     wake up) otherwise make a call pay for the variant before it."""
     for _ in range(warmup):
         for run in runs.values():
             run()
     times: dict[str, list[float]] = {v: [] for v in runs}
-    names = list(runs)
     for index in range(rounds):
-        for variant in names[index % len(names):] + names[:index % len(names)]:
+        order = list(runs)
+        random.Random(index).shuffle(order)
+        for variant in order:
             run = runs[variant]
             start = time.perf_counter()
             while settle_s and time.perf_counter() - start < settle_s:
