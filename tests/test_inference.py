@@ -48,8 +48,22 @@ def test_inference_candidates_add_weights_compiled_and_runtimes(monkeypatch: pyt
     assert all(c.engine == "torch" for c in found)
 
 
+def _in_child(check: object, *args: object) -> None:
+    """Run ``check(*args)`` in a fresh (spawned) process and re-raise its failure here. OpenVINO stays out of the
+    test workers: once it has compiled and saved models in a process, a later SIGINT there (the trainer's Ctrl-C
+    test) ended in a segmentation fault."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(check, args)
+
+
 @needs_runtimes
 def test_runtime_candidates_are_verified_then_timed() -> None:
+    _in_child(_runtime_candidates_are_verified_then_timed)
+
+
+def _runtime_candidates_are_verified_then_timed() -> None:
     torch.manual_seed(0)
     x, _ = _data(batch=4)
     result = tune(TimmStyleInception().eval(), x, None, "eval", engines=("torch", "onnxruntime", "openvino"),
@@ -114,6 +128,13 @@ def test_an_older_cache_is_measured_again(tuning_cache: Path) -> None:
 @pytest.mark.parametrize("engine", ["torch", pytest.param("onnxruntime", marks=needs_runtimes),
                                     pytest.param("openvino", marks=needs_runtimes)])
 def test_the_tuned_choice_is_a_module_and_deploys(tmp_path: Path, engine: str) -> None:
+    if engine == "openvino":
+        _in_child(_tuned_choice_deploys, tmp_path, engine)
+    else:
+        _tuned_choice_deploys(tmp_path, engine)
+
+
+def _tuned_choice_deploys(tmp_path: Path, engine: str) -> None:
     torch.manual_seed(0)
     model = TimmStyleInception().eval()
     x = torch.randn(3, 1, 16, 16)
