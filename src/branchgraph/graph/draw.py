@@ -21,7 +21,8 @@ FORMATS = (".svg", ".dot", ".gv", ".html")
 COLORMAP = colormaps["YlOrRd"]
 
 
-def _op_label(node: fx.Node, gm: fx.GraphModule) -> str:
+def op_label(node: fx.Node, gm: fx.GraphModule) -> str:
+    """What a node runs: its module's class, its function's name, or its fx op."""
     if node.op == "call_module":
         return type(gm.get_submodule(str(node.target))).__name__
     if node.op in ("call_function", "call_method"):
@@ -59,7 +60,7 @@ def to_digraph(s: Summary) -> graphviz.Digraph:
         shape = "x".join(map(str, meta.shape)) if hasattr(meta, "shape") else ""
         rec = layers.get(str(node.target)) if node.op == "call_module" else None
         macs, saved = (rec.macs, rec.saved_bytes) if rec else (0, 0)
-        lines = [f"{node.name}: {_op_label(node, gm)}", shape]
+        lines = [f"{node.name}: {op_label(node, gm)}", shape]
         if macs or saved:
             lines.append(f"{fmt_count(macs)} MACs, saved {fmt_bytes(saved)}")
         attrs = {"fillcolor": _colour(macs, largest)}

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from branchgraph.graph.draw import op_label
 from branchgraph.graph.structure import Block
 from branchgraph.graph.tables import Summary
 
@@ -38,14 +39,6 @@ def node_times(gm: fx.GraphModule, example: torch.Tensor, repeats: int = 3) -> d
         for _ in range(repeats):
             _Timer(gm, times).run(example)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _op(node: fx.Node, gm: fx.GraphModule) -> str:
-    if node.op == "call_module":
-        return type(gm.get_submodule(str(node.target))).__name__
-    if node.op in ("call_function", "call_method"):
-        return getattr(node.target, "__name__", str(node.target))
-    return node.op
 
 
 def layout(order: list[str], blocks: list[Block]) -> list[dict[str, Any]]:
@@ -89,7 +82,7 @@ def report_data(s: Summary, times: dict[str, float] | None = None) -> dict[str, 
         rec = layers.get(str(node.target)) if node.op == "call_module" else None
         stack = list((node.meta.get("nn_module_stack") or {}).values())
         nodes[node.name] = {
-            "name": node.name, "op": _op(node, gm), "module": str(node.target) if node.op == "call_module" else "",
+            "name": node.name, "op": op_label(node, gm), "module": str(node.target) if node.op == "call_module" else "",
             "owner": str(stack[-1][0]) if stack and isinstance(stack[-1], tuple) else "",
             "shape": list(meta.shape) if hasattr(meta, "shape") else None,
             "params": params.get(str(node.target), 0) if node.op == "call_module" else 0,
