@@ -24,6 +24,7 @@ from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model
 from branchgraph.heap import keeping
 from branchgraph.inference.engines import Built, build, export_for_runtimes
+from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, optimize
 from branchgraph.timing import interleaved_times, make_runner
@@ -112,7 +113,7 @@ def build_candidate(
         return build(model, example, cand, onnx_path)
     if cand.passes is None:
         net = copy.deepcopy(model).train(mode == "train")
-        return Built(net.to(memory_format=torch.channels_last) if cand.channels_last else net, x)
+        return Built(to_channels_last(net) if cand.channels_last else net, x)
     net, _ = optimize(model, example[:2], passes=cand.pass_list(), mode=mode, verify=False)
     return Built(net, x)
 

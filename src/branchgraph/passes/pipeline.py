@@ -15,6 +15,7 @@ from torch import fx, nn
 from branchgraph.errors import BranchgraphError
 from branchgraph.graph.record import tensors
 from branchgraph.graph.tracing import capture
+from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import PassReport, check_mode, reports
 from branchgraph.passes.manager import resolve, run_passes
 from branchgraph.passes.names import original_parameters
@@ -198,7 +199,7 @@ def _fp32_variant(
     if perturbed:
         x = _perturb(net, x, seed)
     if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = to_channels_last(net) if mode == "train" else net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     with _threads(other_threads):
         return _step(net, x, mode, seed, autocast=autocast)

@@ -25,6 +25,7 @@ from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.hardware import resolve_device
 from branchgraph.heap import apply_heap_policy
+from branchgraph.kernels import to_channels_last
 from branchgraph.memory.checkpointing import CheckpointPlan
 from branchgraph.training.config import TrainConfig
 from branchgraph.training.distributed import all_reduce_sum, init_distributed, shutdown
@@ -124,7 +125,7 @@ class Trainer:
         timed_precision = self.tuning is not None and config.precision == "auto"
         config = self.config
         if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = to_channels_last(self.model)
         self.memory_plan: CheckpointPlan | None = None
         if config.memory_budget is not None or config.memory_lossy is not None:
             self.model, self.memory_plan = plan_memory(self.model, config, self.device, self.info,
