@@ -28,7 +28,7 @@ test-portable: setup data graphviz
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 
-# Not part of `make test`: summary, optimize, branches and memory over 15 timm models, one table row per model
+# Not part of `make test`: summary, optimize (eval, train), branches and memory over 28 timm models, one row per model
 # (benchmarks/zoo.py; about 15-25 minutes). ZOO_PYTHON needs timm, with a torchvision built for its torch, and
 # branchgraph installed (pip install -e '.[timm]').
 ZOO_PYTHON ?= $(BIN)/python

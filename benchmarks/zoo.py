@@ -1,5 +1,6 @@
-"""Run ``summary``, ``optimize``, ``branches`` and ``memory`` over timm models with branches of every kind, as a user
-would from the CLI, and print one row per model: what each command found, and whether any failed.
+"""Run ``summary``, ``optimize`` (eval and train mode), ``branches`` and ``memory`` over timm models with branches
+of every kind, as a user would from the CLI, and print one row per model: what each command found, and whether any
+failed.
 
 Every command runs in a process of its own (``python -m branchgraph.cli ... --json``). A failure is a nonzero
 exit code other than a one-line user error, a traceback, an optimisation that does not verify, or a memory plan
@@ -25,10 +26,17 @@ MODELS: list[tuple[str, str]] = [
     ("skresnet18", "3,224,224"), ("dla34", "3,224,224"), ("hrnet_w18_small", "3,224,224"),
     ("ghostnet_100", "3,224,224"), ("efficientnet_b0", "3,224,224"), ("mixnet_s", "3,224,224"),
     ("regnety_002", "3,224,224"), ("convnext_atto", "3,224,224"), ("mobilenetv3_small_100", "3,224,224"),
+    # reparameterisable multi-branch blocks (their strided 1x1 stems train in NCHW), attention and hybrids,
+    # split-attention, grouped and dense aggregation
+    ("repvgg_a0", "3,224,224"), ("mobileone_s0", "3,224,224"), ("gernet_s", "3,224,224"), ("fastvit_t8", "3,256,256"),
+    ("vit_tiny_patch16_224", "3,224,224"), ("mobilevit_xxs", "3,256,256"), ("efficientvit_b0", "3,224,224"),
+    ("resnest14d", "3,224,224"), ("rexnet_100", "3,224,224"), ("hgnetv2_b0", "3,224,224"),
+    ("ese_vovnet19b_dw", "3,224,224"), ("ghostnetv2_100", "3,224,224"), ("edgenext_xx_small", "3,256,256"),
 ]
 COMMANDS: dict[str, list[str]] = {
     "summary": ["summary", "--batch", "2"],
     "optimize": ["optimize", "--mode", "eval", "--batch", "2"],
+    "optimize-train": ["optimize", "--mode", "train", "--batch", "2"],
     "branches": ["branches", "--batch", "2"],
     "memory": ["memory", "--batch", "4", "--budget", "0.25"],
 }
@@ -56,8 +64,8 @@ def figures(command: str, data: dict[str, Any]) -> tuple[str, str]:
     """(the cell for the table, what failed or '') from a command's JSON."""
     if command == "summary":
         total = data["total"]
-        return f"{total['params'] / 1e6:.2f} M params, {total['macs'] / 1e9:.2f} GMACs", ""
-    if command == "optimize":
+        return f"{total['params'] / 1e6:.2f} M params, {total['forward_macs'] / 1e9:.2f} GMACs", ""
+    if command.startswith("optimize"):
         verification = data["verification"]
         worst = max(c["norm_rel"] for c in verification["float64_equivalence"].values())
         folded = next((p for p in data["passes"] if p["name"] == "fold_bn"), {"changed": [], "skipped": []})

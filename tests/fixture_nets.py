@@ -45,3 +45,58 @@ class RepVggLike(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(x).mean((2, 3)))
+
+
+class Attention(nn.Module):
+    """timm's ``Attention``: one qkv Linear on a token tensor, heads, scaled dot-product attention (the fused
+    ``F.scaled_dot_product_attention``, or q.k^T, softmax and attention.v written out), then a projection."""
+
+    def __init__(self, dim: int, heads: int, fused: bool = True) -> None:
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.fused:
+            x = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            x = torch.einsum("bhnm,bhmd->bhnd", attn.softmax(dim=-1), v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block (timm's ``Block``): x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, fused: bool = True) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, fused)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.GELU(), nn.Linear(dim * 4, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VitLike(nn.Module):
+    """A small ViT (Dosovitskiy et al., 2021; timm's ``VisionTransformer``): conv patch embedding, a class token,
+    position embeddings, transformer blocks, the class token's head."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, dim: int = 32, depth: int = 2, heads: int = 4,
+                 patch: int = 4, image: int = 16, fused: bool = True) -> None:
+        super().__init__()
+        self.patch_embed = nn.Conv2d(in_chans, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, fused) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])

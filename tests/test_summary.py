@@ -189,9 +189,10 @@ def test_summary_json_schema() -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data["total"]) == {"params", "params_no_bias", "macs", "backward_macs", "saved_bytes", "input_mb",
-                                  "forward_backward_mb", "params_mb", "total_mb", "macs_by_operator"}
+                                  "forward_backward_mb", "params_mb", "total_mb", "macs_by_operator", "forward_macs"}
     by_operator = data["total"]["macs_by_operator"]
     assert by_operator["conv"] + by_operator["linear"] < data["total"]["macs"] < sum(by_operator.values())
+    assert data["total"]["forward_macs"] == sum(v for k, v in by_operator.items() if k != "elementwise")
     assert by_operator["pool"] > 0 and by_operator["elementwise"] > 0
     names = [m["name"] for m in data["modules"]]
     assert names[:3] == ["conv1", "maxpool1", "conv2"] and "inception3a" in names and "inception5b" in names

@@ -15,7 +15,7 @@ from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.graph.cost import param_counts
 from branchgraph.graph.fmt import fmt_bytes, fmt_count, shape_text
-from branchgraph.graph.operators import operator_macs
+from branchgraph.graph.operators import COUNTED, operator_macs
 from branchgraph.graph.record import LayerRecord, Measurement, measure
 from branchgraph.graph.structure import Block, find_blocks
 from branchgraph.graph.tracing import Capture, capture
@@ -122,6 +122,7 @@ def summary(
         "total_mb": input_mb + fb_mb + params_mb,
         "macs_by_operator": operator_macs(copy.deepcopy(module).train(), example),
     }
+    total["forward_macs"] = sum(total["macs_by_operator"][k] for k in COUNTED)
     return Summary(model=name, input_size=size, batch=batch, rows=rows, branches=branches, total=total,
                    peak_bytes=measured.peak_bytes, note=captured.note, blocks=blocks, capture=captured,
                    measurement=measured)
@@ -175,7 +176,7 @@ def _branch_rows(
 
 def render_summary(s: Summary, depth: int | None = None) -> str:
     """Modules nested to ``depth``, totals (also in torchsummary's convention), branches, measured memory."""
-    t = s.total
+    t, ops = s.total, s.total["macs_by_operator"]
     head = f"{'Layer (type)':<46} {'Output shape':<20} {'Params':>12} {'No bias':>12} {'MACs':>9} {'Bwd MACs':>9} " \
            f"{'Saved':>11}"
     rule = "=" * len(head)
@@ -190,11 +191,13 @@ def render_summary(s: Summary, depth: int | None = None) -> str:
     lines += [
         rule,
         f"Total params: {t['params']:,} ({t['params_no_bias']:,} without biases)",
-        f"Forward MACs: {fmt_count(t['macs'])} ({t['macs']:,}); backward MACs: {fmt_count(t['backward_macs'])} "
-        f"({t['backward_macs']:,})",
+        f"Forward MACs: {fmt_count(t['forward_macs'])} ({t['forward_macs']:,}) = "
+        + " + ".join(f"{k} {fmt_count(ops[k])}" for k in COUNTED if ops[k]),
+        "  (aten level: functional calls and attention included; conv+linear+bias = torchinfo's Mult-Adds; "
+        f"elementwise ops, {fmt_count(ops['elementwise'])}, not counted)",
+        f"Layer MACs (the rows above): forward {fmt_count(t['macs'])} ({t['macs']:,}), backward "
+        f"{fmt_count(t['backward_macs'])} ({t['backward_macs']:,})",
         f"Saved for backward (measured): {fmt_bytes(t['saved_bytes'])} ({t['saved_bytes']:,} bytes)",
-        "Forward MACs by operator (aten level, functional calls included; conv+linear+bias = torchinfo's "
-        "Mult-Adds): " + ", ".join(f"{k} {fmt_count(v)}" for k, v in t["macs_by_operator"].items()),
         rule,
         "torchsummary convention (float32, leaf-layer outputs counted twice):",
         f"Input size (MB): {t['input_mb']:.2f}",
