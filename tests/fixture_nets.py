@@ -100,3 +100,23 @@ class VitLike(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+class ZeroInitResidual(nn.Module):
+    """A residual block whose branch forks in two and ends in a BatchNorm with zero weight (timm's
+    ``zero_init_last``, as in ResNeSt): at initialisation no gradient reaches the inner fork."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 1)
+        self.a, self.b = nn.Conv2d(channels, channels, 3, padding=1), nn.Conv2d(channels, channels, 1)
+        self.bn = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.bn.weight)
+        self.head = nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv(x)
+        x = torch.relu(x + self.bn(self.a(y) + self.b(y)))
+        return self.head(x.mean((2, 3)))

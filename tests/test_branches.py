@@ -13,6 +13,9 @@ from branchgraph.errors import ConfigError
 from branchgraph.models import Inception, model_info
 from branchgraph.training.run_state import CHECKPOINT_NAME, load_checkpoint
 from tests.conftest import run_cli
+from tests.fixture_nets import ZeroInitResidual
+
+FIXTURES = "tests/fixture_nets.py"
 
 
 def _block(**options: object) -> Inception:
@@ -218,3 +221,17 @@ def test_passes_keep_branch_norm_and_gates_exact(mode: str) -> None:
     _, report = optimize(model, torch.randn(2, 1, 28, 28), mode=mode)
     checks = report.verification.to_dict()["float64_equivalence"]
     assert all(c["norm_rel"] < 1e-12 for c in checks.values()), checks
+
+
+def test_a_fork_no_gradient_reaches_says_why_instead_of_zero_shares() -> None:
+    """Behind a zero-initialised BatchNorm the inner fork gets no gradient: the report says so (JSON and text),
+    and the outer fork, which the residual path still reaches, has shares as usual."""
+    reports = {r.fork: r for r in bg.branches(ZeroInitResidual(), (3, 8, 8), batch=2)}
+    inner, outer = reports["conv"], reports["stem"]
+    assert inner.grad_norm == 0 and "zero-initialised" in inner.note
+    assert outer.grad_norm > 0 and not outer.note
+    r = run_cli("branches", f"{FIXTURES}:ZeroInitResidual", "--input", "3,8,8", "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    assert "|g| 0: no gradient reached this fork" in r.stdout
+    zero_shares = [line for line in r.stdout.splitlines() if "|g_i| 0.000e+00" in line]
+    assert zero_shares and all("no gradient: a zero-initialised layer" in line for line in zero_shares)

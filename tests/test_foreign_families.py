@@ -71,8 +71,8 @@ def test_fold_bn_folds_a_batchnorm_subclass_with_an_activation_and_says_why_it_k
     report = reports(fold_bn(fx.symbolic_trace(dense)))[-1]
     pre_activation = [s for s in report.skipped if "pre-activation BatchNorm, before its conv" in s]
     assert len(pre_activation) == len(report.skipped) >= 6  # every layer's norm1, transitions, norm5
-    assert any(s.startswith("kept blocks.0.0.norm1: its input concatenates more than conv outputs")
-               for s in report.skipped)
+    assert any(s.startswith("kept blocks.0.0.norm1: pre-activation BatchNorm, before its conv (its input "
+                            "concatenates more than conv outputs): ") for s in report.skipped)
     assert report.changed  # the stem's and each layer's norm2 follow a conv
 
 
@@ -152,3 +152,15 @@ def test_elementwise_products_are_no_joins() -> None:
 
     gm = capture(Swish(), torch.randn(1, 1, 8, 8)).graph_module
     assert gm is not None and find_blocks(gm) == []
+
+
+def test_optimize_text_gives_kept_batchnorm_reasons_grouped_with_counts() -> None:
+    """The text output (not only --json) says why BatchNorm layers were kept: one line per reason, with a count
+    and the first few layers."""
+    r = run_cli("optimize", f"{NETS}:DenseNetLike", "--input", "3,16,16", "--mode", "eval")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(run_cli("optimize", f"{NETS}:DenseNetLike", "--input", "3,16,16", "--mode", "eval",
+                              "--json").stdout)
+    kept = next(p for p in data["passes"] if p["name"] == "fold_bn")["skipped"]
+    line = next(line for line in r.stdout.splitlines() if "pre-activation BatchNorm, before its conv" in line)
+    assert line.strip().startswith(f"skipped {len(kept)}: ") and "(kept blocks.0.0.norm1, " in line

@@ -172,10 +172,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
     if tuning:
         lines.append(tuning.to_text())
-    for p in data["passes"]:
-        lines.append(f"  {p['name']:<14} nodes {p['nodes_before']} -> {p['nodes_after']}; "
-                     f"{len(p['changed'])} changes, {len(p['skipped'])} skipped")
-        lines += [f"      {c}" for c in p["changed"][:args.show]]
+    for p in report.passes:
+        lines.append(f"  {p.name:<14} nodes {p.nodes_before} -> {p.nodes_after}; "
+                     f"{len(p.changed)} changes, {len(p.skipped)} skipped")
+        lines += [f"      {c}" for c in p.changed[:args.show]]
+        for reason, subjects in p.skipped_by_reason().items():
+            named = [s.split(" [")[0] for s in subjects if s]  # the details are in --json
+            example = f" ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})" if named else ""
+            lines.append(f"      skipped {len(subjects)}: {reason}{example}")
     if data["verification"]:
         v = data["verification"]
         for family, c in v["float64_equivalence"].items():
@@ -260,8 +264,13 @@ def cmd_branches(args: argparse.Namespace) -> int:
     lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
              f"add up to each fork's within {worst:.1e} (normwise)"]
     for r in reports:
+        if r.note:
+            lines.append(f"  {r.block:<28} fork {r.fork:<16} |g| 0: {r.note}")
+            continue
         lines.append(f"  {r.block:<28} fork {r.fork:<16} |g| {r.grad_norm:.3e}  imbalance {r.imbalance:6.2f}")
-        lines += [f"      {b.name:<34} |g_i| {b.grad_norm:.3e}  share {b.share:6.1%}" for b in r.branches]
+        lines += [f"      {b.name:<34} |g_i| {b.grad_norm:.3e}  share {b.share:6.1%}"
+                  + ("  (no gradient: a zero-initialised layer on this branch?)" if b.grad_norm == 0 else "")
+                  for b in r.branches]
     _emit(args, {"model": args.model, "input": [args.batch, *size], "max_sum_error": worst,
                  "forks": [r.to_dict() for r in reports]}, "\n".join(lines))
     return 0 if worst < 1e-9 else 1

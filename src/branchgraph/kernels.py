@@ -18,8 +18,8 @@ from torch import nn
 # The largest channel block among oneDNN's f32 1x1 kernels (AVX-512): fewer input channels per group than this
 # can hit the defect on some processor, so the guard does not depend on the one it runs on.
 CHANNEL_BLOCK = 16
-REASON = ("its weight gradient in channels_last hits a oneDNN defect on CPUs (strided 1x1, fewer than "
-          f"{CHANNEL_BLOCK} input channels per group: wrong gradients or a crash), so it stays NCHW")
+REASON = (f"kept NCHW, as a strided 1x1 conv over fewer than {CHANNEL_BLOCK} input channels per group gets wrong "
+          "weight gradients, or crashes the process, in channels_last on CPUs (a oneDNN defect)")
 
 
 def strided_pointwise(weight_shape: torch.Size | tuple[int, ...], stride: Any) -> bool:

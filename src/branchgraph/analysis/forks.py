@@ -23,6 +23,9 @@ from branchgraph.errors import BranchgraphError
 from branchgraph.graph.structure import Block, find_blocks
 from branchgraph.graph.tracing import capture
 
+ZERO_GRADIENT = ("no gradient reached this fork: a zero-initialised layer after it (a residual branch's last "
+                 "BatchNorm with zero weight, say) stops it until training moves that layer")
+
 
 class _Tap(nn.Module):
     """An identity whose gradient is recorded in ``store[key]``: one use of a value, made visible to autograd."""
@@ -57,6 +60,8 @@ class ForkGradients:
     sum_error: float  # |sum of contributions - total| / |total|
     imbalance: float  # largest branch gradient norm / smallest nonzero one
     branches: list[BranchGradient]
+    note: str = ""  # why the shares say nothing, when no gradient reached the fork
+
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +213,6 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
         branches = [BranchGradient(name, float(g.norm()), float((g * total).sum()) / denom) for name, g in parts]
         reports.append(ForkGradients(
             block.name, fork, norm, float((summed - total).norm()) / (norm or 1.0),
-            imbalance([b.grad_norm for b in branches]), branches,
+            imbalance([b.grad_norm for b in branches]), branches, "" if norm > 0 else ZERO_GRADIENT,
         ))
     return reports

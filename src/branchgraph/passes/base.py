@@ -24,6 +24,17 @@ class PassReport:
     changed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
+    def skipped_by_reason(self) -> dict[str, list[str]]:
+        """What was left alone, grouped by why, the most frequent reason first. Entries read
+        "<what>: <why>[: <detail>]"; each group lists "<what>" (with its detail in brackets)."""
+        groups: dict[str, list[str]] = {}
+        for entry in self.skipped:
+            subject, _, rest = entry.partition(": ")
+            reason, _, detail = rest.partition(": ")
+            groups.setdefault(reason or subject, []).append(
+                "" if not reason else f"{subject} [{detail}]" if detail else subject)
+        return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -96,14 +96,14 @@ def _layer(gm: fx.GraphModule, node: fx.Node, user: fx.Node, calls: Counter[str]
     layer called once, whose output only ``user`` reads)."""
     if node.op != "call_module":
         what = "the graph input" if node.op == "placeholder" else f"'{node.name}'"
-        return f"{what} is no conv's output"
+        return f"its input is no layer's output: {what}"
     layer = gm.get_submodule(str(node.target))
     if not isinstance(layer, (*_CONVS, nn.Linear)):
-        return f"{node.target} ({type(layer).__name__}) is no conv"
+        return f"its input is no conv: {node.target} ({type(layer).__name__})"
     if calls[str(node.target)] > 1:
-        return f"{node.target} is called {calls[str(node.target)]} times"
+        return f"its input's conv is called more than once: {node.target} ({calls[str(node.target)]} times)"
     if not _only_user(node, user):
-        return f"{node.target}'s output has other users"
+        return f"its input's conv has other users: {node.target}"
     return None
 
 
@@ -122,10 +122,10 @@ def _targets(gm: fx.GraphModule, norm: _Norm, calls: Counter[str]) -> tuple[list
                                 for part in parts) if p]
         if not problems:
             return list(parts), None
-        return [], (f"its input concatenates more than conv outputs ({problems[0]}): a pre-activation BatchNorm, "
-                    "before its conv, cannot be folded")
+        return [], ("pre-activation BatchNorm, before its conv (its input concatenates more than conv outputs): "
+                    f"{problems[0]}")
     reason = _layer(gm, source, norm.node, calls)
-    return ([], f"its input: {reason}") if reason else ([source], None)
+    return ([], reason) if reason else ([source], None)
 
 
 def _reads_metadata(node: fx.Node) -> bool:

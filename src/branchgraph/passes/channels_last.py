@@ -47,7 +47,7 @@ def _keep_nchw(gm: fx.GraphModule, report: PassReport) -> list[nn.Conv2d]:
             _nchw(gm, node, weight)
         else:
             continue
-        report.skipped.append(f"{node.name}: {REASON}")
+        report.skipped.append(f"{node.target if node.op == 'call_module' else node.name}: {REASON}")
     return kept
 
 
