@@ -229,19 +229,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    """Plan checkpointing under a budget; with --measure, run steps of the plain and planned model to check it."""
-    from branchgraph.memory import compare_variants, plan, table
+    """Plan checkpointing under a budget (``branchgraph.plan``, the API's path); with --measure, run steps of the
+    plain and planned model to check it."""
+    from branchgraph.api import plan
+    from branchgraph.memory import compare_variants, table
 
     apply_heap_policy(args.heap)
     if args.budget is None and args.peak is None:
         raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
-    model, size, classes = _model(args)
-    example, target = example_for(size, args.batch, args.seed, classes)
-    planned, p = plan(model, example, args.budget, peak=args.peak, cost=args.cost,
-                      saving_ops=not args.no_saving_ops, lossy_saves=args.lossy_saves)
+    planned, p = plan(args.model, args.input, args.budget, peak=args.peak, batch=args.batch, seed=args.seed,
+                      model_kwargs=args.model_kwargs, cost=args.cost, saving_ops=not args.no_saving_ops,
+                      lossy_saves=args.lossy_saves)
+    size = tuple(p.input_shape[1:])
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
     text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
     if args.measure:
+        model, _, classes = _model(args)  # the same seeded weights the plan was made for
+        example, target = example_for(size, args.batch, args.seed, classes)
         results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
         data["measured"] = [r.to_dict(results[0]) for r in results]
         text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)

@@ -1,0 +1,35 @@
+"""The memory planner has one path: the CLI's ``memory`` is ``branchgraph.plan``; a plan whose predicted peak is
+above the plain step's says so."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import branchgraph as bg
+from branchgraph.memory.checkpoint_plan import PEAK_ABOVE_PLAIN
+from tests.conftest import run_cli
+
+FIXTURES = "tests/fixture_nets.py"
+
+
+def test_api_and_cli_give_the_same_plan() -> None:
+    """Same model, budget, batch and seed: the same regions, bytes and prediction (MAC cost: timings would make
+    two runs of either differ)."""
+    _, planned = bg.plan(f"{FIXTURES}:VitLike", (3, 16, 16), 0.25, batch=4, cost="macs")
+    r = run_cli("memory", f"{FIXTURES}:VitLike", "--input", "3,16,16", "--batch", "4", "--budget", "0.25",
+                "--cost", "macs", "--json")
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)["plan"]
+    assert [region["name"] for region in cli["regions"]] == [region.name for region in planned.regions]
+    assert planned.regions and cli["saved_bytes"] == planned.saved_bytes
+    assert cli["predicted_peak_bytes"] == planned.predicted_peak_bytes
+    assert cli["peak_above_plain"] == planned.peak_above_plain
+
+
+def test_a_plan_predicted_above_the_plain_peak_says_so() -> None:
+    _, planned = bg.plan(f"{FIXTURES}:VitLike", (3, 16, 16), 0.25, batch=4, cost="macs", measure=False)
+    assert PEAK_ABOVE_PLAIN not in planned.to_text() or planned.peak_above_plain
+    above = dataclasses.replace(planned, predicted_peak_bytes=planned.plain_peak_bytes + 1)
+    assert above.peak_above_plain and above.to_dict()["peak_above_plain"]
+    assert f"warning: {PEAK_ABOVE_PLAIN}" in above.to_text()
