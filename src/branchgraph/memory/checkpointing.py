@@ -27,8 +27,8 @@ from branchgraph.errors import ConfigError
 from branchgraph.memory import lossy
 from branchgraph.memory import runtime as graph_runtime
 from branchgraph.memory.budget import MIB, parse_budget
-from branchgraph.memory.measure import step_memory
 from branchgraph.memory.checkpoint_plan import CheckpointPlan
+from branchgraph.memory.measure import step_memory
 from branchgraph.memory.problem import Problem, Region, Saves
 from branchgraph.memory.regions import graph as graph_regions
 from branchgraph.memory.regions import modules as module_regions
