@@ -120,3 +120,37 @@ class ZeroInitResidual(nn.Module):
         y = self.conv(x)
         x = torch.relu(x + self.bn(self.a(y) + self.b(y)))
         return self.head(x.mean((2, 3)))
+
+
+class DenseListLayer(nn.Module):
+    """DenseNet's layer as timm calls it: ``layer(features)`` with the list of all earlier features, which the
+    caller appends this layer's output to afterwards; norm-act with an in-place ReLU before the conv."""
+
+    def __init__(self, cin: int, growth: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cin)
+        self.act = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(cin, growth, 3, padding=1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv(self.act(self.norm(torch.cat(features, 1))))
+
+
+class ShapeBranchingDenseNet(nn.Module):
+    """A dense block of ``DenseListLayer``s behind Python control flow on the input's size (as EfficientViT and
+    MobileViT have), so torch.fx's symbolic tracer cannot take it."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, growth: int = 8, layers: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(in_chans, 2 * growth, 3, padding=1)
+        self.layers = nn.ModuleList(DenseListLayer(2 * growth + i * growth, growth) for i in range(layers))
+        self.head = nn.Linear(2 * growth + layers * growth, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if x.shape[-1] % 2:  # odd maps are padded to even ones
+            x = nn.functional.pad(x, (0, 1, 0, 1))
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(features))
+        return self.head(torch.cat(features, 1).mean((2, 3)))

@@ -33,3 +33,13 @@ def test_a_plan_predicted_above_the_plain_peak_says_so() -> None:
     above = dataclasses.replace(planned, predicted_peak_bytes=planned.plain_peak_bytes + 1)
     assert above.peak_above_plain and above.to_dict()["peak_above_plain"]
     assert f"warning: {PEAK_ABOVE_PLAIN}" in above.to_text()
+
+
+def test_layers_called_with_a_list_the_caller_appends_to_get_a_plan_that_runs() -> None:
+    """DenseNet's ``layer(features)``: recomputing a layer in backward must see the list as it was at the call
+    (refused before: "running_mean should contain 48 elements not 40"). fx cannot trace this net, so the regions
+    are modules."""
+    _, planned = bg.plan(f"{FIXTURES}:ShapeBranchingDenseNet", (3, 8, 8), 0.3, batch=4, cost="macs")
+    assert planned.method == "modules" and [r.name for r in planned.regions][:2] == ["layers.0", "layers.1"]
+    assert planned.grad_change is not None and planned.grad_change <= 1e-9
+    assert planned.saved_bytes <= planned.budget_bytes

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.graph.record import ModuleCalls, SavedTensors, StorageTable, leaf_macs, tensors
@@ -140,6 +141,9 @@ class _Checkpointed(nn.Module):
         forward = super().forward
         if not _wants_checkpoint(self, args):
             return forward(*args, **kwargs)
+        # Containers are copied as they are now: the recomputation in backward must see the arguments of this call,
+        # not a list the caller has appended to since (DenseNet's ``layer(features)``).
+        args, kwargs = tree_map(lambda leaf: leaf, (args, kwargs))
         return checkpoint(forward, *args, use_reentrant=False, preserve_rng_state=True,
                           context_fn=partial(_contexts, [self]), **kwargs)
 
