@@ -154,3 +154,32 @@ class ShapeBranchingDenseNet(nn.Module):
         for layer in self.layers:
             features.append(layer(features))
         return self.head(torch.cat(features, 1).mean((2, 3)))
+
+
+class CheckedConvBn(nn.Module):
+    """A conv+BN that checks its input's rank first, as timm's layers do (``_assert(x.ndim == 4)``)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.ndim == 4, f"expected a 4-D input, got {x.ndim}-D")
+        return self.bn(self.conv(x))
+
+
+class CheckedNet(nn.Module):
+    """A chain of rank-checked conv+BN layers and a residual: one real fork, and shape checks everywhere."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10, width: int = 8) -> None:
+        super().__init__()
+        self.stem = CheckedConvBn(in_chans, width)
+        self.a, self.b = CheckedConvBn(width, width), CheckedConvBn(width, width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        torch._assert(height == width, "expected a square image")
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.b(torch.relu(self.a(x))))
+        return self.head(x.mean((2, 3))).reshape(batch, -1)

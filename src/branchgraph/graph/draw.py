@@ -14,7 +14,7 @@ from torch import fx
 
 from branchgraph.errors import BranchgraphError
 from branchgraph.graph.fmt import fmt_bytes, fmt_count
-from branchgraph.graph.structure import joins
+from branchgraph.graph.structure import joins, shape_only, structural_users
 from branchgraph.graph.tables import Summary
 
 FORMATS = (".svg", ".dot", ".gv", ".html")
@@ -55,7 +55,12 @@ def to_digraph(s: Summary) -> graphviz.Digraph:
                            node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
                                       "fontsize": "10"})
     clusters: dict[str, graphviz.Digraph] = {}
+    hidden = shape_only(gm.graph)
+    if hidden:
+        dot.attr(label=f"{s.model} at {[s.batch, *s.input_size]}; {len(hidden)} shape reads and checks not drawn")
     for node in gm.graph.nodes:
+        if node in hidden:
+            continue
         meta = node.meta.get("tensor_meta")
         shape = "x".join(map(str, meta.shape)) if hasattr(meta, "shape") else ""
         rec = layers.get(str(node.target)) if node.op == "call_module" else None
@@ -64,8 +69,9 @@ def to_digraph(s: Summary) -> graphviz.Digraph:
         if macs or saved:
             lines.append(f"{fmt_count(macs)} MACs, saved {fmt_bytes(saved)}")
         attrs = {"fillcolor": _colour(macs, largest)}
-        if len(node.users) > 1:
-            lines.insert(0, f"FORK x{len(node.users)}")
+        users = structural_users(node, hidden)
+        if len(users) > 1:
+            lines.insert(0, f"FORK x{len(users)}")
             attrs.update(shape="box", penwidth="2.5", color="#1f77b4")
         if node.name in join_names:
             lines.insert(0, "JOIN")
@@ -84,7 +90,8 @@ def to_digraph(s: Summary) -> graphviz.Digraph:
             target = clusters[key]
         target.node(node.name, label, **attrs)
         for arg in node.all_input_nodes:
-            dot.edge(arg.name, node.name)
+            if arg not in hidden:
+                dot.edge(arg.name, node.name)
     for key, sub in clusters.items():
         if "/" in key:
             clusters[key.split("/")[0]].subgraph(sub)

@@ -13,7 +13,7 @@ import torch
 from torch import fx
 
 from branchgraph.graph.draw import op_label
-from branchgraph.graph.structure import Block
+from branchgraph.graph.structure import Block, shape_only, structural_users
 from branchgraph.graph.tables import Summary
 
 
@@ -77,7 +77,10 @@ def report_data(s: Summary, times: dict[str, float] | None = None) -> dict[str, 
     gm, layers = s.capture.graph_module, s.measurement.layers
     params = {r.name: r.params for r in s.rows if r.leaf}
     nodes = {}
+    hidden = shape_only(gm.graph)
     for node in gm.graph.nodes:
+        if node in hidden:
+            continue
         meta = node.meta.get("tensor_meta")
         rec = layers.get(str(node.target)) if node.op == "call_module" else None
         stack = list((node.meta.get("nn_module_stack") or {}).values())
@@ -87,7 +90,8 @@ def report_data(s: Summary, times: dict[str, float] | None = None) -> dict[str, 
             "shape": list(meta.shape) if hasattr(meta, "shape") else None,
             "params": params.get(str(node.target), 0) if node.op == "call_module" else 0,
             "macs": rec.macs if rec else 0, "saved_bytes": rec.saved_bytes if rec else 0,
-            "time_ms": 1000 * (times or {}).get(node.name, 0.0), "fork": len(node.users) > 1 and node.op != "output",
+            "time_ms": 1000 * (times or {}).get(node.name, 0.0),
+            "fork": len(structural_users(node, hidden)) > 1 and node.op != "output",
         }
     join_names = {b.join for b in s.blocks}
     for name in join_names & set(nodes):
@@ -97,7 +101,7 @@ def report_data(s: Summary, times: dict[str, float] | None = None) -> dict[str, 
             "modules": [{"name": r.name, "type": r.type, "shape": r.output_shape, "params": r.params,
                          "macs": r.macs, "backward_macs": r.backward_macs, "saved_bytes": r.saved_bytes}
                         for r in s.rows if r.name],
-            "plan": None, "branches": None}
+            "plan": None, "branches": None, "hidden_shape_nodes": len(hidden)}
 
 
 def _owned(node: dict[str, Any], label: str) -> bool:

@@ -31,6 +31,8 @@ def _header(data: dict[str, Any]) -> str:
              f"<span>{total.get('params', 0):,} parameters</span>",
              f"<span>{total.get('macs', 0):,} forward MACs per sample</span>",
              f"<span>measured step peak {_bytes(data['peak_bytes'])}</span>"]
+    if data.get("hidden_shape_nodes"):
+        parts.append(f"<span>{data['hidden_shape_nodes']} shape reads and checks not shown</span>")
     plan = data.get("plan")
     if plan:
         measured_kept = plan.get("measured_kept_bytes")
