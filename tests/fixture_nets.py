@@ -183,3 +183,19 @@ class CheckedNet(nn.Module):
         x = torch.relu(self.stem(x))
         x = torch.relu(x + self.b(torch.relu(self.a(x))))
         return self.head(x.mean((2, 3))).reshape(batch, -1)
+
+
+class ValueBranchingNet(nn.Module):
+    """Python control flow on a tensor's values: neither torch.fx's symbolic tracer nor torch.export can capture
+    it (only module hooks can measure it)."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, 8, 3, padding=1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if x.mean() > 0:
+            x = x.relu()
+        return self.head(x.mean((2, 3)))

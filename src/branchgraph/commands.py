@@ -170,6 +170,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.onnx:
         data["onnx"] = str(export_onnx(optimised, example, args.onnx))
     lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
+    if report.captured == "export":
+        lines.append("  captured with torch.export (torch.fx's symbolic tracer could not take it): an aten graph, so "
+                     "the passes that rewrite modules (fold_bn, fuse_parallel, prune) find nothing to change")
     if tuning:
         lines.append(tuning.to_text())
     for p in report.passes:

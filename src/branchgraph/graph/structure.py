@@ -12,8 +12,12 @@ from torch import fx
 
 from branchgraph.graph.tracing import node_module
 
-JOIN_TARGETS = (torch.cat, torch.add, operator.add, operator.iadd, torch.stack)
-GATE_TARGETS = (torch.mul, operator.mul, operator.imul)  # a join where a branch of modules scales another path
+aten = torch.ops.aten
+# torch functions as fx's symbolic tracer records them, and aten ops as torch.export does
+JOIN_TARGETS = (torch.cat, torch.add, operator.add, operator.iadd, torch.stack, aten.cat.default, aten.add.Tensor,
+                aten.add_.Tensor, aten.stack.default)
+GATE_TARGETS = (torch.mul, operator.mul, operator.imul, aten.mul.Tensor, aten.mul_.Tensor)  # a join where a branch
+# of modules scales another path
 JOIN_METHODS = ("add", "add_")
 GATE_METHODS = ("mul", "mul_")
 
@@ -121,6 +125,18 @@ def common_prefix(paths: list[str]) -> str:
     return ".".join(prefix)
 
 
+def _modules(nodes: list[fx.Node]) -> list[str]:
+    """The modules a branch calls: its call_module nodes' targets and, in torch.export's aten graphs, the module
+    each aten op was called in (once each)."""
+    found: list[str] = []
+    for n in nodes:
+        if n.op == "call_module":
+            found.append(str(n.target))
+        elif isinstance(n.target, torch._ops.OpOverload) and (path := node_module(n)) and path not in found:
+            found.append(path)
+    return found
+
+
 def find_blocks(gm: fx.GraphModule) -> list[Block]:
     """Every join with the fork its inputs share and the nodes of each branch between the two. A product counts
     as a join where a branch calls a module (a squeeze-and-excitation gate), not where it is elementwise
@@ -138,7 +154,7 @@ def find_blocks(gm: fx.GraphModule) -> list[Block]:
         raw = [{n for n in s if order[n] > order[fork]} for s in sets]
         shared = set.intersection(*raw) if len(raw) > 1 else set()
         branch_nodes = [sorted(r - shared, key=order.__getitem__) for r in raw]
-        module_lists = [[str(n.target) for n in nodes if n.op == "call_module"] for nodes in branch_nodes]
+        module_lists = [_modules(nodes) for nodes in branch_nodes]
         if _is_gate(join) and not any(module_lists):
             continue
         # The block is the module whose forward makes the join (an Inception block), else the join node.

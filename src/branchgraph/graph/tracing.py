@@ -1,7 +1,14 @@
-"""Capture a model as a torch.fx graph with shapes; models fx cannot trace fall back to module hooks."""
+"""Capture a model as a torch.fx graph with shapes: fx's symbolic tracer, else torch.export; models neither can
+capture fall back to module hooks."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,26 +84,62 @@ def node_module(node: fx.Node) -> str:
 
 @dataclass
 class Capture:
-    """A traced graph with ``tensor_meta`` on every node, or ``None`` with a note saying why not."""
+    """A traced graph with ``tensor_meta`` on every node, or ``None`` with a note saying why not. ``method`` says
+    which tracer took it: "symbolic_trace" (module calls kept as nodes) or "export" (torch.export's aten graph, for
+    models with Python control flow on shapes; specialised to the input's shape and the model's train/eval mode)."""
 
     model: nn.Module
     graph_module: fx.GraphModule | None
     note: str | None = None
+    method: str = "symbolic_trace"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No log records and nothing on stderr while an export is tried: torch prints the partial graph of a failed
+    capture, which would bury the one line that says what happened."""
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(before)
+
+
+def _export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
+    """torch.export's non-strict capture of a copy of ``model`` (Python control flow on shapes is specialised to
+    ``example``'s, and train/eval to the model's mode), as a GraphModule whose parameters keep the model's names."""
+    from torch.export import export
+
+    with _quiet():
+        exported = export(copy.deepcopy(model), (example,), strict=False).module()
+    # torch warns about its own pytree specs each time such a graph is copied: not the user's concern
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    return fx.GraphModule(exported, exported.graph, type(model).__name__)  # a plain one: train() and eval() work
 
 
 def capture(model: nn.Module, example: torch.Tensor) -> Capture:
-    """Symbolically trace ``model`` and propagate shapes of ``example`` through it (in eval mode, no grad).
+    """Symbolically trace ``model`` and propagate shapes of ``example`` through it (in eval mode, no grad); where
+    the symbolic tracer fails (Python control flow on a tensor's shape), capture it with torch.export instead, in
+    the model's current train/eval mode.
 
-    A model fx cannot trace (data-dependent control flow, say) gives a Capture without a graph and a note;
-    an input the model cannot take raises InputShapeError naming the failing layer.
+    A model neither can capture (control flow on tensor values, say) gives a Capture without a graph and a note
+    saying what to change; an input the model cannot take raises InputShapeError naming the failing layer.
     """
+    method = "symbolic_trace"
     try:
         gm = fx.symbolic_trace(model)
-    except Exception as exc:  # any tracing failure means: fall back to module hooks
-        return Capture(model, None, (
-            f"torch.fx could not trace {type(model).__name__} ({_first_line(exc)}); figures come from module "
-            "hooks, so there is no fork/join or branch structure and no graph picture"
-        ))
+    except Exception as traced:  # any tracing failure means: try torch.export, then fall back to module hooks
+        try:
+            gm, method = _export(model, example), "export"
+        except Exception as exported:  # neither tracer: figures come from module hooks
+            return Capture(model, None, (
+                f"neither torch.fx ({_first_line(traced)}) nor torch.export ({_first_line(exported)}) could capture "
+                f"{type(model).__name__}; figures come from module hooks, so there is no fork/join or branch "
+                "structure and no graph picture. Control flow on tensor values needs torch.where or torch.cond"
+            ))
     was_training = model.training
     model.eval()
     try:
@@ -104,4 +147,4 @@ def capture(model: nn.Module, example: torch.Tensor) -> Capture:
             _ShapeProp(gm, model, tuple(example.shape)).run(example)
     finally:
         model.train(was_training)
-    return Capture(model, gm)
+    return Capture(model, gm, method=method)

@@ -11,7 +11,7 @@ from torch import fx, nn
 from branchgraph.kernels import REASON, nchw, strided_pointwise
 from branchgraph.passes.base import PassReport, check_mode, finish, start
 
-_CONV2D = (F.conv2d, torch.conv2d)
+_CONV2D = (F.conv2d, torch.conv2d, torch.ops.aten.conv2d.default)  # symbolic_trace's, torch.export's
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:

@@ -116,13 +116,14 @@ class OptimizeReport:
     verification: Verification | None = None
     tuning: Any = None  # the TuneResult that chose the passes, precision, layout and engine, when tuned
     deployed: Path | None = None  # record.json of the files written for deployment, when asked
+    captured: str = "symbolic_trace"  # or "export": torch.export's aten graph (fx's tracer could not take the model)
 
     @property
     def ok(self) -> bool:
         return self.verification is None or not self.verification.failures()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "passes": [p.to_dict() for p in self.passes],
+        return {"mode": self.mode, "captured": self.captured, "passes": [p.to_dict() for p in self.passes],
                 "verification": self.verification.to_dict() if self.verification else None,
                 "tuning": self.tuning.to_dict() if self.tuning else None,
                 "deployed": str(self.deployed) if self.deployed else None}
@@ -149,7 +150,7 @@ def optimize(
     gm.train(mode == "train")
     optimised = run_passes(gm, names, mode, inplace=True)  # gm traces a copy of its own
     optimised.train(mode == "train")
-    report = OptimizeReport(mode, reports(optimised))
+    report = OptimizeReport(mode, reports(optimised), captured=captured.method)
     if verify:
         # The passes run again on a float64 copy: a pass that computes new weights (fold_bn) would otherwise
         # carry float32 rounding into the float64 equivalence check.
