@@ -68,8 +68,14 @@ def figures(command: str, data: dict[str, Any]) -> tuple[str, str]:
     if command.startswith("optimize"):
         verification = data["verification"]
         worst = max(c["norm_rel"] for c in verification["float64_equivalence"].values())
-        folded = next((p for p in data["passes"] if p["name"] == "fold_bn"), {"changed": [], "skipped": []})
-        cell = f"float64 {worst:.1e}, {len(folded['changed'])} BN folded, {len(folded['skipped'])} kept"
+        captured = ", torch.export" if data.get("captured") == "export" else ""
+        if command == "optimize-train":
+            layout = next((p for p in data["passes"] if p["name"] == "layout"), {"skipped": []})
+            nchw = sum("kept NCHW" in s for s in layout["skipped"])
+            cell = f"float64 {worst:.1e} (outputs, gradients, step), {nchw} convs kept NCHW{captured}"
+        else:
+            folded = next((p for p in data["passes"] if p["name"] == "fold_bn"), {"changed": [], "skipped": []})
+            cell = f"float64 {worst:.1e}, {len(folded['changed'])} BN folded, {len(folded['skipped'])} kept{captured}"
         return cell, "" if verification["ok"] else "does not verify"
     if command == "branches":
         return f"{len(data['forks'])} forks, sums within {data['max_sum_error']:.0e}", ""
