@@ -2,9 +2,9 @@
 
 oneDNN's x86 1x1 convolution, computing the weight gradient of a *strided* 1x1 convolution over a channels_last
 (NHWC) input with fewer input channels (per group) than its channel block (8 on AVX2, 16 on AVX-512), offsets its
-per-thread workspace by the block instead of the channel count (oneDNN issue 6035, open at torch 2.13's oneDNN):
-with more than one thread it writes past the workspace, so the weight gradient is wrong and the process can abort
-("double free or corruption"), segfault or hang. RepVGG, MobileOne, GENet and FastViT stems have such a
+per-thread workspace by the block instead of the channel count (uxlfoundation/oneDNN#6035, open at torch 2.13's
+oneDNN): with more than one thread it writes past the workspace, so the weight gradient is wrong and the process
+can abort ("double free or corruption"), segfault or hang. RepVGG, MobileOne, GENet and FastViT stems have such a
 convolution (3 input channels, stride 2). The NCHW kernel is correct, so those convolutions train in NCHW.
 """
 

@@ -191,7 +191,7 @@ def fork_gradients(model: nn.Module, example: torch.Tensor, seed: int = 0) -> li
     taps = {fork: uses for _, fork, uses in blocks}  # the users of a fork; several blocks may share one
     generator = torch.Generator().manual_seed(seed)
     meta = next(n for n in gm.graph.nodes if n.op == "output").meta["tensor_meta"]  # the capture's eval run
-    shape = (meta[0] if isinstance(meta, tuple | list) else meta).shape  # torch.export's outputs come as a tuple
+    shape = (meta if hasattr(meta, "shape") else meta[0]).shape  # torch.export's outputs come as a tuple
     target = torch.randint(0, shape[1], (shape[0],), generator=generator) if len(shape) == 2 else None
     weights = torch.randn(shape, generator=generator) if target is None else None
     recorded = []
