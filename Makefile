@@ -29,7 +29,7 @@ test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow
 
 # Not part of `make test`: summary, optimize (eval, train), branches and memory over 28 timm models, one row per model
-# (benchmarks/zoo.py; about 15-25 minutes). ZOO_PYTHON needs timm, with a torchvision built for its torch, and
+# (benchmarks/zoo.py; about 30 minutes). ZOO_PYTHON needs timm, with a torchvision built for its torch, and
 # branchgraph installed (pip install -e '.[timm]').
 ZOO_PYTHON ?= $(BIN)/python
 test-zoo: setup
