@@ -62,7 +62,6 @@ class ForkGradients:
     branches: list[BranchGradient]
     note: str = ""  # why the shares say nothing, when no gradient reached the fork
 
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -45,17 +45,22 @@ METADATA_ATTRS = ("shape", "ndim", "dtype", "device", "is_cuda")
 METADATA_METHODS = ("size", "dim", "numel")
 
 
+def reads_metadata(node: fx.Node) -> bool:
+    """Whether ``node`` reads only its input's shape, rank, type or device (``x.shape``, ``x.size()``)."""
+    if node.op == "call_method":
+        return node.target in METADATA_METHODS
+    return node.op == "call_function" and node.target is getattr and node.args[1] in METADATA_ATTRS
+
+
 def shape_only(graph: fx.Graph) -> set[fx.Node]:
     """Nodes that only read or check tensors' metadata (timm's ``_assert(x.ndim == 4)``, ``B, C, H, W = x.shape``):
     the reads themselves, and what computes on their results alone without making a tensor. They are no
     structure: no fork, and not drawn."""
     found: set[fx.Node] = set()
     for node in graph.nodes:
-        reads = (node.op == "call_function" and node.target is getattr and node.args[1] in METADATA_ATTRS) or (
-            node.op == "call_method" and node.target in METADATA_METHODS)
         computes = node.op in ("call_function", "call_method") and bool(node.all_input_nodes) and not hasattr(
             node.meta.get("tensor_meta"), "shape") and all(arg in found for arg in node.all_input_nodes)
-        if reads or computes:
+        if reads_metadata(node) or computes:
             found.add(node)
     return found
 

@@ -19,6 +19,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+from branchgraph.graph.structure import reads_metadata
 from branchgraph.graph.tracing import node_module
 from branchgraph.passes.base import check_mode, finish, start
 
@@ -88,7 +89,7 @@ def _attr(gm: fx.GraphModule, target: str | None) -> torch.Tensor | None:
 
 
 def _only_user(node: fx.Node, user: fx.Node) -> bool:
-    return all(u is user or _reads_metadata(u) for u in node.users)
+    return all(u is user or reads_metadata(u) for u in node.users)
 
 
 def _layer(gm: fx.GraphModule, node: fx.Node, user: fx.Node, calls: Counter[str]) -> str | None:
@@ -126,15 +127,6 @@ def _targets(gm: fx.GraphModule, norm: _Norm, calls: Counter[str]) -> tuple[list
                     f"{problems[0]}")
     reason = _layer(gm, source, norm.node, calls)
     return ([], reason) if reason else ([source], None)
-
-
-def _reads_metadata(node: fx.Node) -> bool:
-    """Whether ``node`` reads only its input's shape, rank, type or device (``assert x.ndim == 4`` before a
-    BatchNorm), which folding leaves as they are."""
-    if node.op == "call_method":
-        return node.target in ("size", "dim")
-    return node.op == "call_function" and node.target is getattr and node.args[1] in ("ndim", "shape", "dtype",
-                                                                                       "device")
 
 
 def _fold(gm: fx.GraphModule, norm: _Norm, layers: list[fx.Node]) -> None:
