@@ -19,10 +19,6 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from branchgraph.errors import BranchgraphError
 
-# torch warns about its own pytree specs each time an exported graph is copied: not the user's concern
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-
-
 class InputShapeError(BranchgraphError):
     """The example input does not fit the model; the message names the layer that failed."""
 
@@ -117,6 +113,10 @@ def _export(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
 
     with _quiet():
         exported = export(copy.deepcopy(model), (example,), strict=False).module()
+    # torch warns about its own pytree specs each time such a graph is copied: not the user's concern (set here, at
+    # the call, so that it holds where the caller's warning filters were reset since import, as under pytest)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     return fx.GraphModule(exported, exported.graph, type(model).__name__)  # a plain one: train() and eval() work
 
 
