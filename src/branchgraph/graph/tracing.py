@@ -19,6 +19,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from branchgraph.errors import BranchgraphError
 
+
 class InputShapeError(BranchgraphError):
     """The example input does not fit the model; the message names the layer that failed."""
 
