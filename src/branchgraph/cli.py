@@ -106,6 +106,8 @@ PASSES_HELP = (f"comma-separated passes, of: {', '.join(PASSES)} (default: the m
 ROUNDS_HELP = "interleaved timing rounds per variant (default 10)"
 HEAP_HELP = ("keep: freed tensor memory stays in the process for the next step (no page faults on reuse; resident "
              "memory stays at least at the peak); system: the C library's own policy")
+TRUST_HELP = ("rebuild the run's model spec (package.module:factory, file.py:factory, timm:NAME) from the checkpoint "
+              "even though it runs code; only for checkpoints you trust (or give --model SPEC again)")
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
@@ -162,6 +164,12 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
                    help="leave out a compiled candidate that takes longer to compile (0: compile none; default 600)")
 
 
+def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="the run's model spec, given again to rebuild it (registry models "
+                   "need nothing)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
 def _add_heap_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help=HEAP_HELP + " (default keep)")
 
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="JSON file of settings, applied after the preset")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trust-checkpoint", action="store_true", help="with --resume: " + TRUST_HELP)
     for key, kw in TRAIN_FLAGS.items():
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, **kw)
     for key, text in TRAIN_SWITCHES.items():
@@ -250,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=1, help="fine-tuning epochs (default 1)")
     p.add_argument("--lr", type=_positive_float, default=None, help="peak fine-tuning lr (default: run's / 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_checkpoint_flags(p)
 
     p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
     p.add_argument("model", help=MODEL_HELP)
@@ -307,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only (default: the run's)")
     p.add_argument("--precision", choices=tuple(p for p in PRECISIONS if p != "auto"), default=None,
                    help="run inference in this precision instead of the run's own")
+    _add_checkpoint_flags(p)
     return parser
 
 

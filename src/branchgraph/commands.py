@@ -50,13 +50,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _train_overrides(args)
     if args.resume:
-        extra = sorted(set(overrides) - {"epochs", "data_dir", "heap"})
+        extra = sorted(set(overrides) - {"epochs", "data_dir", "heap", "model"})
         if extra or args.config or args.preset:
             named = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "--preset/--config"
             raise ConfigError(f"--resume continues the run's saved settings; drop {named} (only --epochs, --heap "
                               "and --data-dir may change)")
         result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"),
-                        heap=overrides.get("heap"), data_dir=overrides.get("data_dir"))
+                        heap=overrides.get("heap"), data_dir=overrides.get("data_dir"), model=overrides.get("model"),
+                        trust_checkpoint=args.trust_checkpoint)
     else:
         config = build_config(args.preset or "fast", args.config, overrides)
         result = train(config, progress=not args.quiet)
@@ -76,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from branchgraph.training import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit,
-                                 precision=args.precision)
+                                 precision=args.precision, model=args.model, trust_checkpoint=args.trust_checkpoint)
     text = (f"{result['model']} after {result['epochs_trained']} epochs: {result['split']} accuracy "
             f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples, "
             f"{result['precision']})")
@@ -287,7 +288,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
     from branchgraph.training.prune_run import prune_and_finetune
 
-    r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet)
+    r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet, model=args.model,
+                           trust_checkpoint=args.trust_checkpoint)
     acc, params, macs = r["test_acc"], r["params"], r["macs"]
     text = (f"pruned {r['pruned_chains']} conv chains by {r['amount']:.0%}: params {params['original']:,} -> "
             f"{params['pruned']:,}, MACs {macs['original']:,} -> {macs['pruned']:,}\n"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from branchgraph.errors import ConfigError
 from branchgraph.heap import HEAP_POLICIES
@@ -85,9 +86,16 @@ class TrainConfig:
                               "random_erasing")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}", "ema_decay")
+        for key in ("momentum", "weight_decay"):
+            if not 0 <= getattr(self, key) < float("inf"):
+                raise ConfigError(f"{key} must be a finite number >= 0; got {getattr(self, key)}", key)
         for key in ("crop_padding", "val_size"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0; got {getattr(self, key)}", key)
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer in [0, 2^63); got {self.seed}", "seed")
+        if self.threads is not None and not 0 < self.threads <= 4096:
+            raise ConfigError(f"threads must be a positive number of threads; got {self.threads}", "threads")
         if self.memory_budget is not None:
             parse_budget(self.memory_budget)
         if self.memory_lossy is not None and self.memory_lossy not in LOSSY:
@@ -104,13 +112,52 @@ class TrainConfig:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> TrainConfig:
-        """Build from a dict, rejecting unknown keys by name."""
+    def from_dict(cls, data: Any, source: str = "settings") -> TrainConfig:
+        """Build from a dict, rejecting unknown keys and values of the wrong type by name (all of them, in one
+        line): settings read from a file or a checkpoint are data until they are checked."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: settings must be a JSON object, not {_described(data)}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(set(map(str, data)) - names)
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        hints = get_type_hints(cls)
+        wrong = [key for key, value in data.items() if not _has_type(value, hints[key])]
+        if wrong:
+            listed = "; ".join(f"{key} must be {_type_name(hints[key])}, got {_described(data[key])}" for key in wrong)
+            raise ConfigError(f"{source}: {listed}", wrong[0] if source == "settings" else None)  # a file has no flags
         return cls(**data)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a TrainConfig annotation (bool is not a number; an int is a float)."""
+    if get_origin(hint) in (Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if get_origin(hint) is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, hint)
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "text", bool: "true or false", type(None): "null"}
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in get_args(hint))
+    return TYPE_NAMES.get(hint, "a JSON object")
+
+
+def _described(value: Any) -> str:
+    """A JSON value as the user wrote it, briefly."""
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    return json.dumps(value, default=str)[:40]
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -14,7 +14,7 @@ from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.hardware import resolve_device
 from branchgraph.training.config import PRECISIONS, TrainConfig
 from branchgraph.training.distributed import DistInfo, all_reduce_sum
-from branchgraph.training.run_state import load_checkpoint
+from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
 from branchgraph.training.setup import autocast_for, build_model, build_preprocess, to_device
 
 
@@ -54,15 +54,16 @@ def ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
 
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
-    precision: str | None = None,
+    precision: str | None = None, model: str | None = None, trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train').
 
     By default the run's own ``limit`` and precision apply, so the figure matches its metrics; pass ``limit``
-    or ``precision`` ('fp32', 'bf16', 'fp16') to change them (bf16 inference of an fp32-trained run, say).
+    or ``precision`` ('fp32', 'bf16', 'fp16') to change them (bf16 inference of an fp32-trained run, say). A run
+    of a model spec (code) is only rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set.
     """
     state = load_checkpoint(path)
-    config = TrainConfig.from_dict(dict(state["config"]))
+    config = saved_config(state, resolve_checkpoint(path), model, trust_checkpoint)
     if data_dir is not None:
         config.data_dir = data_dir
     if precision is not None:

@@ -9,50 +9,58 @@ from typing import Any
 import torch
 
 from branchgraph.data import BatchLoader, load_fashion_mnist
-from branchgraph.errors import ConfigError
+from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.graph import capture
 from branchgraph.hardware import resolve_device
 from branchgraph.passes.base import reports
 from branchgraph.passes.channel_pruning import prune_channels
-from branchgraph.training.config import TrainConfig
 from branchgraph.training.distributed import DistInfo
 from branchgraph.training.evaluation import ema_weights, evaluate
-from branchgraph.training.run_state import load_checkpoint
+from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
 from branchgraph.training.setup import build_model, build_preprocess
 from branchgraph.training.trainer import Trainer
 
 
 def prune_and_finetune(
-    run_dir: str | Path, amount: float = 0.5, epochs: int = 1, lr: float | None = None, progress: bool = True
+    run_dir: str | Path, amount: float = 0.5, epochs: int = 1, lr: float | None = None, progress: bool = True,
+    model: str | None = None, trust_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Prune ``amount`` of the prunable channels of a trained run's model, fine-tune it for ``epochs`` (in a new
-    run directory, same recipe, peak lr ``lr`` or a quarter of the run's) and report test accuracy, parameters
-    and MACs before pruning, after pruning and after fine-tuning."""
+    run directory beside the run, same recipe, peak lr ``lr`` or a quarter of the run's) and report test accuracy,
+    parameters and MACs before pruning, after pruning and after fine-tuning. A run of a model spec (code) is only
+    rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set."""
     from branchgraph.graph import summary
 
     if epochs <= 0:
         raise ConfigError(f"epochs must be a positive integer; got {epochs}", "epochs")
     state = load_checkpoint(run_dir)
-    config = TrainConfig.from_dict(dict(state["config"]))
+    path = resolve_checkpoint(run_dir)
+    # the fine-tuned run goes beside this one, never to the folder the checkpoint recorded
+    config = dataclasses.replace(saved_config(state, path, model, trust_checkpoint),
+                                 out_dir=str(path.parent.parent))
     device = resolve_device(config.device)
-    model = build_model(config)
-    model.load_state_dict(ema_weights(state) or state["model"])  # the weights the run evaluated
-    model.eval()
+    net = build_model(config)
+    try:
+        net.load_state_dict(ema_weights(state) or state["model"])  # the weights the run evaluated
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
+            from None
+    net.eval()
     splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
     loader = BatchLoader(splits["test"], 500, build_preprocess(config, False), train=False)
     example = next(loader.batches())[0][:2]
 
-    def accuracy(net: torch.nn.Module) -> float:
-        return evaluate(net.to(device), loader, config, device, DistInfo())[1]
+    def accuracy(module: torch.nn.Module) -> float:
+        return evaluate(module.to(device), loader, config, device, DistInfo())[1]
 
-    before = accuracy(model)
+    before = accuracy(net)
     try:
-        pruned = prune_channels(capture(model, example).graph_module, amount=amount)
+        pruned = prune_channels(capture(net, example).graph_module, amount=amount)
     except ValueError as exc:
         raise ConfigError(f"amount: {exc}", "amount") from None
     pruned_acc = accuracy(pruned)
     size = tuple(example.shape[1:])
-    totals = {name: summary(net, size).total for name, net in (("original", model), ("pruned", pruned))}
+    totals = {name: summary(module, size).total for name, module in (("original", net), ("pruned", pruned))}
     tune = dataclasses.replace(config, epochs=epochs, lr=lr or config.lr / 4)
     result = Trainer(tune, model=pruned, progress=progress).run()
     return {

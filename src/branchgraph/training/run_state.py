@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from branchgraph.errors import CheckpointError, ConfigError
+from branchgraph.models.spec import is_spec
 from branchgraph.training.config import TrainConfig
 from branchgraph.training.distributed import DistInfo, broadcast_str
 
@@ -57,16 +58,49 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``); unreadable files raise CheckpointError."""
+    """Load a checkpoint safely (``weights_only=True``: tensors and plain data only); unreadable files raise
+    CheckpointError."""
     path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}; it is corrupt or not ours") from None
+    except pickle.UnpicklingError:  # torch's message advises an unsafe load: never relayed
+        raise CheckpointError(f"cannot read checkpoint {path}: it holds Python objects other than tensors and plain "
+                              "data, which branchgraph refuses to load; use a checkpoint written by training") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or corrupt ({type(exc).__name__}); "
+                              "train again, or resume from an intact copy") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a branchgraph checkpoint (format {FORMAT_VERSION})")
     return state
+
+
+def saved_config(state: dict[str, Any], path: str | Path, model: str | None = None,
+                 trust_checkpoint: bool = False) -> TrainConfig:
+    """The settings a checkpoint was trained with, checked as data. A registry model is built freely; a model
+    spec imports code, so it is only used when the caller names the same spec again (``model``) or trusts the
+    checkpoint: a file handed to branchgraph never runs code by itself."""
+    config = TrainConfig.from_dict(state.get("config"), source=f"checkpoint {path}").validate()
+    if model is not None and model != config.model:
+        raise ConfigError(f"checkpoint {path} was trained as model {config.model!r}, not {model!r}", "model")
+    if is_spec(config.model) and model is None and not trust_checkpoint:
+        raise CheckpointError(f"checkpoint {path} names the model spec {config.model!r}, which imports and runs "
+                              "Python code; a checkpoint alone never runs code: to run it, set trust_checkpoint "
+                              "(or give that model spec again)", "trust_checkpoint")
+    return config
+
+
+def epochs_done(state: dict[str, Any], path: str | Path) -> int:
+    """The epochs a checkpoint has completed (CheckpointError when it does not say)."""
+    done = state.get("epoch")
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+        raise CheckpointError(f"checkpoint {path} does not say how many epochs it completed: train again")
+    return done
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files a killed checkpoint write left in a run directory (one writer per run)."""
+    for stale in directory.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
@@ -77,11 +111,15 @@ def make_run_dir(config: TrainConfig, info: DistInfo) -> Path:
         safe = re.sub(r"[^\w.-]+", "-", config.model).strip("-")  # a spec's ':' and '/' make no folder names
         base = Path(config.out_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
         path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
         try:
-            path.mkdir(parents=True)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            while True:  # mkdir is the check: two processes starting at once get two directories
+                try:
+                    path.mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+                    path = base.with_name(f"{base.name}-{n}")
         except OSError as exc:
             raise ConfigError(f"out_dir {config.out_dir}: cannot create {path} ({exc.strerror})", "out_dir") from None
         name = str(path)

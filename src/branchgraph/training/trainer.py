@@ -34,9 +34,12 @@ from branchgraph.training.report import write_outputs
 from branchgraph.training.run_state import (
     CHECKPOINT_NAME,
     atomic_write_bytes,
+    epochs_done,
     load_checkpoint,
     make_run_dir,
+    remove_stale_temporaries,
     save_checkpoint,
+    saved_config,
 )
 from branchgraph.training.setup import (
     autocast_for,
@@ -285,13 +288,8 @@ class Trainer:
         self._end_epoch(train_time, (self.step - start) * c.batch_size)
 
     def _check_finite(self, loss: torch.Tensor) -> None:
-        finite = torch.tensor([1.0 if math.isfinite(loss.item()) else 0.0])
-        if self.info.enabled:
-            all_reduce_sum(finite, self.info)
-            ok = int(finite.item()) == self.info.world_size
-        else:
-            ok = bool(finite.item())
-        if not ok:
+        finite = torch.tensor([float(math.isfinite(loss.item()))])
+        if all_reduce_sum(finite, self.info).item() < self.info.world_size:  # every rank stops together
             last = f"epoch {self.epoch}" if self.epoch else "none yet"
             raise TrainingDiverged(
                 f"loss became {loss.item()} at epoch {self.epoch + 1} step {self.step + 1}; stopped, last good "
@@ -333,18 +331,20 @@ def train(config: TrainConfig, run_dir: Path | None = None, progress: bool = Tru
 
 
 def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None, heap: str | None = None,
-           data_dir: str | None = None) -> TrainResult:
+           data_dir: str | None = None, model: str | None = None, trust_checkpoint: bool = False) -> TrainResult:
     """Continue a run from its checkpoint with its saved settings (``epochs`` may extend it; ``heap`` and
-    ``data_dir``, which do not change results, may differ)."""
+    ``data_dir``, which do not change results, may differ); a run of a model spec needs ``model`` (that spec
+    again) or ``trust_checkpoint``."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir)
-    config = TrainConfig.from_dict(dict(state["config"]), source=str(run_dir / CHECKPOINT_NAME))
+    config = saved_config(state, run_dir / CHECKPOINT_NAME, model, trust_checkpoint)
+    remove_stale_temporaries(run_dir)
     if heap is not None:
         config.heap = heap
     if data_dir is not None:
         config.data_dir = data_dir
     if epochs is not None:
-        if epochs < state["epoch"]:
+        if epochs < epochs_done(state, run_dir):
             raise ConfigError(f"epochs {epochs} is fewer than the {state['epoch']} epochs already done", "epochs")
         config.epochs = epochs
     return Trainer(config, run_dir, state=state, progress=progress).run()
