@@ -1,12 +1,22 @@
 """The tuned choice as files a server can load: a ``torch.export`` program (``model.pt2``; compiled again with
 freezing on load when Inductor won), an ``.onnx`` for ONNX Runtime, or OpenVINO IR (``model.xml``/``.bin``), with
 ``record.json`` saying which engine, how it was verified and what each candidate measured. ``load`` gives back a
-module: fp32 NCHW images in, fp32 logits out."""
+module: fp32 NCHW images in, fp32 logits out.
+
+A deployment is written into a hidden sibling folder, loaded back and verified there, and only then swapped in for
+the old one by rename: a rejected, failed or interrupted write leaves the old deployment as it was. Loading checks
+the files as data first (``branchgraph.inference.archive``): nothing in them is unpickled or run as Python."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import io
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +26,7 @@ from torch import nn
 
 from branchgraph.candidates import DTYPES
 from branchgraph.errors import ConfigError
+from branchgraph.inference.archive import check_onnx, check_program
 from branchgraph.inference.engines import Serving, export_for_runtimes
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 
@@ -46,15 +57,35 @@ def serving_module(model: nn.Module, example: torch.Tensor, tuning: TuneResult) 
 
 def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: str | Path) -> Path:
     """Write ``tuning``'s choice for ``model`` into ``directory``, load it back, check its outputs on ``example``
-    against fp32 eager (the candidate's tolerance) and write ``record.json``; returns the record's path."""
-    from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE
-
-    cand, directory = tuning.chosen, Path(directory)
+    against fp32 eager (the candidate's tolerance) and write ``record.json``; returns the record's path. The files
+    replace an older deployment in ``directory`` only once they are verified."""
+    directory = Path(directory)
+    if directory.exists() and not (directory.is_dir() and (not any(directory.iterdir())
+                                                          or (directory / RECORD).is_file())):
+        raise ConfigError(f"{directory} exists and is not a deployment written by branchgraph: choose a new or "
+                          "empty out directory", param="out")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        _remove_debris(directory)
+        staged = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.partial-{os.getpid()}-"))
     except OSError as exc:
         raise ConfigError(f"cannot write to {directory} ({exc.strerror}): choose another out directory",
                           param="out") from None
+    try:
+        _write_verified(model, example, tuning, staged)
+        staged.chmod(0o755)
+        _publish(staged, directory)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return directory / RECORD
+
+
+def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path) -> None:
+    """The chosen candidate's files and ``record.json`` in ``directory``, loaded back and checked."""
+    from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE
+
+    cand = tuning.chosen
     if cand.engine in ("onnxruntime", "openvino"):
         onnx_path = export_for_runtimes(model, example, directory)
         if cand.engine == "openvino":
@@ -86,15 +117,56 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
     limit = REDUCED_PRECISION_TOLERANCE if cand.precision != "fp32" else FP32_TOLERANCE
     if not error <= limit:
         raise ConfigError(f"the written {cand.name} gives outputs {error:.2e} off fp32 normwise (> {limit:g}); "
-                          "nothing to deploy")
+                          "nothing deployed, the out directory is as it was")
     record = {"format": RECORD_FORMAT, "engine": cand.engine, "precision": cand.precision, "candidate": cand.name,
               "files": FILES[cand.engine], "input_shape": list(example.shape), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "verification": {"output_error_normwise": error, "limit": limit,
                                                            "checked_on": list(example.shape)},
               "tuning": tuning.to_dict()}
-    path = directory / RECORD
-    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
-    return path
+    (directory / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
+
+
+def _remove_debris(directory: Path) -> None:
+    """Delete the staging folders of writes to ``directory`` whose process is gone (killed mid-write)."""
+    for stale in directory.parent.glob(f".{directory.name}.partial-*"):
+        pid = stale.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        pass
+    return True
+
+
+def _publish(staged: Path, directory: Path) -> None:
+    """Put ``staged`` in place of ``directory``: one atomic exchange where the system has it (Linux renameat2), else
+    two renames; the old deployment is deleted only once the new one stands."""
+    if not directory.exists():
+        os.rename(staged, directory)
+        return
+    if _exchange(staged, directory):
+        shutil.rmtree(staged, ignore_errors=True)  # it holds the old deployment now
+        return
+    aside = staged.with_name(staged.name + "-old")
+    os.rename(directory, aside)
+    os.rename(staged, directory)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with ``renameat2(RENAME_EXCHANGE)``; False where that is not available."""
+    with contextlib.suppress(OSError, AttributeError):
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        at_fdcwd, rename_exchange = -100, 2
+        return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    return False
 
 
 def _drop_dtype_asserts(program: torch.fx.GraphModule) -> None:
@@ -123,23 +195,39 @@ def _read_record(directory: Path) -> dict[str, Any]:
     return record
 
 
+def _file(directory: Path, name: str) -> Path:
+    """``directory/name`` as a regular file inside the directory (never a link that leads elsewhere)."""
+    path = directory / name
+    if not path.exists():
+        raise ConfigError(f"{directory} lacks {name}: write it again (optimize with tune and out)")
+    if path.is_symlink() or not path.is_file() or path.resolve().parent != directory.resolve():
+        raise ConfigError(f"refusing to load {path}: a deployment's files are regular files inside its directory, "
+                          "not links")
+    return path
+
+
 def load(directory: str | Path, threads: int | None = None, record: dict[str, Any] | None = None) -> nn.Module:
-    """The module ``save`` wrote into ``directory``, on ``threads`` threads (default: torch's)."""
+    """The module ``save`` wrote into ``directory``, on ``threads`` threads (default: torch's). Its files are
+    checked as data first; whatever an engine cannot load is one ConfigError line."""
     directory = Path(directory)
     record = record or _read_record(directory)
     engine, precision = record["engine"], record.get("precision", "fp32")
-    missing = [f for f in FILES[engine] if not (directory / f).exists()]
-    if missing:
-        raise ConfigError(f"{directory} lacks {', '.join(missing)}: write it again (optimize with tune and out)")
-    if engine == "onnxruntime":
-        return OnnxRuntimeModule(directory / "model.onnx", threads)
-    if engine == "openvino":
-        return OpenVinoModule(directory / "model.xml", precision, threads)
+    files = [_file(directory, name) for name in FILES[engine]]
     try:
+        if engine == "onnxruntime":
+            check_onnx(files[0])
+            return OnnxRuntimeModule(files[0], threads)
+        if engine == "openvino":
+            return OpenVinoModule(files[0], precision, threads)
+        data = files[0].read_bytes()
+        check_program(data, files[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            net = torch.export.load(str(directory / "model.pt2")).module()
-    except Exception as exc:  # a truncated or foreign file: one line
-        raise ConfigError(f"cannot load {directory / 'model.pt2'} ({str(exc).strip().splitlines()[0][:120]}): "
+            net = torch.export.load(io.BytesIO(data)).module()  # the bytes that were checked, not the file again
+    except ConfigError:
+        raise
+    except Exception as exc:  # a truncated or foreign file, or an engine's own error: one line
+        raise ConfigError(f"{engine} cannot load {files[0]} ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'no message'}): "
                           "write it again (optimize with tune and out)") from None
     return torch.compile(net, options={"freezing": True}) if engine == "compiled" else net
