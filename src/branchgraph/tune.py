@@ -28,7 +28,7 @@ from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, optimize
 from branchgraph.timing import interleaved_times, make_runner
-from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, write_cache
+from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, update_cache
 
 # Rounds of one candidate may differ by this share of their median before the measurement counts as disturbed (another
 # job on the cores): it is measured again with twice the rounds, and not cached if the rounds still disagree.
@@ -204,22 +204,26 @@ def tune(
     path = cache_dir() / CACHE_NAME
     entries, note = load_cache(path) if cache else ({}, None)
     notes = [note] if note else []
-    hit = _cached(entries.get(digest), found) if cache and not retune else None
-    if hit is not None:
-        return TuneResult(key, hit.chosen, hit.median_s, left_out=left_out, cached=True, notes=notes,
-                          spread=hit.spread, errors=hit.errors, compile_s=hit.compile_s, measured_at=hit.measured_at)
+    reference = _output(model, example, Candidate())
+    if cache and not retune and digest in entries:
+        hit, why = _cached(entries[digest], found)
+        if hit is not None:
+            why = _recheck(model, example, mode, hit.chosen, reference, tolerance, compile_budget)
+        if why is None and hit is not None:
+            return TuneResult(key, hit.chosen, hit.median_s, left_out=left_out, cached=True, notes=notes,
+                              spread=hit.spread, errors=hit.errors, compile_s=hit.compile_s,
+                              measured_at=hit.measured_at)
+        notes.append(f"the cached choice for this model was not used ({why}): measured again")
     now = time.strftime("%Y-%m-%d %H:%M")
     if len(found) == 1:
         return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now)
     y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=device)
-    reference = _output(model, example, Candidate())
     built, failed = _build_all(model, example, mode, found, compile_budget)
     left_out |= failed
     runs, rejected, errors = {}, {}, {}
     for cand, b in built.items():
         if cand != Candidate():
-            err = ((_output(b.net, b.x, cand) - reference).norm() / reference.norm().clamp_min(1e-30)).item()
-            errors[cand.name] = err
+            err = errors[cand.name] = _error(b, cand, reference)
             limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
             if not err <= limit:
                 rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {limit:g})"
@@ -238,18 +242,40 @@ def tune(
     if noisy:
         result.notes.append(noisy)
     elif cache:
-        entries[digest] = {"key": key, "chosen": asdict(chosen), "median_ms": {k: 1000 * v for k, v in medians.items()},
-                           "spread": spread, "output_error": errors, "compile_s": compile_s, "rejected": rejected,
-                           "when": now}
-        write_note = write_cache(path, entries)
+        entry = {"key": key, "chosen": asdict(chosen), "median_ms": {k: 1000 * v for k, v in medians.items()},
+                 "spread": spread, "output_error": errors, "compile_s": compile_s, "rejected": rejected, "when": now}
+        write_note = update_cache(path, digest, entry)
         if write_note:
             result.notes.append(write_note)
     return result
 
 
-def _cached(entry: Any, found: list[Candidate]) -> TuneResult | None:
+def _error(built: Built, cand: Candidate, reference: torch.Tensor) -> float:
+    """The candidate's main output against fp32 eager's, normwise."""
+    return ((_output(built.net, built.x, cand) - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+
+
+def _recheck(model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate, reference: torch.Tensor,
+             tolerance: float, compile_budget: float | None) -> str | None:
+    """Why a cached choice cannot be used on this model now, or None: its outputs are checked again (a cache is a
+    file anyone may edit, and the same network with other weights may not hold in reduced precision)."""
+    if cand == Candidate():
+        return None
+    if cand.engine == "compiled" and compile_budget == 0:
+        return "it is compiled and the compile budget is 0 s"
+    try:
+        err = _error(build_candidate(model, example, mode, cand), cand, reference)
+    except ConfigError:
+        raise
+    except Exception as exc:  # an engine that cannot take this model any more
+        return f"{cand.name} does not build: {type(exc).__name__}"
+    limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
+    return None if err <= limit else f"{cand.name} gives outputs {err:.2e} off fp32 normwise (> {limit:g})"
+
+
+def _cached(entry: Any, found: list[Candidate]) -> tuple[TuneResult | None, str | None]:
     """The cached entry as a result (key and cache flags filled in by the caller) if it is well-formed and its
-    choice is still one of this run's candidates."""
+    choice is still one of this run's candidates, else why not."""
     try:
         chosen = Candidate(**{k: tuple(v) if k == "passes" and v is not None else v
                               for k, v in entry["chosen"].items()})
@@ -259,5 +285,9 @@ def _cached(entry: Any, found: list[Candidate]) -> TuneResult | None:
                             compile_s={str(k): float(v) for k, v in entry["compile_s"].items()},
                             measured_at=str(entry["when"]))
     except (KeyError, TypeError, ValueError, AttributeError):
-        return None
-    return result if chosen in found else None
+        return None, "its entry is malformed"
+    if chosen not in found:
+        return None, f"{chosen.name} is not among this run's candidates"
+    if not 0 < result.median_s.get(chosen.name, float("nan")) < float("inf"):
+        return None, "its entry has no time for its choice"
+    return result, None

@@ -1,12 +1,21 @@
 """Where tuning measurements are remembered: ``tune.json`` in the user's cache directory, one entry per
-(processor, torch, model, input shape, mode, candidates), each with its medians, per-round spread and date."""
+(processor, torch, model, input shape, mode, candidates), each with its medians, per-round spread and date. Writers
+merge their entry into the file under an exclusive lock, so tuners running at once keep each other's entries."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: entries written at the same moment may overwrite each other
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_FORMAT = 2
 CACHE_NAME = "tune.json"
@@ -42,13 +51,36 @@ def load_cache(path: Path) -> tuple[dict[str, Any], str | None]:
         return {}, f"tuning cache {path} was unreadable ({str(exc).splitlines()[0][:80]}); kept as {aside}, rebuilt"
 
 
-def write_cache(path: Path, entries: dict[str, Any]) -> str | None:
-    """Write atomically (temporary file, then rename); a note instead of an error when it cannot."""
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s lock file (``tune.json.lock``) for the block."""
+    if fcntl is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def update_cache(path: Path, digest: str, entry: dict[str, Any]) -> str | None:
+    """Add ``entry`` under ``digest``: read what is there now, merge and replace atomically (a temporary file, then
+    rename), all under the lock; a note instead of an error when it cannot."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n")
-        tmp.replace(path)
+        with _locked(path):
+            entries, _ = load_cache(path)
+            entries[digest] = entry
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(json.dumps({"format": CACHE_FORMAT, "entries": entries}, indent=1, sort_keys=True) + "\n")
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
     except OSError as exc:
         return f"could not write the tuning cache {path} ({exc.strerror}); the choice is not remembered"
     return None
