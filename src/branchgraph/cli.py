@@ -10,6 +10,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from branchgraph.cli_args import (
+    input_size,
+    json_object,
+    nonnegative_float,
+    positive_float,
+    positive_int,
+    positive_ints,
+)
 from branchgraph.commands import (
     cmd_bench,
     cmd_bench_parallel,
@@ -25,7 +33,7 @@ from branchgraph.commands import (
     cmd_summary,
     cmd_train,
 )
-from branchgraph.errors import BranchgraphError, Interrupted
+from branchgraph.errors import BranchgraphError, Interrupted, out_of_memory
 from branchgraph.heap import HEAP_POLICIES
 from branchgraph.memory.checkpointing import COSTS
 from branchgraph.memory.lossy import LOSSY
@@ -39,65 +47,16 @@ EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as one line (exit 2) instead of usage plus message."""
+    """argparse that reports a bad flag as one line (exit 2) instead of usage plus message (and as JSON on stdout
+    when ``--json`` was given)."""
+
+    json_errors = False
 
     def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            flag = re.match(r"argument (-[-\w]+)", message)
+            print(json.dumps({"error": message, "param": flag.group(1) if flag else None}))
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _input_size(text: str) -> tuple[int, ...]:
-    """'3,224,224' (or 3x224x224) -> (3, 224, 224)."""
-    try:
-        size = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected channels,height,width such as 3,224,224, got {text!r}") from None
-    if any(s <= 0 for s in size):
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
-    return size
-
-
-def _positive_ints(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(part) for part in text.split(","))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _json_object(text: str, flag: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{flag} is not valid JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{flag} must be a JSON object such as '{{\"width\": 0.5}}'")
-    return value
 
 
 FLAGS = {"input_size": "--input"}  # library parameters whose flag is not their name with dashes
@@ -112,24 +71,24 @@ MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: packag
               "path/to/file.py:factory, timm:NAME")
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "model": dict(help=MODEL_HELP),
-    "model_kwargs": dict(type=lambda t: _json_object(t, "--model-kwargs"),
+    "model_kwargs": dict(type=lambda t: json_object(t, "--model-kwargs"),
                          help='JSON object of model options, e.g. \'{"width": 0.25}\''),
-    "epochs": dict(type=_positive_int, help="training epochs"),
-    "batch_size": dict(type=_positive_int, help="global batch size (split over DDP processes)"),
+    "epochs": dict(type=positive_int, help="training epochs"),
+    "batch_size": dict(type=positive_int, help="global batch size (split over DDP processes)"),
     "optimizer": dict(choices=OPTIMIZERS, help="SGD (with momentum) or AdamW"),
-    "lr": dict(type=_positive_float, help="learning rate (the peak for --schedule onecycle)"),
+    "lr": dict(type=positive_float, help="learning rate (the peak for --schedule onecycle)"),
     "momentum": dict(type=float, help="SGD momentum"),
     "weight_decay": dict(type=float, help="L2 weight decay (decoupled for AdamW)"),
     "schedule": dict(choices=SCHEDULES, help="learning-rate schedule, stepped per batch"),
     "label_smoothing": dict(type=float, help="label smoothing of the training loss, in [0, 1)"),
-    "resize": dict(type=_positive_int, help="resize images to N x N (d2l uses 96)"),
+    "resize": dict(type=positive_int, help="resize images to N x N (d2l uses 96)"),
     "crop_padding": dict(type=int, help="random-crop augmentation with this zero padding"),
     "random_erasing": dict(type=float, metavar="P", help="erase a random rectangle of each training image with "
                            "probability P"),
     "ema_decay": dict(type=float, metavar="D", help="evaluate and save an exponential moving average of the "
                       "weights (decay per step, e.g. 0.999)"),
     "val_size": dict(type=int, help="training images held out for validation (fixed split)"),
-    "limit": dict(type=_positive_int, help="use only the first N samples of each split"),
+    "limit": dict(type=positive_int, help="use only the first N samples of each split"),
     "precision": dict(choices=PRECISIONS,
                       help="arithmetic precision; auto (the default) times fp32 and, where the processor has native "
                       "bf16, bf16 on this machine, with both memory layouts unless --[no-]channels-last is given, "
@@ -138,12 +97,12 @@ TRAIN_FLAGS: dict[str, dict[str, Any]] = {
                           "plain model's saved bytes (0.25) or a size (300MiB); see 'branchgraph memory'"),
     "memory_lossy": dict(choices=LOSSY, help="LOSSY: keep saved activations in bf16 (alone, or under "
                          "--memory-budget); refused where float64 gradients change by more than the tolerance"),
-    "branch_stats": dict(type=_positive_int, nargs="?", const=10, metavar="K",
+    "branch_stats": dict(type=positive_int, nargs="?", const=10, metavar="K",
                          help="record per-branch gradient statistics every K steps (default 10) into "
                          "branch_stats.jsonl, the epoch metrics and a heatmap branch_stats.png"),
     "device": dict(choices=DEVICES, help="auto: CUDA when available, else CPU"),
     "seed": dict(type=int, help="seed of the initial weights, batch order and augmentation"),
-    "threads": dict(type=_positive_int, help="intra-op CPU threads"),
+    "threads": dict(type=positive_int, help="intra-op CPU threads"),
     "heap": dict(choices=HEAP_POLICIES, help=HEAP_HELP + " (default keep)"),
     "data_dir": dict(help="folder with the Fashion-MNIST IDX files (default $BRANCHGRAPH_DATA or Debian's)"),
     "out_dir": dict(help="parent folder of run directories (default runs)"),
@@ -160,7 +119,7 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", help="comma-separated engines --tune may choose among (torch, compiled, "
                    "onnxruntime, openvino; default: all for inference, torch for training)")
     p.add_argument("--retune", action="store_true", help="measure again instead of using the cached choice")
-    p.add_argument("--compile-budget", type=_nonnegative_float, default=600.0, metavar="SECONDS",
+    p.add_argument("--compile-budget", type=nonnegative_float, default=600.0, metavar="SECONDS",
                    help="leave out a compiled candidate that takes longer to compile (0: compile none; default 600)")
 
 
@@ -178,12 +137,12 @@ def _add_input_flags(
     p: argparse.ArgumentParser, batch: int | None = 1, batch_help: str = "batch size of the measured step"
 ) -> None:
     """--input, --model-kwargs, --seed and (unless ``batch`` is None) --batch."""
-    p.add_argument("--input", metavar="C,H,W", type=_input_size, help="input size without the batch (default: "
+    p.add_argument("--input", metavar="C,H,W", type=input_size, help="input size without the batch (default: "
                    "the registry's; required for a model spec)")
-    p.add_argument("--model-kwargs", type=lambda t: _json_object(t, "--model-kwargs"), default=None,
+    p.add_argument("--model-kwargs", type=lambda t: json_object(t, "--model-kwargs"), default=None,
                    metavar="JSON", help='JSON object of options for the model\'s factory, e.g. \'{"width": 0.5}\'')
     if batch is not None:
-        p.add_argument("--batch", type=_positive_int, default=batch, help=f"{batch_help} (default {batch})")
+        p.add_argument("--batch", type=positive_int, default=batch, help=f"{batch_help} (default {batch})")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's weights and the random input (default 0)")
 
 
@@ -215,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
     p.add_argument("model", help=MODEL_HELP)
     _add_input_flags(p)
-    p.add_argument("--depth", type=_positive_int, default=None, help="nesting depth of the module rows")
+    p.add_argument("--depth", type=positive_int, default=None, help="nesting depth of the module rows")
 
     p = add("compare", cmd_compare, "two models side by side with ratios")
     p.add_argument("model_a", metavar="A", help=MODEL_HELP)
@@ -245,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true", help="choose precision (bf16 only where native), layout, the "
                    "pass set and, for inference, the engine by timing each on this machine at --tune-batch; cached "
                    "per machine and model")
-    p.add_argument("--tune-batch", type=_positive_int, default=128, help="batch size the --tune timings use "
+    p.add_argument("--tune-batch", type=positive_int, default=128, help="batch size the --tune timings use "
                    "(default 128)")
     _add_tune_flags(p)
     p.add_argument("--out", metavar="DIR", help="with --tune --mode eval: write the chosen model for deployment "
@@ -256,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prune", cmd_prune, "prune channels of a trained run by magnitude (lossy), then fine-tune")
     p.add_argument("run", metavar="RUN_DIR", help="run directory made by 'branchgraph train'")
     p.add_argument("--amount", type=float, default=0.5, help="fraction of prunable channels to remove (0..1)")
-    p.add_argument("--epochs", type=_positive_int, default=1, help="fine-tuning epochs (default 1)")
-    p.add_argument("--lr", type=_positive_float, default=None, help="peak fine-tuning lr (default: run's / 4)")
+    p.add_argument("--epochs", type=positive_int, default=1, help="fine-tuning epochs (default 1)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak fine-tuning lr (default: run's / 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_checkpoint_flags(p)
 
@@ -265,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
     _add_input_flags(p, batch=128, batch_help="batch size of the timed calls")
-    p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP)
+    p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP)
     p.add_argument("--passes", help=PASSES_HELP)
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
     p.add_argument("--tune", action="store_true", help="add the variant chosen by timing precisions (bf16 only "
@@ -279,11 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
             "(the parallel pass), interleaved, at each batch size")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
-    p.add_argument("--batches", type=_positive_ints, default=(1, 8, 32, 128),
+    p.add_argument("--batches", type=positive_ints, default=(1, 8, 32, 128),
                    help="comma-separated batch sizes (default 1,8,32,128)")
     _add_input_flags(p, batch=None)
-    p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP)
-    p.add_argument("--workers", type=_positive_int, help="threads per block on CPU (default: one per branch)")
+    p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP)
+    p.add_argument("--workers", type=positive_int, help="threads per block on CPU (default: one per branch)")
     _add_heap_flag(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available, else CPU")
 
@@ -303,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")
     p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model, "
                    "and time --rounds of both")
-    p.add_argument("--rounds", type=_positive_int, default=10, help=ROUNDS_HELP + " (with --measure)")
+    p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP + " (with --measure)")
     _add_heap_flag(p)
 
     p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
@@ -314,26 +273,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
     p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate on")
     p.add_argument("--data-dir", default=None, help=TRAIN_FLAGS["data_dir"]["help"])
-    p.add_argument("--limit", type=_positive_int, default=None, help="first N samples only (default: the run's)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N samples only (default: the run's)")
     p.add_argument("--precision", choices=tuple(p for p in PRECISIONS if p != "auto"), default=None,
                    help="run inference in this precision instead of the run's own")
     _add_checkpoint_flags(p)
     return parser
 
 
+def _fail(as_json: bool, exc: BranchgraphError) -> int:
+    """Print a user error as one line (and, with ``--json``, as ``{"error", "param"}`` on stdout); exit code 2."""
+    message = str(exc).strip().splitlines()
+    text, flag = message[0] if message else type(exc).__name__, None
+    if exc.param:  # the library names its parameter; the user typed a flag
+        flag = FLAGS.get(exc.param, "--" + exc.param.replace("_", "-"))
+        text = re.sub(rf"\b{re.escape(exc.param)}\b", flag, text, count=1)
+    if as_json:
+        print(json.dumps({"error": text, "param": flag}))
+    print(f"branchgraph: error: {text}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: user errors print one line on stderr and exit 2, never a traceback."""
+    """Entry point: user errors (out of memory included) print one line on stderr and exit 2, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except BranchgraphError as exc:
-        message = str(exc).strip().splitlines()
-        text = message[0] if message else type(exc).__name__
-        if exc.param:  # the library names its parameter; the user typed a flag
-            flag = FLAGS.get(exc.param, "--" + exc.param.replace("_", "-"))
-            text = re.sub(rf"\b{re.escape(exc.param)}\b", flag, text, count=1)
-        print(f"branchgraph: error: {text}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.json, exc)
+    except (MemoryError, RuntimeError) as exc:  # an allocation that failed where no layer was running
+        oom = out_of_memory(exc)
+        if oom is None:
+            raise
+        return _fail(args.json, oom)
     except Interrupted as exc:
         print(f"branchgraph: {exc}: continue with 'branchgraph train --resume {exc.run_dir}'", file=sys.stderr)
         return EXIT_INTERRUPTED

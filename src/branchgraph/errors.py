@@ -1,5 +1,12 @@
 """User-facing errors: the CLI prints them as one line and exits 2."""
 
+from __future__ import annotations
+
+import re
+
+# how an allocation failure reads: torch's CPU allocator, CUDA's, and the C library's
+OUT_OF_MEMORY = ("can't allocate memory", "not enough memory", "out of memory", "Cannot allocate memory")
+
 
 class BranchgraphError(Exception):
     """A problem the user can fix (bad input, data, config or checkpoint); the message says how.
@@ -36,3 +43,20 @@ class Interrupted(Exception):
             f"interrupted at epoch {epoch + 1} step {step}; checkpoint saved in {run_dir}, training resumes from it"
         )
         self.run_dir = run_dir
+
+
+class OutOfMemory(BranchgraphError):
+    """An allocation failed: the batch or the input is too large for this machine's memory."""
+
+
+def out_of_memory(exc: BaseException, during: str = "") -> OutOfMemory | None:
+    """``exc`` as one OutOfMemory line naming the size that could not be allocated (``during``: what ran), or
+    None when it is not an allocation failure."""
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or any(marker in text for marker in OUT_OF_MEMORY)):
+        return None
+    found = re.search(r"[Tt]ried to allocate (\d+) bytes|[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)
+    size = "memory" if not found else found.group(2) or f"{int(found.group(1)) / 2**30:.2f} GiB"
+    return OutOfMemory(f"out of memory{during}: allocating {size} failed; lower the batch size or the input size, "
+                       "or free memory on this machine")

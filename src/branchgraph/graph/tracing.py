@@ -17,7 +17,7 @@ from torch import fx, nn
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
-from branchgraph.errors import BranchgraphError
+from branchgraph.errors import BranchgraphError, out_of_memory
 
 
 class InputShapeError(BranchgraphError):
@@ -32,9 +32,13 @@ def _first_line(exc: BaseException) -> str:
 _ONE_VALUE = "Expected more than 1 value per channel when training"  # BatchNorm's error over N x 1 x 1 at N = 1
 
 
-def layer_failure(model: nn.Module, target: str, shape: tuple[int, ...], exc: BaseException) -> InputShapeError:
+def layer_failure(model: nn.Module, target: str, shape: tuple[int, ...], exc: BaseException) -> BranchgraphError:
     """An InputShapeError naming layer ``target`` (a module path) and its type; a BatchNorm given one value per
-    channel in training mode (batch 1 over a 1x1 map, as in SE and selective-kernel attention) blames the batch."""
+    channel in training mode (batch 1 over a 1x1 map, as in SE and selective-kernel attention) blames the batch; an
+    allocation failure is OutOfMemory, never a wrong input size."""
+    oom = out_of_memory(exc, f" running {type(model).__name__} on input {list(shape)}")
+    if oom is not None:
+        return oom
     try:
         kind = type(model.get_submodule(target)).__name__ if target else type(model).__name__
     except AttributeError:

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from branchgraph.errors import ConfigError
+from branchgraph.errors import ConfigError, out_of_memory
 from branchgraph.models.spec import is_spec, load_spec
 
 
@@ -75,6 +75,11 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
         return info.factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {name!r}: {exc}") from None
+    except (RuntimeError, MemoryError) as exc:
+        oom = out_of_memory(exc, f" building model {name!r} with {kwargs}")
+        if oom is None:
+            raise
+        raise oom from None
 
 
 def resolve_model(
