@@ -118,6 +118,18 @@ def test_random_settings_never_give_a_traceback(values: dict) -> None:
         assert len(str(exc).splitlines()) == 1
 
 
+def test_a_checkpoint_without_weights_or_epochs_is_one_line(tmp_path: Path, data_dir: Path) -> None:
+    config = asdict(TrainConfig(limit=64, val_size=0, data_dir=str(data_dir), precision="fp32"))
+    for state, message in (({"config": config}, "weights do not fit"),
+                           ({"config": config, "model": {}, "ema": [1]}, "weights do not fit")):
+        save_checkpoint(tmp_path / CHECKPOINT_NAME, state)
+        with pytest.raises(CheckpointError, match=message):
+            evaluate_checkpoint(tmp_path)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, {"config": config, "model": {}, "epoch": "1"})
+    result = run_cli("train", "--resume", str(tmp_path), "--epochs", "2")
+    assert result.returncode == 2 and "does not say how many epochs" in result.stderr
+
+
 def test_corrupt_checkpoint_messages_are_whole_and_give_no_unsafe_advice(tmp_path: Path) -> None:
     path = tmp_path / CHECKPOINT_NAME
     torch.save({"format": 1, "evil": Path("/etc")}, path)

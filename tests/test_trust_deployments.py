@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+import branchgraph as bg
 from branchgraph.errors import ConfigError
 from branchgraph.inference import deploy, runtimes
 from branchgraph.tune import Candidate, TuneResult
@@ -168,4 +169,6 @@ def test_a_killed_writes_debris_is_removed_and_foreign_folders_are_kept(tmp_path
     (mine / "notes.txt").write_text("keep")
     with pytest.raises(ConfigError, match="not a deployment written by branchgraph"):
         _deploy(mine)
+    with pytest.raises(ConfigError, match="not a deployment written by branchgraph"):  # before any tuning
+        bg.optimize(_net(), (1, 8, 8), mode="eval", tune=True, out=mine, engines=("nonesuch",))
     assert (mine / "notes.txt").read_text() == "keep"

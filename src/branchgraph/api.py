@@ -62,6 +62,10 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
 
     if out is not None and not (tune and mode == "eval"):
         raise ConfigError("out writes the tuned inference model: give tune=True and mode='eval'", param="out")
+    if out is not None:
+        from branchgraph.inference.deploy import check_target
+
+        check_target(out)  # before minutes of tuning, not after
     _, module, size, classes = _resolve(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
     if not tune:

@@ -59,11 +59,7 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
     """Write ``tuning``'s choice for ``model`` into ``directory``, load it back, check its outputs on ``example``
     against fp32 eager (the candidate's tolerance) and write ``record.json``; returns the record's path. The files
     replace an older deployment in ``directory`` only once they are verified."""
-    directory = Path(directory)
-    if directory.exists() and not (directory.is_dir() and (not any(directory.iterdir())
-                                                          or (directory / RECORD).is_file())):
-        raise ConfigError(f"{directory} exists and is not a deployment written by branchgraph: choose a new or "
-                          "empty out directory", param="out")
+    directory = check_target(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         _remove_debris(directory)
@@ -79,6 +75,17 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return directory / RECORD
+
+
+def check_target(directory: str | Path) -> Path:
+    """``directory`` as a place ``save`` may write: new, empty, or a deployment it wrote (which it replaces); a
+    folder of other files is never replaced."""
+    directory = Path(directory)
+    if directory.exists() and not (directory.is_dir() and (not any(directory.iterdir())
+                                                          or (directory / RECORD).is_file())):
+        raise ConfigError(f"{directory} exists and is not a deployment written by branchgraph: choose a new or "
+                          "empty out directory", param="out")
+    return directory
 
 
 def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path) -> None:

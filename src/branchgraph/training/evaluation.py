@@ -14,7 +14,7 @@ from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.hardware import resolve_device
 from branchgraph.training.config import PRECISIONS, TrainConfig
 from branchgraph.training.distributed import DistInfo, all_reduce_sum
-from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
+from branchgraph.training.run_state import epochs_done, load_checkpoint, resolve_checkpoint, saved_config
 from branchgraph.training.setup import autocast_for, build_model, build_preprocess, to_device
 
 
@@ -46,10 +46,20 @@ def evaluate(
 def ema_weights(state: dict[str, Any]) -> dict[str, Any] | None:
     """The EMA model's weights in a checkpoint (what the run evaluated), keys as the plain model's."""
     ema = state.get("ema")
-    if not ema:
+    if not ema or not isinstance(ema, dict):
         return None
     prefix = "module."
-    return {k[len(prefix):]: v for k, v in ema.items() if k.startswith(prefix)}
+    return {k[len(prefix):]: v for k, v in ema.items() if isinstance(k, str) and k.startswith(prefix)}
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], name: str) -> None:
+    """Load the weights a run evaluated (its EMA's where it kept one) into ``model``; CheckpointError when they
+    are missing or do not fit."""
+    try:
+        model.load_state_dict(ema_weights(state) or state["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint weights do not fit model {name}: {first[:200]}") from None
 
 
 def evaluate_checkpoint(
@@ -75,15 +85,11 @@ def evaluate_checkpoint(
         raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
     device = resolve_device(config.device)
     model = build_model(config)
-    try:
-        model.load_state_dict(ema_weights(state) or state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
-            from None
+    load_weights(model, state, config.model)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = BatchLoader(splits[split], 500, build_preprocess(config, False), train=False)
     loss, acc = evaluate(model, loader, config, device, DistInfo())
     return {"model": config.model, "split": split, "samples": len(splits[split]), "loss": loss, "accuracy": acc,
-            "epochs_trained": int(state["epoch"]), "precision": config.precision}
+            "epochs_trained": epochs_done(state, path), "precision": config.precision}

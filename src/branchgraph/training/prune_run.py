@@ -9,13 +9,13 @@ from typing import Any
 import torch
 
 from branchgraph.data import BatchLoader, load_fashion_mnist
-from branchgraph.errors import CheckpointError, ConfigError
+from branchgraph.errors import ConfigError
 from branchgraph.graph import capture
 from branchgraph.hardware import resolve_device
 from branchgraph.passes.base import reports
 from branchgraph.passes.channel_pruning import prune_channels
 from branchgraph.training.distributed import DistInfo
-from branchgraph.training.evaluation import ema_weights, evaluate
+from branchgraph.training.evaluation import evaluate, load_weights
 from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
 from branchgraph.training.setup import build_model, build_preprocess
 from branchgraph.training.trainer import Trainer
@@ -40,11 +40,7 @@ def prune_and_finetune(
                                  out_dir=str(path.parent.parent))
     device = resolve_device(config.device)
     net = build_model(config)
-    try:
-        net.load_state_dict(ema_weights(state) or state["model"])  # the weights the run evaluated
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint weights do not fit model {config.model}: {str(exc).splitlines()[0]}") \
-            from None
+    load_weights(net, state, config.model)  # the weights the run evaluated
     net.eval()
     splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
     loader = BatchLoader(splits["test"], 500, build_preprocess(config, False), train=False)
