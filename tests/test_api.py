@@ -39,7 +39,8 @@ def test_every_entry_point_takes_a_name_or_a_module() -> None:
     for model in ("googlenet-fmnist", module):
         options = {"model_kwargs": kwargs} if isinstance(model, str) else {}
         optimised, report = bg.optimize(model, size, mode="eval", **options)
-        assert report.ok and isinstance(optimised, torch.nn.Module)
+        assert report.ok is True and isinstance(optimised, torch.nn.Module)
+        assert bg.optimize(model, size, mode="eval", verify=False, **options)[1].ok is None  # not checked: not ok
         _, checkpoints = bg.plan(model, size, budget=0.3, batch=4, measure=False, **options)
         assert checkpoints.regions and checkpoints.saved_bytes <= checkpoints.budget_bytes
         forks = bg.branches(model, size, **options)

@@ -1,7 +1,7 @@
 """Every pass on every registry model, train and eval, verified against the original; structure; state dicts;
 ONNX; and random Inception configurations (hypothesis).
 
-Tolerances (see branchgraph.passes.pipeline): float64 equivalence of the optimised and original models
+Tolerances (see branchgraph.passes.verification): float64 equivalence of the optimised and original models
 within 1e-7 normwise per family of tensors (observed 1e-12 or better); in float32, the optimised model's normwise error
 against the float64 original within 1e-3 or 10x the original float32 model's own error (the same order: eager
 fp32 is itself up to 4e-4 off on googlenet-d2l and 1e-2 on BatchNorm nets over tiny batches); with

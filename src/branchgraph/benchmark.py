@@ -23,7 +23,7 @@ from branchgraph.hardware import describe_text, matmul_peak
 from branchgraph.inference.engines import Built, export_for_runtimes
 from branchgraph.inference.runtimes import available, missing_note
 from branchgraph.models.registry import resolve_model
-from branchgraph.passes import optimize, parallel
+from branchgraph.passes import optimize, output_error, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
 from branchgraph.tune import (
@@ -46,7 +46,7 @@ PEERS = ("compiled (frozen)", "onnxruntime fp32", "openvino fp32", "openvino bf1
 class BenchResult:
     """Median seconds per call of each variant, its speed-up over eager, its achieved GFLOP/s against this
     machine's measured matmul peak for the variant's precision (the roofline), and in inference its output error
-    (max abs difference over max abs output of eager fp32)."""
+    (its main output against eager fp32's, normwise: ||out - ref|| / ||ref||)."""
 
     model: str
     mode: str
@@ -104,22 +104,23 @@ def step_gflop(model: nn.Module, example: torch.Tensor, mode: str) -> float:
     return 2 * macs * example.shape[0] / 1e9
 
 
-def _max_error(net: nn.Module, x: torch.Tensor, autocast: torch.dtype | None, reference: torch.Tensor) -> float:
-    """Max abs difference of ``net``'s output from ``reference`` over the reference's max abs value."""
+def _output_error(net: nn.Module, x: torch.Tensor, autocast: torch.dtype | None, reference: torch.Tensor) -> float:
+    """``net``'s main output against ``reference``, normwise (``branchgraph.passes.output_error``)."""
     context = torch.autocast(x.device.type, dtype=autocast) if autocast else contextlib.nullcontext()
     with torch.no_grad(), context:
-        out = net(x)
-    out = (out[0] if isinstance(out, tuple) else out).float()
-    return ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
+        return output_error(net(x), reference)
 
 
-def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str]) -> tuple[dict[str, Built], list[str]]:
-    """Inductor with freezing, and ONNX Runtime and OpenVINO (fp32, and bf16 where native) on the exported graph:
-    the engines a user could deploy instead; notes for those left out."""
-    wanted = [Candidate(engine="compiled"), Candidate("fp32", engine="onnxruntime"),
+def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str],
+           compile_off: str | None) -> tuple[dict[str, Built], list[str]]:
+    """Inductor with freezing (unless ``compile_off`` says why not), and ONNX Runtime and OpenVINO (fp32, and bf16
+    where native) on the exported graph: the engines a user could deploy instead; notes for those left out."""
+    wanted = [*([] if compile_off else [Candidate(engine="compiled")]), Candidate("fp32", engine="onnxruntime"),
               Candidate("fp32", engine="openvino"), *([Candidate("bf16", engine="openvino")] if "bf16" in precisions
                                                      else [])]
     built, notes = {}, [n for n in [missing_note()] if n]
+    if compile_off:
+        notes.append(f"compiled (frozen) left out: {compile_off}")
     with tempfile.TemporaryDirectory(prefix="branchgraph-bench-") as tmp:
         onnx_path = None
         if any(available(r) for r in RUNTIME_ENGINES):
@@ -177,7 +178,8 @@ def bench(
             nets["tuned+compiled"] = torch.compile(copy.deepcopy(nets["tuned"]))
     order = [v for v in VARIANTS if v in nets]
     if peers:
-        found, notes = _peers(model, x, usable_precisions(x.device, None)[0])
+        off = "compile is off" if not compile else "compile budget 0 s" if compile_budget == 0 else None
+        found, notes = _peers(model, x, usable_precisions(x.device, None)[0], off)
         for variant, b in found.items():
             nets[variant], inputs[variant] = b.net, b.x
             precision[variant] = "bf16" if variant.endswith("bf16") else "fp32"
@@ -190,8 +192,7 @@ def bench(
     if mode == "eval":
         with torch.no_grad():
             reference = model(x)
-        reference = (reference[0] if isinstance(reference, tuple) else reference).float()
-        errors = {v: _max_error(nets[v], inputs[v], autocast.get(v), reference) for v in order if v != "eager"}
+        errors = {v: _output_error(nets[v], inputs[v], autocast.get(v), reference) for v in order if v != "eager"}
     peaks = {p: matmul_peak(DTYPES[p]) for p in dict.fromkeys(precision[v] for v in medians)}
     return BenchResult(model=label, mode=mode, batch=batch, input_size=size, rounds=rounds, median_s=medians,
                        passes=[p.name for p in report.passes], gflop_per_call=step_gflop(model, x, mode),

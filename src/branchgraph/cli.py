@@ -146,20 +146,20 @@ def _add_input_flags(
     p.add_argument("--seed", type=int, default=0, help="seed of the model's weights and the random input (default 0)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full command-line interface."""
-    parser = _Parser(prog="branchgraph", description="Understand, optimise and train multi-branch networks.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_text: str
+             ) -> argparse.ArgumentParser:
+    """A subcommand with ``--json`` that runs ``func``."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=func)
+    return p
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-        p.set_defaults(func=func)
-        return p
 
-    add("models", cmd_models, "list the registered models")
+def _add_training(sub: Any) -> None:
+    """The commands that list the models and train."""
+    _command(sub, "models", cmd_models, "list the registered models")
 
-    p = add("train", cmd_train, "train on Fashion-MNIST")
+    p = _command(sub, "train", cmd_train, "train on Fashion-MNIST")
     p.add_argument("--preset", choices=tuple(PRESETS), help="starting settings (default fast)")
     p.add_argument("--config", help="JSON file of settings, applied after the preset")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
@@ -171,23 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None, action=argparse.BooleanOptionalAction,
                        help=text)
 
-    p = add("summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
+
+def _add_analysis(sub: Any) -> None:
+    """The commands that show what a model costs."""
+    p = _command(
+        sub, "summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
     p.add_argument("model", help=MODEL_HELP)
     _add_input_flags(p)
     p.add_argument("--depth", type=positive_int, default=None, help="nesting depth of the module rows")
 
-    p = add("compare", cmd_compare, "two models side by side with ratios")
+    p = _command(sub, "compare", cmd_compare, "two models side by side with ratios")
     p.add_argument("model_a", metavar="A", help=MODEL_HELP)
     p.add_argument("model_b", metavar="B", help=MODEL_HELP)
     _add_input_flags(p)
 
-    p = add("graph", cmd_graph, "draw the computation graph (.svg, .dot or self-contained .html)")
+    p = _command(sub, "graph", cmd_graph, "draw the computation graph (.svg, .dot or self-contained .html)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, help="output file: .svg, .dot/.gv or .html")
     _add_input_flags(p)
 
-    p = add("report", cmd_report, "one interactive HTML page: summary, graph with collapsible blocks coloured by "
-            "MACs, saved bytes or time, a checkpoint plan and branch gradient shares")
+    p = _command(
+        sub, "report", cmd_report, "one interactive HTML page: summary, graph with collapsible blocks coloured by "
+        "MACs, saved bytes or time, a checkpoint plan and branch gradient shares")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--output", default="report.html", help="the .html file to write (default report.html)")
     _add_input_flags(p, batch=2, batch_help="batch size of the measured step (default 2: BatchNorm needs two)")
@@ -195,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak", help="draw the checkpoint plan for this peak budget (as memory --peak)")
     p.add_argument("--branches", action="store_true", help="add each block's branch gradient shares (float64)")
 
-    p = add("optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
+
+def _add_speed(sub: Any) -> None:
+    """The commands that make a model faster or smaller and measure it."""
+    p = _command(sub, "optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--passes", help=PASSES_HELP)
     p.add_argument("--mode", choices=MODES, default="train", help="optimise for training or inference")
@@ -212,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
     p.add_argument("--show", type=int, default=3, help="changes listed per pass (default 3)")
 
-    p = add("prune", cmd_prune, "prune channels of a trained run by magnitude (lossy), then fine-tune")
+    p = _command(sub, "prune", cmd_prune, "prune channels of a trained run by magnitude (lossy), then fine-tune")
     p.add_argument("run", metavar="RUN_DIR", help="run directory made by 'branchgraph train'")
     p.add_argument("--amount", type=float, default=0.5, help="fraction of prunable channels to remove (0..1)")
     p.add_argument("--epochs", type=positive_int, default=1, help="fine-tuning epochs (default 1)")
@@ -220,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_checkpoint_flags(p)
 
-    p = add("bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
+    p = _command(sub, "bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
     _add_input_flags(p, batch=128, batch_help="batch size of the timed calls")
@@ -234,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and OpenVINO (fp32, and bf16 where native), each with its output error")
     _add_heap_flag(p)
 
-    p = add("bench-parallel", cmd_bench_parallel, "the model's branches run one after another vs concurrently "
-            "(the parallel pass), interleaved, at each batch size")
+    p = _command(
+        sub, "bench-parallel", cmd_bench_parallel, "the model's branches run one after another vs concurrently "
+        "(the parallel pass), interleaved, at each batch size")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
     p.add_argument("--batches", type=positive_ints, default=(1, 8, 32, 128),
@@ -246,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_heap_flag(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available, else CPU")
 
-    p = add("memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
+
+def _add_checks(sub: Any) -> None:
+    """The commands that plan memory, share gradients among branches, evaluate a run."""
+    p = _command(sub, "memory", cmd_memory, "plan activation checkpointing under a memory budget (and measure it)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--budget", help="bound the activations kept for backward: a fraction of the plain "
                    "model's (0.1) or a size (300MiB)")
@@ -265,11 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP + " (with --measure)")
     _add_heap_flag(p)
 
-    p = add("branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
+    p = _command(sub, "branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
     p.add_argument("model", help=MODEL_HELP)
     _add_input_flags(p, batch=2, batch_help="batch of the measured step")
 
-    p = add("eval", cmd_eval, "evaluate a trained run's checkpoint")
+    p = _command(sub, "eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
     p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate on")
     p.add_argument("--data-dir", default=None, help=TRAIN_FLAGS["data_dir"]["help"])
@@ -277,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=tuple(p for p in PRECISIONS if p != "auto"), default=None,
                    help="run inference in this precision instead of the run's own")
     _add_checkpoint_flags(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command-line interface."""
+    parser = _Parser(prog="branchgraph", description="Understand, optimise and train multi-branch networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_training, _add_analysis, _add_speed, _add_checks):
+        add(sub)
     return parser
 
 

@@ -26,7 +26,8 @@ from branchgraph.heap import keeping
 from branchgraph.inference.engines import Built, build, export_for_runtimes
 from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import check_mode
-from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, optimize
+from branchgraph.passes.pipeline import optimize
+from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
 from branchgraph.timing import interleaved_times, make_runner
 from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, update_cache
 
@@ -252,7 +253,7 @@ def tune(
 
 def _error(built: Built, cand: Candidate, reference: torch.Tensor) -> float:
     """The candidate's main output against fp32 eager's, normwise."""
-    return ((_output(built.net, built.x, cand) - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+    return output_error(_output(built.net, built.x, cand), reference)
 
 
 def _recheck(model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate, reference: torch.Tensor,

@@ -90,7 +90,7 @@ def check_target(directory: str | Path) -> Path:
 
 def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path) -> None:
     """The chosen candidate's files and ``record.json`` in ``directory``, loaded back and checked."""
-    from branchgraph.passes.pipeline import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE
+    from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
 
     cand = tuning.chosen
     if cand.engine in ("onnxruntime", "openvino"):
@@ -119,8 +119,7 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
             raise ConfigError(f"the written {cand.name} does not run when loaded back "
                               f"({str(exc).strip().splitlines()[0][:160]}); limit engines to another one",
                               param="engines") from None
-    reference = (reference[0] if isinstance(reference, tuple) else reference).float()
-    error = ((loaded - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+    error = output_error(loaded, reference)
     limit = REDUCED_PRECISION_TOLERANCE if cand.precision != "fp32" else FP32_TOLERANCE
     if not error <= limit:
         raise ConfigError(f"the written {cand.name} gives outputs {error:.2e} off fp32 normwise (> {limit:g}); "

@@ -11,14 +11,34 @@ from branchgraph.passes.inplace_ops import inplace
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES, PassError, run_passes
 from branchgraph.passes.mixed_precision import precision
 from branchgraph.passes.names import from_original_state_dict, original_parameters, to_original_state_dict
-from branchgraph.passes.pipeline import OptimizeReport, Verification, VerificationError, optimize, verify_equal
+from branchgraph.passes.pipeline import OptimizeReport, optimize
 from branchgraph.passes.pruning import prune
+from branchgraph.passes.verification import Verification, VerificationError, output_error, verify_equal
 
 __all__ = [
-    "DEFAULT_PASSES", "PASSES", "FusedConv2d", "OptimizeReport", "ParallelBranches", "PassError", "PassReport",
+    "DEFAULT_PASSES",
+    "PASSES",
+    "FusedConv2d",
+    "OptimizeReport",
+    "ParallelBranches",
+    "PassError",
+    "PassReport",
     "Verification",
     "VerificationError",
-    "fold_bn", "from_original_state_dict", "fuse_parallel", "inplace", "layout", "optimize", "original_parameters",
-    "parallel", "precision", "prune", "prune_channels", "reports", "run_passes", "to_original_state_dict",
+    "fold_bn",
+    "from_original_state_dict",
+    "fuse_parallel",
+    "inplace",
+    "layout",
+    "optimize",
+    "original_parameters",
+    "output_error",
+    "parallel",
+    "precision",
+    "prune",
+    "prune_channels",
+    "reports",
+    "run_passes",
+    "to_original_state_dict",
     "verify_equal",
 ]
