@@ -15,8 +15,7 @@ import json
 from torch import nn
 
 import branchgraph as bg
-from foreign_nets import InceptionV3Like  # benchmarks/, the script's folder, is on sys.path
-from results import invocation, write
+from results import TEST_NETS, invocation, write  # benchmarks/, the script's folder, is on sys.path
 
 MODELS: dict[str, tuple[str | nn.Module, tuple[int, int, int]]] = {
     "googlenet-d2l": ("googlenet-d2l", (1, 96, 96)),
@@ -27,7 +26,7 @@ MODELS: dict[str, tuple[str | nn.Module, tuple[int, int, int]]] = {
 def model_for(name: str) -> tuple[str | nn.Module, tuple[int, int, int]]:
     """The registry name (or, for the Inception-v3-shaped test net, the module) and its input size."""
     if name == "inception-v3-like":
-        return InceptionV3Like(in_chans=3), (3, 299, 299)
+        return bg.create_model(f"{TEST_NETS}:InceptionV3Like", in_chans=3), (3, 299, 299)
     return MODELS.get(name, (name, None))  # type: ignore[return-value]
 
 

@@ -35,8 +35,7 @@ from branchgraph.memory import ilp as exact
 from branchgraph.memory.checkpointing import traced_problem
 from branchgraph.memory.search import Planner
 from branchgraph.models import create_model
-from foreign_nets import InceptionV3Like  # benchmarks/, the script's folder, is on sys.path
-from results import invocation, variant_rows, write
+from results import TEST_NETS, invocation, variant_rows, write  # benchmarks/, the script's folder, is on sys.path
 
 
 class UniformCheckpoint(nn.Module):
@@ -106,7 +105,7 @@ def main() -> None:
     apply_heap_policy(args.heap)
     torch.manual_seed(args.seed)
     if args.model == "inception-v3-like":
-        model: nn.Module = InceptionV3Like(in_chans=1)
+        model: nn.Module = create_model(f"{TEST_NETS}:InceptionV3Like", in_chans=1)
     else:
         model = create_model(args.model)
     x = torch.randn(args.batch, 1, args.size, args.size)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+# Networks written the way outside code is (the tests' foreign nets), named as a model spec: "{TEST_NETS}:NAME"
+TEST_NETS = Path(__file__).resolve().parents[1] / "tests" / "nets.py"
 
 
 def machine() -> dict[str, Any]:

@@ -69,9 +69,9 @@ def test_nested_joins_get_a_heading_each_whose_shares_add_up() -> None:
 
     import pytest
     import torch
-    from benchmarks.foreign_nets import InceptionV3Like
 
     import branchgraph as bg
+    from tests.nets import InceptionV3Like
 
     torch.manual_seed(0)
     table = bg.summary(InceptionV3Like(width=0.125), (3, 75, 75), batch=2)
@@ -85,10 +85,10 @@ def test_nested_joins_get_a_heading_each_whose_shares_add_up() -> None:
 
 def test_a_net_too_small_for_the_images_is_told_to_resize_and_one_with_other_channels_in_chans() -> None:
     import pytest
-    from benchmarks.foreign_nets import InceptionV3Like
 
     from branchgraph.errors import ConfigError
     from branchgraph.models.spec import check_fits
+    from tests.nets import InceptionV3Like
 
     with pytest.raises(ConfigError) as small:
         check_fits(InceptionV3Like(in_chans=1, width=0.125), "inception", (1, 28, 28), 10)
@@ -106,7 +106,7 @@ def test_a_spec_without_an_input_size_says_it_is_from_outside_the_registry() -> 
     from tests.conftest import REPO
 
     with pytest.raises(ConfigError) as err:
-        bg.summary(f"{REPO}/benchmarks/foreign_nets.py:SKNetLike")
+        bg.summary(f"{REPO}/tests/nets.py:SKNetLike")
     assert "comes from outside the registry" in str(err.value) and "not in the registry" not in str(err.value)
 
 
@@ -123,9 +123,9 @@ def test_plan_regions_are_named_by_module_paths() -> None:
     """DenseNet-style norm-act modules trace to getattr/eq nodes (their rank assertion): a plan's regions are
     named by the modules they start and end in, not by such nodes."""
     import torch
-    from benchmarks.foreign_nets import DenseNetLike
 
     import branchgraph as bg
+    from tests.nets import DenseNetLike
 
     torch.manual_seed(0)
     _, p = bg.plan(DenseNetLike(growth=4, layers=(2, 2)), (3, 16, 16), budget=0.2, batch=4, cost="macs",

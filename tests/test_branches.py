@@ -13,9 +13,9 @@ from branchgraph.errors import ConfigError
 from branchgraph.models import Inception, model_info
 from branchgraph.training.run_state import CHECKPOINT_NAME, load_checkpoint
 from tests.conftest import run_cli
-from tests.fixture_nets import ZeroInitResidual
+from tests.nets import ZeroInitResidual
 
-FIXTURES = "tests/fixture_nets.py"
+FIXTURES = "tests/nets.py"
 
 
 def _block(**options: object) -> Inception:

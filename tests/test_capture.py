@@ -12,9 +12,9 @@ import torch
 import branchgraph as bg
 from branchgraph.graph.tracing import capture
 from tests.conftest import run_cli
-from tests.fixture_nets import ShapeBranchingDenseNet, ValueBranchingNet
+from tests.nets import ShapeBranchingDenseNet, ValueBranchingNet
 
-NET = "tests/fixture_nets.py:ShapeBranchingDenseNet"
+NET = "tests/nets.py:ShapeBranchingDenseNet"
 
 
 def test_a_net_with_shape_control_flow_is_captured_by_torch_export() -> None:
@@ -55,5 +55,5 @@ def test_cli_on_an_exported_graph(tmp_path: Path) -> None:
 
 def test_a_net_neither_tracer_can_take_gets_one_line_naming_the_fix() -> None:
     assert "torch.where or torch.cond" in (bg.summary(ValueBranchingNet(), (3, 8, 8), batch=2).note or "")
-    r = run_cli("optimize", "tests/fixture_nets.py:ValueBranchingNet", "--input", "3,8,8")
+    r = run_cli("optimize", "tests/nets.py:ValueBranchingNet", "--input", "3,8,8")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "torch.where or torch.cond" in r.stderr, r.stderr

@@ -134,3 +134,12 @@ def test_readme_ratios_come_from_the_results_pages() -> None:
              for row in json.loads(path.read_text())["rows"] for cell in row}
     ratios = re.findall(r"\b\d+\.\d+x\b", table)
     assert ratios and all(r in cells for r in ratios), [r for r in ratios if r not in cells]
+
+
+def test_the_architecture_page_names_every_source_file() -> None:
+    """docs/architecture.md's file map stays the tree's: a module added, moved or renamed must be described there."""
+    files = (REPO / "docs" / "architecture.md").read_text().split("## Files", 1)[1]
+    src = REPO / "src" / "branchgraph"
+    missing = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py")) if p.name != "__init__.py"
+               and not re.search(rf"\b{re.escape(p.name)}\b", files)]
+    assert not missing, f"not described in docs/architecture.md: {missing}"

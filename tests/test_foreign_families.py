@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-from benchmarks.foreign_nets import BatchNormAct2d, DenseNetLike, EfficientNetLike, Res2NetLike, SKNetLike
 from torch import fx, nn
 
 from branchgraph.analysis import fork_gradients
@@ -17,8 +16,9 @@ from branchgraph.graph.tracing import capture
 from branchgraph.passes import fold_bn, optimize
 from branchgraph.passes.base import reports
 from tests.conftest import run_cli
+from tests.nets import BatchNormAct2d, DenseNetLike, EfficientNetLike, Res2NetLike, SKNetLike
 
-NETS = "benchmarks/foreign_nets.py"
+NETS = "tests/nets.py"
 
 
 def test_cli_memory_plan_of_a_densenet_with_in_place_activations_runs_and_is_verified() -> None:

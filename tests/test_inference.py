@@ -15,11 +15,11 @@ from branchgraph import benchmark
 from branchgraph import candidates as candidates_module
 from branchgraph import tune as tune_module
 from branchgraph.errors import ConfigError
-from branchgraph.inference import deploy, runtimes
+from branchgraph.inference import load, runtimes
 from branchgraph.tune import Candidate, candidates, tune
 from branchgraph.tuning_cache import CACHE_NAME
 from tests.conftest import run_cli
-from tests.test_tune import TimmStyleInception, _data
+from tests.nets import TimmStyleInception, timm_style_data
 
 CPU = torch.device("cpu")
 RUNTIMES_INSTALLED = runtimes.available("onnxruntime") and runtimes.available("openvino")
@@ -65,7 +65,7 @@ def test_runtime_candidates_are_verified_then_timed() -> None:
 
 def _runtime_candidates_are_verified_then_timed() -> None:
     torch.manual_seed(0)
-    x, _ = _data(batch=4)
+    x, _ = timm_style_data(batch=4)
     result = tune(TimmStyleInception().eval(), x, None, "eval", engines=("torch", "onnxruntime", "openvino"),
                   rounds=1, cache=False)
     assert {"onnxruntime fp32", "openvino fp32"} <= set(result.median_s)
@@ -79,7 +79,7 @@ def test_an_engine_with_wrong_outputs_is_rejected(monkeypatch: pytest.MonkeyPatc
     forward = runtimes.OnnxRuntimeModule.forward
     monkeypatch.setattr(runtimes.OnnxRuntimeModule, "forward", lambda self, x: forward(self, x) + 1.0)
     torch.manual_seed(0)
-    x, _ = _data(batch=4)
+    x, _ = timm_style_data(batch=4)
     result = tune(TimmStyleInception().eval(), x, None, "eval", engines=("torch", "onnxruntime"), rounds=1,
                   cache=False)
     assert "onnxruntime fp32" not in result.median_s
@@ -98,7 +98,7 @@ def test_rounds_that_disagree_are_measured_again_and_not_cached(tuning_cache: Pa
 
     monkeypatch.setattr(tune_module, "interleaved_times", fake_times)
     torch.manual_seed(0)
-    x, y = _data(batch=2)
+    x, y = timm_style_data(batch=2)
     model = TimmStyleInception()
     busy = tune(model, x, y, "train", rounds=3)
     assert calls == [3, 6] and not busy.cached
@@ -119,7 +119,7 @@ def test_an_older_cache_is_measured_again(tuning_cache: Path) -> None:
     path = tuning_cache / CACHE_NAME
     path.write_text(json.dumps({"format": 1, "entries": {}}))
     torch.manual_seed(0)
-    x, y = _data(batch=2)
+    x, y = timm_style_data(batch=2)
     result = tune(TimmStyleInception(), x, y, "train", rounds=1)
     assert any("older branchgraph" in n for n in result.notes)
     assert not (tuning_cache / (CACHE_NAME + ".corrupt")).exists()  # not set aside as damaged
@@ -145,7 +145,7 @@ def _tuned_choice_deploys(tmp_path: Path, engine: str) -> None:
     with torch.no_grad():
         expected = model(x)
         assert torch.allclose(net(x), expected, rtol=1e-4, atol=1e-4) or report.tuning.chosen.precision != "fp32"
-        loaded = deploy.load(out)(x)
+        loaded = load(out)(x)
     record = json.loads((out / "record.json").read_text())
     assert record["engine"] == engine and all((out / f).exists() for f in record["files"])
     limit = record["verification"]["limit"]
@@ -155,16 +155,16 @@ def _tuned_choice_deploys(tmp_path: Path, engine: str) -> None:
 
 def test_load_refuses_damaged_directories_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"has no record\.json"):
-        deploy.load(tmp_path)
+        load(tmp_path)
     (tmp_path / "record.json").write_text("{")
     with pytest.raises(ConfigError, match="cannot read"):
-        deploy.load(tmp_path)
+        load(tmp_path)
     (tmp_path / "record.json").write_text(json.dumps({"engine": "torch"}))
     with pytest.raises(ConfigError, match=r"lacks model\.pt2"):
-        deploy.load(tmp_path)
+        load(tmp_path)
     (tmp_path / "model.pt2").write_bytes(b"not a program")
     with pytest.raises(ConfigError, match=r"not a torch\.export archive"):
-        deploy.load(tmp_path)
+        load(tmp_path)
 
 
 def test_peers_without_runtimes_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,7 +203,7 @@ def test_cli_out_and_peers(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_frozen_compile_is_verified_and_bounded_by_the_budget() -> None:
     torch.manual_seed(0)
-    x, _ = _data(batch=4)
+    x, _ = timm_style_data(batch=4)
     model = TimmStyleInception().eval()
     result = tune(model, x, None, "eval", engines=("torch", "compiled"), precisions=("fp32",), rounds=1, cache=False)
     frozen = "fp32 NCHW, compiled (frozen)"

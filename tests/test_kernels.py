@@ -14,7 +14,7 @@ from branchgraph.graph.tracing import capture
 from branchgraph.kernels import nchw, strided_pointwise, to_channels_last, unsafe_convolutions
 from branchgraph.passes import layout, optimize
 from branchgraph.passes.base import reports
-from tests.fixture_nets import RepVggLike
+from tests.nets import RepVggLike
 
 # Strided 1x1 convolutions over 3 channels, weight gradient in channels_last vs NCHW, two threads, a few map sizes
 # and repeats (the race shows on some runs, not all). Prints the largest difference; a crash or hang is the defect too.

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import branchgraph as bg
 from branchgraph.graph.operators import COUNTED, operator_macs
-from tests.fixture_nets import Attention, VitLike
+from tests.nets import Attention, VitLike
 
 
 def _flops(model: torch.nn.Module, x: torch.Tensor) -> int:

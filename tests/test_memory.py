@@ -16,20 +16,14 @@ import branchgraph as bg
 from branchgraph.errors import ConfigError
 from branchgraph.memory import parse_budget, plan, remove_plan, step_memory
 from branchgraph.models import model_info
-from tests.conftest import run_cli
-
-# Small inputs the models accept (vgg16's classifier needs 224x224): every layer still runs, in a fraction of the time.
-SIZES = {"vgg16": (3, 224, 224), "branch5x5": (64, 12, 12), "branch3x3x2": (64, 12, 12)}
+from tests.conftest import REPEATS, assert_kept_as_predicted, run_cli
+from tests.nets import model_input, small_size
 
 
 def _example(name: str, batch: int, seed: int = 0) -> torch.Tensor:
-    c, h, _ = model_info(name).input_size
-    torch.manual_seed(seed)
-    return torch.randn(batch, *SIZES.get(name, (c, min(h, 48) if h > 32 else h // 2, min(h, 48) if h > 32 else h // 2)))
+    return model_input(name, batch, seed, size=small_size(name))
 
 
-# Models whose layers repeat another model's (deeper twins, the stored twin): planned, but not measured again.
-REPEATS = ("resnet110", "resnet164", "revnet110", "revinception-fmnist-plain")
 
 
 # revnet164 and revinception-fmnist (12-14 s each) plan in the slow suite; revnet38 exercises reversible stages
@@ -54,18 +48,6 @@ def test_plan_respects_its_budget_on_every_model(name: str) -> None:
     assert planned.state_dict().keys() == model.state_dict().keys()
 
 
-def assert_kept_as_predicted(model: nn.Module, planned: nn.Module, p: bg.memory.CheckpointPlan,
-                             x: torch.Tensor) -> None:
-    """The bytes the plan saves agree with the allocator's (see above): within 3 % of plain, 32 KiB per region
-    and the model's output."""
-    plain, measured = step_memory(model, x).forward_bytes, step_memory(planned, x).forward_bytes
-    assert measured is not None and plain is not None
-    with torch.no_grad():
-        output = model.train()(x)
-    output_bytes = sum(t.untyped_storage().nbytes() for t in (output if isinstance(output, tuple) else (output,)))
-    tolerance = 0.03 * p.plain_saved_bytes + 32 * 1024 * (len(p.regions) + 2) + output_bytes
-    predicted_saving = p.plain_saved_bytes - p.saved_bytes
-    assert abs((plain - measured) - predicted_saving) <= tolerance, (plain - measured, predicted_saving)
 
 
 def test_lower_budgets_recompute_more_down_to_the_whole_model() -> None:

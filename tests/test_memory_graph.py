@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from benchmarks.foreign_nets import DenseNetLike, EfficientNetLike, InceptionV3Like, Res2NetLike, SKNetLike
 from torch import fx, nn
 
 from branchgraph.errors import ConfigError
@@ -22,6 +21,7 @@ from branchgraph.memory.saving_ops import compact_max_pool2d, masked_relu
 from branchgraph.memory.search import REGION_SHARE, Planner
 from branchgraph.passes import run_passes
 from tests.conftest import run_cli
+from tests.nets import DenseNetLike, EfficientNetLike, InceptionV3Like, Res2NetLike, SKNetLike
 
 
 def _grads(net: nn.Module, x: torch.Tensor, weights: torch.Tensor, seed: int = 7) -> list[torch.Tensor]:

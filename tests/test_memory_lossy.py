@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from benchmarks.foreign_nets import InceptionV3Like
 from torch import nn
 
 import branchgraph as bg
@@ -20,8 +19,8 @@ from branchgraph.memory import ilp as exact
 from branchgraph.memory import lossy, plan, step_memory
 from branchgraph.memory.problem import Saves
 from branchgraph.memory.search import Planner
-from tests.conftest import run_cli
-from tests.test_memory import REPEATS, _example, assert_kept_as_predicted
+from tests.conftest import REPEATS, assert_kept_as_predicted, run_cli
+from tests.nets import InceptionV3Like, model_input, small_size
 
 
 class _Narrowed(nn.Module):
@@ -97,7 +96,8 @@ def test_lossy_plan_on_every_model_is_within_tolerance_and_measured_as_predicted
     only checkpoint inputs, masks and offsets, as on a lone branch), and the bytes the forward keeps agree with the
     prediction as for exact plans (3 % of plain, 32 KiB per region, the output)."""
     model = bg.create_model(name)
-    x = _example(name, 1 if name == "vgg16" else 8)  # BatchNorm over 2 samples: changes of 0.3-0.6, refused
+    x = model_input(name, 1 if name == "vgg16" else 8,
+                    size=small_size(name))  # BatchNorm over 2 samples: changes of 0.3-0.6, refused
     planned, p = plan(model, x, 0.34, lossy_saves="bf16", measure=False)
     assert p.lossy == "bf16" and p.saved_bytes <= p.budget_bytes
     assert 0 <= p.lossy_grad_error <= lossy.TOLERANCE
@@ -178,7 +178,8 @@ def test_a_tensor_kept_whole_and_changed_in_place_after_its_save_raises() -> Non
 
 def test_a_gradient_change_above_the_tolerance_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lossy, "TOLERANCE", 1e-9)
-    model, x = bg.create_model("googlenet-fmnist"), _example("googlenet-fmnist", 8)
+    model, x = bg.create_model("googlenet-fmnist"), model_input("googlenet-fmnist", 8,
+                                                                  size=small_size("googlenet-fmnist"))
     with pytest.raises(ConfigError, match="above the tolerance"):
         plan(model, x, 0.5, lossy_saves="bf16", measure=False)
     with pytest.raises(ConfigError, match="lossy saves must be one of"):

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from benchmarks.foreign_nets import InceptionV3Like
 
 from branchgraph.errors import ConfigError
 from branchgraph.graph.operators import operator_macs
 from branchgraph.models import create_model
 from tests.conftest import run_cli
+from tests.nets import InceptionV3Like
 
 NETS = textwrap.dedent('''
     import torch

@@ -10,19 +10,16 @@ import branchgraph as bg
 from branchgraph.errors import ConfigError
 from branchgraph.models import Inception, model_info
 from branchgraph.models.googlenet import GOOGLENET_STAGES
+from tests.nets import model_input
 
 ALL_MODELS = bg.list_models()
-
-
-def _example(name: str, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, *model_info(name).input_size)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_forward_backward_every_parameter_gets_a_gradient(name: str) -> None:
     torch.manual_seed(0)
     model = bg.create_model(name)
-    out = model(_example(name))
+    out = model(model_input(name))
     if model_info(name).num_classes is not None:
         assert out.shape == (2, model_info(name).num_classes)
     out.square().mean().backward()
@@ -36,7 +33,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name: str) -> None:
 def test_fx_traced_equals_eager(name: str) -> None:
     model = bg.create_model(name).eval()
     traced = torch.fx.symbolic_trace(model)
-    x = _example(name, batch=1)
+    x = model_input(name, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
 

@@ -18,7 +18,7 @@ from torch import nn
 
 import branchgraph as bg
 from branchgraph.graph import capture
-from branchgraph.models import Inception, model_info
+from branchgraph.models import Inception
 from branchgraph.passes import (
     DEFAULT_PASSES,
     PASSES,
@@ -33,6 +33,7 @@ from branchgraph.passes import (
 )
 from branchgraph.passes import manager as manager_module
 from tests.conftest import run_cli
+from tests.nets import model_input
 
 # Small inputs the models accept (vgg16's classifier needs 224x224).
 TEST_SIZES = {"googlenet": (3, 64, 64), "googlenet-bn": (3, 64, 64), "googlenet-d2l": (1, 64, 64),
@@ -48,14 +49,10 @@ DEEP = ("resnet110", "resnet164", "revnet110", "revnet164")
 SMALL_MODELS = [m for m in bg.list_models() if m not in ("vgg16", "revinception-fmnist-plain", *DEEP)]
 
 
-def _example(name: str, batch: int = 2) -> torch.Tensor:
-    torch.manual_seed(0)
-    return torch.randn(batch, *TEST_SIZES.get(name, model_info(name).input_size))
-
-
 def _run(name: str, passes: list[str] | None, mode: str, batch: int = 2):
     torch.manual_seed(0)
-    return optimize(bg.create_model(name), _example(name, batch), passes=passes, mode=mode)
+    model = bg.create_model(name)
+    return optimize(model, model_input(name, batch, size=TEST_SIZES.get(name)), passes=passes, mode=mode)
 
 
 # vgg16's training-mode run (about 45 s: float64 at 224x224) is in the slow suite; its eval run stays here.

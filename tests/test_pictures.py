@@ -7,7 +7,7 @@ import pytest
 
 import branchgraph as bg
 from branchgraph.interactive.data import report_data
-from tests.fixture_nets import CheckedNet
+from tests.nets import CheckedNet
 
 
 def test_report_and_graph_leave_out_shape_checks_and_count_them() -> None:

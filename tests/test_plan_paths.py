@@ -10,7 +10,7 @@ import branchgraph as bg
 from branchgraph.memory.checkpoint_plan import PEAK_ABOVE_PLAIN
 from tests.conftest import run_cli
 
-FIXTURES = "tests/fixture_nets.py"
+FIXTURES = "tests/nets.py"
 
 
 def test_api_and_cli_give_the_same_plan() -> None:

@@ -148,9 +148,8 @@ def _synthetic(blocks: int = 100) -> dict:
 @needs_browser
 @pytest.mark.parametrize("net", ["synthetic", "inception-v3-like"])
 def test_big_graphs_are_ready_in_under_two_seconds(browser, tmp_path: Path, net: str) -> None:
-    from benchmarks.foreign_nets import InceptionV3Like
-
     from branchgraph.interactive.page import render_page
+    from tests.nets import InceptionV3Like
 
     path = tmp_path / "big.html"
     if net == "synthetic":

@@ -14,7 +14,7 @@ import torch
 from branchgraph import candidates as candidates_module
 from branchgraph.tune import tune
 from branchgraph.tuning_cache import CACHE_FORMAT, CACHE_NAME, load_cache, update_cache
-from tests.fixture_nets import RepVggLike
+from tests.nets import RepVggLike
 
 
 def _tuned(cache: Path, monkeypatch: pytest.MonkeyPatch, **options: object) -> object:

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 import branchgraph as bg
+from branchgraph import deploy
 from branchgraph.errors import ConfigError
-from branchgraph.inference import deploy, runtimes
+from branchgraph.inference import deployment, load, runtimes
 from branchgraph.tune import Candidate, TuneResult
 
 needs_runtimes = pytest.mark.skipif(not (runtimes.available("onnxruntime") and runtimes.available("openvino")),
@@ -65,7 +66,7 @@ def test_a_program_with_pickled_sample_inputs_is_refused_unrun(tmp_path: Path) -
     _deploy(out)
     _rewrite(out / "model.pt2", {"sample_inputs/model.pt": _saved((Touch(marker),))})
     with pytest.raises(ConfigError, match=r"refusing to load .*model\.pt2"):
-        deploy.load(out)
+        load(out)
     assert not marker.exists()
 
 
@@ -81,11 +82,11 @@ def test_a_program_with_pickled_weights_or_foreign_entries_is_refused(tmp_path: 
     _rewrite(out / "model.pt2", {"weights_config.json": json.dumps(config).encode(),
                                  f"weights/{path_name}": _saved(Touch(marker))})
     with pytest.raises(ConfigError, match="marks tensors as pickled"):
-        deploy.load(out)
+        load(out)
     _deploy(out)
     _rewrite(out / "model.pt2", {"data/constants/custom_obj_0": pickle.dumps(Touch(marker))})
     with pytest.raises(ConfigError, match="custom_obj_0"):
-        deploy.load(out)
+        load(out)
     assert not marker.exists()
 
 
@@ -98,7 +99,7 @@ def test_a_graph_that_calls_python_is_refused(tmp_path: Path) -> None:
     _rewrite(out / "model.pt2", {"models/model.json": graph.replace("torch.ops.aten.relu.default",
                                                                     "torch.os.system").encode()})
     with pytest.raises(ConfigError, match=r"calls 'torch\.os\.system'"):
-        deploy.load(out)
+        load(out)
 
 
 def test_files_must_stay_inside_the_deployment(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_files_must_stay_inside_the_deployment(tmp_path: Path) -> None:
     (out / "model.pt2").unlink()
     (out / "model.pt2").symlink_to(elsewhere / "model.pt2")
     with pytest.raises(ConfigError, match="not links"):
-        deploy.load(out)
+        load(out)
 
 
 @needs_runtimes
@@ -117,10 +118,10 @@ def test_engine_load_errors_are_one_line(tmp_path: Path) -> None:
         directory = tmp_path / engine
         directory.mkdir()
         (directory / "record.json").write_text(json.dumps({"engine": engine, "precision": "fp32"}))
-        for file in deploy.FILES[engine]:
+        for file in deployment.FILES[engine]:
             (directory / file).write_bytes(b"\x08\x01garbage")
         with pytest.raises(ConfigError) as raised:
-            deploy.load(directory)
+            load(directory)
         assert name in str(raised.value) and len(str(raised.value).splitlines()) == 1
 
 
@@ -132,13 +133,11 @@ def test_a_rejected_write_leaves_the_old_deployment(tmp_path: Path, monkeypatch:
     out = tmp_path / "served"
     _deploy(out)
     before = _snapshot(out)
-    from branchgraph.passes import verification
-
-    monkeypatch.setattr(verification, "FP32_TOLERANCE", -1.0)  # the check rejects whatever is written
+    monkeypatch.setattr(deploy, "FP32_TOLERANCE", -1.0)  # the check rejects whatever is written
     with pytest.raises(ConfigError, match="out directory is as it was"):
         _deploy(out, seed=1)
     assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["served"]
-    assert deploy.load(out) is not None
+    assert load(out) is not None
 
 
 def test_an_interrupted_write_leaves_the_old_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import branchgraph as bg
 from branchgraph import candidates as candidates_module
@@ -24,35 +22,9 @@ from branchgraph.training.setup import tune_precision
 from branchgraph.tune import CACHE_NAME, Candidate, candidates, tune
 from branchgraph.tuning_cache import CACHE_FORMAT
 from tests.conftest import run_cli
+from tests.nets import TimmStyleInception, timm_style_data
 
 CPU = torch.device("cpu")
-
-
-class TimmStyleInception(nn.Module):
-    """An Inception block and head written the way timm writes them: attributes called in ``forward()``,
-    functional pooling and concatenation, no nn.Sequential."""
-
-    def __init__(self, channels: int = 8, classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, channels, 3, padding=1)
-        self.branch1x1 = nn.Conv2d(channels, channels, 1)
-        self.branch3x3_1 = nn.Conv2d(channels, channels, 1)
-        self.branch3x3_2 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.branch_pool = nn.Conv2d(channels, channels, 1)
-        self.bn = nn.BatchNorm2d(3 * channels)
-        self.fc = nn.Linear(3 * channels, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.stem(x))
-        branches = [self.branch1x1(x), self.branch3x3_2(F.relu(self.branch3x3_1(x))),
-                    self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1))]
-        x = F.relu(self.bn(torch.cat(branches, 1)))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-
-
-def _data(batch: int = 8, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(batch, 1, size, size, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -92,7 +64,7 @@ def test_tune_times_every_candidate_caches_and_leaves_the_model_alone(tuning_cac
     torch.manual_seed(0)
     model = TimmStyleInception()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = _data()
+    x, y = timm_style_data()
     rng = torch.get_rng_state()
     result = tune(model, x, y, "train", rounds=2)
     assert torch.equal(torch.get_rng_state(), rng)
@@ -115,7 +87,7 @@ def test_tune_times_every_candidate_caches_and_leaves_the_model_alone(tuning_cac
 def test_accuracy_gate_rejects_reduced_precision_beyond_tolerance(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(candidates_module, "native_bf16", lambda device: True)
     torch.manual_seed(0)
-    x, y = _data(batch=4)
+    x, y = timm_style_data(batch=4)
     result = tune(TimmStyleInception(), x, y, "eval", layouts=(False,), rounds=1, cache=False, tolerance=0.0,
                   engines=("torch",))
     assert set(result.rejected) == {"bf16 NCHW", "bf16 weights NCHW"}
@@ -129,7 +101,7 @@ def test_a_corrupt_cache_is_set_aside_and_rebuilt(tuning_cache: Path) -> None:
     path = tuning_cache / CACHE_NAME
     path.write_text('{"format": 1, "entries": ')
     torch.manual_seed(0)
-    x, y = _data(batch=4)
+    x, y = timm_style_data(batch=4)
     result = tune(TimmStyleInception(), x, y, "eval", rounds=1, engines=("torch",))
     assert not result.cached and any("unreadable" in n for n in result.notes)
     assert (tuning_cache / (CACHE_NAME + ".corrupt")).read_text() == '{"format": 1, "entries": '  # kept
@@ -146,7 +118,7 @@ def test_an_unwritable_cache_is_a_note_not_an_error(monkeypatch: pytest.MonkeyPa
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("BRANCHGRAPH_CACHE_DIR", str(blocker / "sub"))
-    x, y = _data(batch=4)
+    x, y = timm_style_data(batch=4)
     result = tune(TimmStyleInception(), x, y, "eval", rounds=1, engines=("torch",))
     assert any("could not write" in n for n in result.notes)
 
@@ -155,7 +127,7 @@ def test_tuned_optimised_candidate_is_verified_equal() -> None:
     """A pass-set candidate is built unverified for timing; what optimize --tune keeps is verified."""
     torch.manual_seed(0)
     model = bg.create_model("googlenet-fmnist", width=0.25)
-    x, y = _data(batch=8, size=28)
+    x, y = timm_style_data(batch=8, size=28)
     result = tune(model, x, y, "eval", pass_sets=((), ("prune", "fold_bn", "fuse_parallel", "inplace")), rounds=1,
                   engines=("torch",))
     assert result.chosen.passes is not None
@@ -189,7 +161,7 @@ def test_step_gflop_counts_forward_and_backward() -> None:
     from branchgraph.graph import measure
 
     model = TimmStyleInception()
-    x, _ = _data(batch=4)
+    x, _ = timm_style_data(batch=4)
     layers = measure(TimmStyleInception().train(), x[:1]).layers.values()
     macs, backward = sum(r.macs for r in layers), sum(r.backward_macs for r in layers)
     assert macs > 0 and backward > macs  # the weight and the input gradient each cost about a forward

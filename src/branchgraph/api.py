@@ -26,12 +26,17 @@ if TYPE_CHECKING:  # the packages behind each entry point are imported when it i
 Model = nn.Module | str
 
 
-def _resolve(model: Model, input_size: tuple[int, ...] | None, model_kwargs: dict[str, Any] | None,
-             seed: int) -> tuple[str, nn.Module, tuple[int, ...], int | None]:
-    """(name, module, input size, classes) of ``model``; a name's weights are drawn after seeding with ``seed``."""
-    if isinstance(model, str):
-        torch.manual_seed(seed)
-    return resolve_model(model, input_size, model_kwargs)
+def _classes(module: nn.Module, size: tuple[int, ...], mode: str) -> int | None:
+    """The number of logits a module of the user's gives per image (for training targets), from one forward of a
+    copy in eval mode; None for inference, or where the output is not one row of logits per image."""
+    if mode != "train":
+        return None
+    import copy
+
+    with torch.no_grad():
+        out = copy.deepcopy(module).eval()(torch.zeros(1, *size))
+    logits = out[0] if isinstance(out, tuple) else out
+    return int(logits.shape[1]) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
 
 
 def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
@@ -40,7 +45,7 @@ def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int 
     for backward in a measured training step, and the step's peak."""
     from branchgraph.graph.tables import summary as summarise
 
-    name, module, size, _ = resolve_model(model, input_size, model_kwargs)
+    name, module, size, _ = resolve_model(model, input_size, model_kwargs, seed)
     return summarise(module, size, batch, seed, name)
 
 
@@ -63,14 +68,14 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     if out is not None and not (tune and mode == "eval"):
         raise ConfigError("out writes the tuned inference model: give tune=True and mode='eval'", param="out")
     if out is not None:
-        from branchgraph.inference.deploy import check_target
+        from branchgraph.deploy import check_target
 
         check_target(out)  # before minutes of tuning, not after
-    _, module, size, classes = _resolve(model, input_size, model_kwargs, seed)
+    _, module, size, classes = resolve_model(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
     if not tune:
         return run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
-    timed, target = example_for(size, tune_batch, seed, classes)
+    timed, target = example_for(size, tune_batch, seed, classes or _classes(module, size, mode))
     tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), **tune_options)
     cand = tuning.chosen
     if cand.engine == "torch" and cand.passes is not None:
@@ -84,7 +89,7 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
             net = Serving(net, cand.channels_last, autocast=cand.autocast)
     report.tuning = tuning
     if out is not None:
-        from branchgraph.inference.deploy import save
+        from branchgraph.deploy import save
 
         report.deployed = save(module, example, tuning, out)
     return net, report
@@ -98,7 +103,7 @@ def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float 
     ``options`` go to ``branchgraph.memory.plan`` (cost, saving_ops, measure, lossy_saves, region_limit)."""
     from branchgraph.memory.checkpointing import plan as plan_checkpointing
 
-    _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
+    _, module, size, _ = resolve_model(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
     return plan_checkpointing(module, example, budget, peak=peak, **options)
 
@@ -111,7 +116,7 @@ def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: 
 
     from branchgraph.analysis.forks import fork_gradients
 
-    _, module, size, _ = _resolve(model, input_size, model_kwargs, seed)
+    _, module, size, _ = resolve_model(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed, dtype=torch.float64)
     return fork_gradients(copy.deepcopy(module).double(), example, seed=seed)
 

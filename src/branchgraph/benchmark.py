@@ -150,8 +150,8 @@ def bench(
     Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error against eager fp32."""
     if peers and mode != "eval":
         raise ConfigError("peers compares inference engines: use it with mode 'eval'", param="peers")
-    torch.manual_seed(seed)
-    label, model, size, classes = resolve_model(name, input_size, model_kwargs)
+    torch.manual_seed(seed)  # a module's dropout and the compiled variants draw from it too
+    label, model, size, classes = resolve_model(name, input_size, model_kwargs, seed)
     model.train(mode == "train")
     x, y = example_for(size, batch, seed, classes)
     names = resolve(passes, mode)
@@ -234,8 +234,7 @@ def bench_parallel(
     device: str = "cpu", model_kwargs: dict[str, Any] | None = None, seed: int = 0,
 ) -> ParallelBenchResult:
     """The captured model against the same graph after the ``parallel`` pass, interleaved, at each batch size."""
-    torch.manual_seed(seed)
-    _, model, size, found = resolve_model(name, input_size, model_kwargs)
+    _, model, size, found = resolve_model(name, input_size, model_kwargs, seed)
     model.train(mode == "train").to(device)
     sequential = capture(model, example_for(size, 1, seed, device=device)[0]).graph_module
     if sequential is None:

@@ -133,12 +133,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
     """(module, input size, classes or None) of the command's model, --input and --model-kwargs; its weights
     drawn after seeding with --seed."""
-    import torch
-
     from branchgraph.models.registry import resolve_model
 
-    torch.manual_seed(args.seed)
-    _, model, found, classes = resolve_model(args.model, args.input, args.model_kwargs)
+    _, model, found, classes = resolve_model(args.model, args.input, args.model_kwargs, args.seed)
     return model, found, classes
 
 

@@ -23,7 +23,8 @@ from branchgraph.candidates import DTYPES, ENGINES, RUNTIME_ENGINES, Candidate, 
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model
 from branchgraph.heap import keeping
-from branchgraph.inference.engines import Built, build, export_for_runtimes
+from branchgraph.inference.engines import Built, Serving, export_for_runtimes
+from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.pipeline import optimize
@@ -107,16 +108,44 @@ def build_candidate(
 ) -> Built:
     """The network for ``cand`` and the input it takes (eager: a copy in the candidate's layout, run it under
     ``cand.autocast``; with passes: ``optimize``, unverified, since the caller verifies what it keeps; other
-    engines: ``branchgraph.inference.engines.build``, compiled here)."""
+    engines: ``_build_engine``, compiled here)."""
     x = example.contiguous(memory_format=torch.channels_last) if cand.channels_last and example.dim() == 4 \
         else example
     if cand.engine != "torch" or cand.weights:
-        return build(model, example, cand, onnx_path)
+        return _build_engine(model, example, cand, onnx_path)
     if cand.passes is None:
         net = copy.deepcopy(model).train(mode == "train")
         return Built(to_channels_last(net) if cand.channels_last else net, x)
     net, _ = optimize(model, example[:2], passes=cand.pass_list(), mode=mode, verify=False)
     return Built(net, x)
+
+
+def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx_path: Path | None = None
+                  ) -> Built:
+    """The inference module of a non-eager candidate: ``weights`` casts a copy to the candidate's precision,
+    ``compiled`` runs Inductor with freezing on it (compiled here, on ``example``, and timed), ``onnxruntime`` and
+    ``openvino`` run ``onnx_path`` (exported from ``model`` when None)."""
+    if cand.engine in ("onnxruntime", "openvino") and onnx_path is None:
+        with tempfile.TemporaryDirectory(prefix="branchgraph-onnx-") as tmp:  # the engines read the file now
+            return _build_engine(model, example, cand, export_for_runtimes(model, example, Path(tmp)))
+    if cand.engine == "onnxruntime":
+        return Built(OnnxRuntimeModule(onnx_path), example.contiguous())
+    if cand.engine == "openvino":
+        start = time.perf_counter()
+        net = OpenVinoModule(onnx_path, cand.precision)
+        return Built(net, example.contiguous(), time.perf_counter() - start)
+    net = copy.deepcopy(model).eval()
+    dtype = DTYPES[cand.precision] if cand.weights else None
+    if cand.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    served = Serving(net.to(dtype) if dtype else net, cand.channels_last, weights=dtype)
+    if cand.engine != "compiled":
+        return Built(served, example)
+    compiled = torch.compile(served, options={"freezing": True})
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled(example)
+    return Built(compiled, example, time.perf_counter() - start)
 
 
 def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
@@ -197,10 +226,7 @@ def tune(
         raise ConfigError(f"rounds must be > 0 and warmup >= 0; got rounds={rounds}, warmup={warmup}")
     device = example.device
     found, left_out = candidates(device, mode, layouts, pass_sets, precisions, engines)
-    key = {"cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads(), "model": _model_id(model), "input": list(example.shape),
-           "mode": mode, "candidates": [c.name for c in found], "heap": "keep" if keeping() else "system"}
+    key = _cache_key(model, example, mode, found)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / CACHE_NAME
     entries, note = load_cache(path) if cache else ({}, None)
@@ -221,18 +247,7 @@ def tune(
     y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=device)
     built, failed = _build_all(model, example, mode, found, compile_budget)
     left_out |= failed
-    runs, rejected, errors = {}, {}, {}
-    for cand, b in built.items():
-        if cand != Candidate():
-            err = errors[cand.name] = _error(b, cand, reference)
-            limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
-            if not err <= limit:
-                rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {limit:g})"
-                continue
-        runs[cand.name] = make_runner(b.net, b.x, y, mode, autocast=cand.autocast)
-    if not runs:
-        raise ConfigError(f"every candidate asked for is too far from fp32 on this model: "
-                          f"{'; '.join(f'{k}: {v}' for k, v in rejected.items())}; use fp32 or auto")
+    runs, rejected, errors = _verified_runs(built, y, mode, reference, tolerance)
     settle = SETTLE_S if any(c.engine in RUNTIME_ENGINES for c in built) else 0.0
     medians, spread, noisy = _measure(runs, rounds, warmup, settle)
     by_name = {c.name: c for c in found}
@@ -249,6 +264,35 @@ def tune(
         if write_note:
             result.notes.append(write_note)
     return result
+
+
+def _cache_key(model: nn.Module, example: torch.Tensor, mode: str, found: list[Candidate]) -> dict[str, Any]:
+    """What a measurement depends on: processor, torch, device, threads, model, input shape, mode, candidates and
+    heap policy."""
+    device = example.device
+    return {"cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "model": _model_id(model), "input": list(example.shape),
+            "mode": mode, "candidates": [c.name for c in found], "heap": "keep" if keeping() else "system"}
+
+
+def _verified_runs(built: dict[Candidate, Built], y: torch.Tensor, mode: str, reference: torch.Tensor,
+                   tolerance: float) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+    """(a timed step per candidate whose outputs hold, the rejected ones with why, every output error); a
+    ConfigError when none holds."""
+    runs, rejected, errors = {}, {}, {}
+    for cand, b in built.items():
+        if cand != Candidate():
+            err = errors[cand.name] = _error(b, cand, reference)
+            limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
+            if not err <= limit:
+                rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {limit:g})"
+                continue
+        runs[cand.name] = make_runner(b.net, b.x, y, mode, autocast=cand.autocast)
+    if not runs:
+        raise ConfigError(f"every candidate asked for is too far from fp32 on this model: "
+                          f"{'; '.join(f'{k}: {v}' for k, v in rejected.items())}; use fp32 or auto")
+    return runs, rejected, errors
 
 
 def _error(built: Built, cand: Candidate, reference: torch.Tensor) -> float:

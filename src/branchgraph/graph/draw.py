@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
+from typing import Any
 
 import graphviz
 from matplotlib import colormaps
@@ -37,6 +38,39 @@ def _colour(macs: int, largest: int) -> str:
     return to_hex(COLORMAP(0.15 + 0.85 * max(0.0, 1 + math.log10(macs / largest) / 4)))
 
 
+def _node_label(node: fx.Node, gm: fx.GraphModule, layers: dict[str, Any], largest: int, hidden: set[fx.Node],
+                is_join: bool) -> tuple[str, dict[str, str]]:
+    """A node's box: its operator, shape, MACs and saved bytes, FORK/JOIN marks, filled by its share of MACs."""
+    meta = node.meta.get("tensor_meta")
+    shape = "x".join(map(str, meta.shape)) if hasattr(meta, "shape") else ""
+    rec = layers.get(str(node.target)) if node.op == "call_module" else None
+    macs, saved = (rec.macs, rec.saved_bytes) if rec else (0, 0)
+    lines = [f"{node.name}: {op_label(node, gm)}", shape]
+    if macs or saved:
+        lines.append(f"{fmt_count(macs)} MACs, saved {fmt_bytes(saved)}")
+    attrs = {"fillcolor": _colour(macs, largest)}
+    users = structural_users(node, hidden)
+    if len(users) > 1:
+        lines.insert(0, f"FORK x{len(users)}")
+        attrs.update(shape="box", penwidth="2.5", color="#1f77b4")
+    if is_join:
+        lines.insert(0, "JOIN")
+        attrs.update(shape="invhouse", penwidth="2.5", color="#2ca02c")
+    return "\n".join(x for x in lines if x), attrs
+
+
+def _cluster(clusters: dict[str, graphviz.Digraph], block: str, branch: str) -> graphviz.Digraph:
+    """The dashed cluster of ``block`` and, inside it, the rounded one of its ``branch`` (made on first use)."""
+    if block not in clusters:
+        clusters[block] = graphviz.Digraph(f"cluster_{block}", graph_attr={
+            "label": block, "style": "dashed", "color": "#888888"})
+    key = f"{block}/{branch}"
+    if key not in clusters:
+        clusters[key] = graphviz.Digraph(f"cluster_{key}", graph_attr={
+            "label": branch.removeprefix(block + "."), "style": "rounded", "color": "#bbbbbb"})
+    return clusters[key]
+
+
 def to_digraph(s: Summary) -> graphviz.Digraph:
     """The Graphviz graph of a summary's captured fx graph."""
     if s.capture is None or s.capture.graph_module is None or s.measurement is None:
@@ -61,33 +95,8 @@ def to_digraph(s: Summary) -> graphviz.Digraph:
     for node in gm.graph.nodes:
         if node in hidden:
             continue
-        meta = node.meta.get("tensor_meta")
-        shape = "x".join(map(str, meta.shape)) if hasattr(meta, "shape") else ""
-        rec = layers.get(str(node.target)) if node.op == "call_module" else None
-        macs, saved = (rec.macs, rec.saved_bytes) if rec else (0, 0)
-        lines = [f"{node.name}: {op_label(node, gm)}", shape]
-        if macs or saved:
-            lines.append(f"{fmt_count(macs)} MACs, saved {fmt_bytes(saved)}")
-        attrs = {"fillcolor": _colour(macs, largest)}
-        users = structural_users(node, hidden)
-        if len(users) > 1:
-            lines.insert(0, f"FORK x{len(users)}")
-            attrs.update(shape="box", penwidth="2.5", color="#1f77b4")
-        if node.name in join_names:
-            lines.insert(0, "JOIN")
-            attrs.update(shape="invhouse", penwidth="2.5", color="#2ca02c")
-        label = "\n".join(x for x in lines if x)
-        target = dot
-        if node.name in where:
-            block, branch = where[node.name]
-            if block not in clusters:
-                clusters[block] = graphviz.Digraph(f"cluster_{block}", graph_attr={
-                    "label": block, "style": "dashed", "color": "#888888"})
-            key = f"{block}/{branch}"
-            if key not in clusters:
-                clusters[key] = graphviz.Digraph(f"cluster_{key}", graph_attr={
-                    "label": branch.removeprefix(block + "."), "style": "rounded", "color": "#bbbbbb"})
-            target = clusters[key]
+        label, attrs = _node_label(node, gm, layers, largest, hidden, node.name in join_names)
+        target = _cluster(clusters, *where[node.name]) if node.name in where else dot
         target.node(node.name, label, **attrs)
         for arg in node.all_input_nodes:
             if arg not in hidden:

@@ -187,42 +187,25 @@ def leaf_macs(module: nn.Module, args: Any, output: Any) -> tuple[int, int] | No
     return layer_macs(module, ins[0], outs[0])
 
 
-def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
-    """Run one training-mode forward+backward of ``model`` on ``example`` and record, per module path:
-    output shapes, MACs, and the bytes of the tensors autograd saved while that module ran innermost.
+class _LayerRecorder:
+    """Per module path, from ModuleCalls: calls, shapes and MACs of the forward; a call during backward is a
+    recomputation (checkpoint, reversible block), which adds only its backward MACs."""
 
-    Saved tensors are seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once,
-    for the first module that saved it; parameters, buffers and the input batch (and views of them) are left out.
-    The peak is the heap in use above the starting point, sampled after every operator that allocates (tensor
-    memory comes from operators; a heap long in use, fragmented, makes each sample cost up to milliseconds). The
-    model's own state is untouched: the caller passes a copy.
-    """
-    layers: dict[str, LayerRecord] = defaultdict(LayerRecord)
-    paths = ["", *(n for n, _ in model.named_modules() if n)]
-    position = {p: i for i, p in enumerate(paths)}
-    table = StorageTable([*model.parameters(), *model.buffers(), example], keep=False)
-    order: list[str] = []
-    gc.collect()  # garbage of earlier work must not be freed inside the measured step, below its base
-    base = heap_in_use()
-    peak = [0]
-    backward = [False]  # saves during backward are recomputations, transient: sampled for the peak only
+    def __init__(self) -> None:
+        self.layers: dict[str, LayerRecord] = defaultdict(LayerRecord)
+        self.order: list[str] = []
+        self.backward = False  # saves during backward are recomputations, transient: sampled for the peak only
 
-    def sample() -> None:
-        if base is not None:
-            now = heap_in_use()
-            peak[0] = max(peak[0], (now or 0) - base)
-
-    def on_call(name: str, module: nn.Module, args: Any, output: Any, seconds: float) -> None:
-        rec = layers[name]
+    def __call__(self, name: str, module: nn.Module, args: Any, output: Any, seconds: float) -> None:
+        rec = self.layers[name]
         macs = leaf_macs(module, args, output)
-        if backward[0]:
-            # A recomputation in backward (checkpoint, reversible block) is not another call of the forward. A
-            # reversible block's forward ran without grad, so its backward MACs are those of this recomputation.
+        if self.backward:
+            # A reversible block's forward ran without grad, so its backward MACs are those of this recomputation.
             if macs is not None and rec.backward_macs == 0:
                 rec.backward_macs = macs[1]
             return
         if rec.calls == 0:
-            order.append(name)
+            self.order.append(name)
         rec.calls += 1
         outs, ins = list(tensors(output)), list(tensors(args))
         if outs:
@@ -233,26 +216,58 @@ def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
             rec.macs += macs[0]
             rec.backward_macs += macs[1]
 
+
+class _HeapPeak:
+    """The heap in use above where it stood at creation, its highest sample kept (None where it cannot be read)."""
+
+    def __init__(self) -> None:
+        gc.collect()  # garbage of earlier work must not be freed inside the measured step, below its base
+        self.base = heap_in_use()
+        self.peak = 0
+
+    def sample(self) -> None:
+        if self.base is not None:
+            self.peak = max(self.peak, (heap_in_use() or 0) - self.base)
+
+    def above_base(self) -> int | None:
+        now = heap_in_use()
+        return now - self.base if self.base is not None and now is not None else None
+
+
+def measure(model: nn.Module, example: torch.Tensor) -> Measurement:
+    """Run one training-mode forward+backward of ``model`` on ``example`` and record, per module path:
+    output shapes, MACs, and the bytes of the tensors autograd saved while that module ran innermost.
+
+    Saved tensors are seen through ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once,
+    for the first module that saved it; parameters, buffers and the input batch (and views of them) are left out.
+    The peak is the heap in use above the starting point, sampled after every operator that allocates (tensor
+    memory comes from operators; a heap long in use, fragmented, makes each sample cost up to milliseconds). The
+    model's own state is untouched: the caller passes a copy.
+    """
+    paths = ["", *(n for n, _ in model.named_modules() if n)]
+    position = {p: i for i, p in enumerate(paths)}
+    table = StorageTable([*model.parameters(), *model.buffers(), example], keep=False)
+    recorder, heap = _LayerRecorder(), _HeapPeak()
     model.train()
-    calls = ModuleCalls(model, on_call)
-    saved = SavedTensors(table, lambda: None if backward[0] else position[calls.current])
-    with calls, saved, _AfterEveryAllocation(sample):
+    calls = ModuleCalls(model, recorder)
+    saved = SavedTensors(table, lambda: None if recorder.backward else position[calls.current])
+    with calls, saved, _AfterEveryAllocation(heap.sample):
         try:
             output = model(example)
         except Exception as exc:  # re-raised naming the innermost layer that was running
             raise layer_failure(model, calls.current, tuple(example.shape), exc) from None
         loss = sum(t.float().sum() for t in tensors(output))
-        sample()
-        after_forward = heap_in_use()
+        heap.sample()
+        after_forward = heap.above_base()
         if isinstance(loss, torch.Tensor) and loss.requires_grad:
-            backward[0] = True
+            recorder.backward = True
             loss.backward()
-        sample()
+        heap.sample()
     first: dict[int, int] = {}
     for sid, who in saved.pairs:  # each storage counted once, for the first module that saved it
         first.setdefault(sid, who)
     for sid, who in first.items():
-        layers[paths[who]].saved_bytes += table.sizes[sid]
+        recorder.layers[paths[who]].saved_bytes += table.sizes[sid]
+    layers = recorder.layers
     return Measurement(dict(layers), sum(r.saved_bytes for r in layers.values()),
-                       peak[0] if base is not None else None, order,
-                       after_forward - base if base is not None and after_forward is not None else None)
+                       heap.peak if heap.base is not None else None, recorder.order, after_forward)

@@ -1,17 +1,8 @@
 """Inference engines the tuner compares (eager, reduced-precision weights, Inductor with freezing, ONNX Runtime,
-OpenVINO) and the deployable result: ``load`` reads what ``optimize`` with ``tune`` and ``out`` wrote."""
+OpenVINO) and ``load``, which reads back what ``optimize`` with ``tune`` and ``out`` wrote
+(``branchgraph.deploy``)."""
 
-from typing import Any
-
+from branchgraph.inference.deployment import load
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 
-__all__ = ["OnnxRuntimeModule", "OpenVinoModule", "load", "save"]
-
-
-def __getattr__(name: str) -> Any:
-    """``load`` and ``save`` on first use: ``deploy`` needs the tuner's candidates, which need this package."""
-    if name in ("load", "save"):
-        from branchgraph.inference import deploy
-
-        return getattr(deploy, name)
-    raise AttributeError(f"module 'branchgraph.inference' has no attribute {name!r}")
+__all__ = ["OnnxRuntimeModule", "OpenVinoModule", "load"]

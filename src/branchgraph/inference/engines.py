@@ -1,21 +1,15 @@
-"""Inference engines beyond eager torch, built for one tuning candidate: reduced-precision weights, Inductor with
-freezing (constant folding and weight prepacking), and ONNX Runtime or OpenVINO on the exported ONNX graph; and
-``Serving``, the module a user calls whichever engine won (fp32 NCHW in, fp32 out)."""
+"""What every inference engine is served through: ``Serving``, the module a user calls whichever engine won (fp32
+NCHW in, fp32 out), ``Built`` (a module ready to time), and the ONNX export ONNX Runtime and OpenVINO run."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from branchgraph.candidates import DTYPES, Candidate
-from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 
 
 def _first(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -57,30 +51,3 @@ def export_for_runtimes(model: nn.Module, example: torch.Tensor, directory: Path
     from branchgraph.passes.export import export_onnx
 
     return export_onnx(copy.deepcopy(model).float().eval(), example[:1].float(), directory / "model.onnx")
-
-
-def build(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx_path: Path | None = None) -> Built:
-    """The inference module of a non-eager candidate: ``weights`` casts a copy to the candidate's precision,
-    ``compiled`` runs Inductor with freezing on it (compiled here, on ``example``, and timed), ``onnxruntime`` and
-    ``openvino`` run ``onnx_path`` (exported from ``model`` when None)."""
-    if cand.engine in ("onnxruntime", "openvino") and onnx_path is None:
-        with tempfile.TemporaryDirectory(prefix="branchgraph-onnx-") as tmp:  # the engines read the file now
-            return build(model, example, cand, export_for_runtimes(model, example, Path(tmp)))
-    if cand.engine == "onnxruntime":
-        return Built(OnnxRuntimeModule(onnx_path), example.contiguous())
-    if cand.engine == "openvino":
-        start = time.perf_counter()
-        net = OpenVinoModule(onnx_path, cand.precision)
-        return Built(net, example.contiguous(), time.perf_counter() - start)
-    net = copy.deepcopy(model).eval()
-    dtype = DTYPES[cand.precision] if cand.weights else None
-    if cand.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    served = Serving(net.to(dtype) if dtype else net, cand.channels_last, weights=dtype)
-    if cand.engine != "compiled":
-        return Built(served, example)
-    compiled = torch.compile(served, options={"freezing": True})
-    start = time.perf_counter()
-    with torch.no_grad():
-        compiled(example)
-    return Built(compiled, example, time.perf_counter() - start)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -109,100 +109,166 @@ def plan(
     ConfigError naming the smallest one found. ``region_limit`` (with ``budget`` alone) bounds what any one region
     rematerialises in backward (a fraction of plain's saved bytes, or bytes) instead of the cheapest choice up to
     REGION_SHARE; a budget no plan within it meets raises ConfigError."""
+    budgets = _parsed_options(cost, lossy_saves, budget, peak, region_limit)  # before minutes of profiling
+    setting = _Setting.of(model, example, saving_ops, cost, lossy_saves, measure)
+    setting.set_budgets(*budgets)
+    if setting.peak_bytes is None or setting.peak_bytes >= setting.plain_reference:
+        result = setting.within_kept_budget()
+        result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
+    else:
+        result = _fit_peak(model, example, setting)
+    checked = apply_plan(copy.deepcopy(model), result)  # verified, then returned unless planning ``inplace``
+    _verify(model, checked, example, result)
+    return (apply_plan(model, result) if inplace else checked), result
+
+
+Budget = float | int  # a fraction of the plain model's figure (<= 1) or bytes
+
+
+def _parsed_options(cost: str, lossy_saves: str | None, budget: float | int | str | None,
+                    peak: float | int | str | None, region_limit: float | int | str | None
+                    ) -> tuple[Budget | None, Budget | None, Budget | None]:
+    """The kept, peak and region budgets parsed; ConfigError for a cost, lossy format, budget or combination
+    ``plan`` does not take."""
     if cost not in COSTS:
         raise ConfigError(f"checkpoint plan cost must be one of {', '.join(COSTS)}; got {cost!r}")
     if lossy_saves is not None and lossy_saves not in lossy.LOSSY:
         raise ConfigError(f"lossy saves must be one of {', '.join(lossy.LOSSY)}; got {lossy_saves!r}")
     if budget is None and peak is None:
         raise ConfigError("give a checkpoint plan a budget of kept bytes, a peak budget, or both")
-    kept_budget = None if budget is None else parse_budget(budget)
+    kept = None if budget is None else parse_budget(budget)
     peak_budget = None if peak is None else parse_budget(peak, "peak budget")
     region = None if region_limit is None else parse_budget(region_limit, "region limit")
     if region is not None and (budget is None or peak is not None):
         raise ConfigError("a region limit applies to a kept-bytes budget alone (a peak budget sets its own)")
-    net = copy.deepcopy(model)
-    note = None
-    with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
-        found = traced_problem(net, example, saving_ops)
-        if found is None:
-            note = (f"torch.fx could not trace {type(model).__name__}: regions are whole modules and nn.Sequential "
-                    "runs, without saving ops")
-            problem = module_regions.module_problem(net, example)
-            problem.seconds = problem.seconds + checkpoint_overhead()
-        else:
-            problem = found
-    plain = problem.saves.total()
-    grad = _grad_bytes(model)
-    in_flight = int(problem.saves.sizes.max()) if len(problem.saves.sizes) else 0
-    saves = problem.saves
-    if lossy_saves is not None:
-        if problem.element is None or problem.narrowable is None:
-            raise ConfigError(f"lossy saves need a model torch.fx can trace; {type(model).__name__} cannot be "
-                              "traced: plan it without them")
-        saves = Saves(lossy.narrowed_bytes(saves.sizes, problem.element, problem.narrowable), saves.entry_storage,
-                      saves.entry_unit)
-    planner = Planner(saves, problem.masks, problem.inputs,
-                      problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
-                      problem.inner, recomputed_sizes=problem.saves.sizes, forward_seconds=problem.forward_seconds)
-    plain_peak = plain + in_flight  # Planner.peak([]) of the plain saves
-    plain_measured = _measured_peak(model, example, None) if measure else None
-    kept_bytes = None if kept_budget is None else _bytes(kept_budget, plain)
-    limit = None if region is None else _bytes(region, plain)
-    peak_bytes = None if peak_budget is None else _bytes(peak_budget, plain_measured or plain_peak)
+    return kept, peak_budget, region
 
-    def build(chosen: list[int], saved: int) -> CheckpointPlan:
+
+@dataclass
+class _Setting:
+    """One model's planning problem on one input: what the plain step keeps and peaks at, the planner over its
+    regions, and the budgets in bytes; ``build`` turns a choice of regions into a CheckpointPlan."""
+
+    model: nn.Module
+    example: torch.Tensor
+    problem: Problem
+    planner: Planner
+    note: str | None
+    lossy: str | None
+    plain_measured: int | None
+    kept_bytes: int | None = None
+    limit: int | None = None
+    peak_bytes: int | None = None
+
+    @classmethod
+    def of(cls, model: nn.Module, example: torch.Tensor, saving_ops: bool, cost: str, lossy_saves: str | None,
+           measure: bool) -> _Setting:
+        """Profile ``model`` (a copy; graph regions where fx traces it, module regions otherwise)."""
+        net, note = copy.deepcopy(model), None
+        with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
+            problem = traced_problem(net, example, saving_ops)
+            if problem is None:
+                note = (f"torch.fx could not trace {type(model).__name__}: regions are whole modules and "
+                        "nn.Sequential runs, without saving ops")
+                problem = module_regions.module_problem(net, example)
+                problem.seconds = problem.seconds + checkpoint_overhead()
+        saves = problem.saves
+        if lossy_saves is not None:
+            if problem.element is None or problem.narrowable is None:
+                raise ConfigError(f"lossy saves need a model torch.fx can trace; {type(model).__name__} cannot be "
+                                  "traced: plan it without them")
+            saves = Saves(lossy.narrowed_bytes(saves.sizes, problem.element, problem.narrowable),
+                          saves.entry_storage, saves.entry_unit)
+        planner = Planner(saves, problem.masks, problem.inputs,
+                          problem.seconds if cost == "time" else problem.macs.astype(np.float64), problem.shrinks,
+                          problem.inner, recomputed_sizes=problem.saves.sizes,
+                          forward_seconds=problem.forward_seconds)
+        return cls(model, example, problem, planner, note, lossy_saves,
+                   _measured_peak(model, example, None) if measure else None)
+
+    @property
+    def plain(self) -> int:
+        return self.problem.saves.total()
+
+    @property
+    def grad(self) -> int:
+        return _grad_bytes(self.model)
+
+    @property
+    def in_flight(self) -> int:
+        sizes = self.problem.saves.sizes
+        return int(sizes.max()) if len(sizes) else 0
+
+    @property
+    def plain_peak(self) -> int:
+        return self.plain + self.in_flight  # Planner.peak([]) of the plain saves
+
+    @property
+    def plain_reference(self) -> int:
+        """The plain step's peak: measured where it could be, else predicted."""
+        return self.plain_measured or self.plain_peak
+
+    def set_budgets(self, kept: Budget | None, peak: Budget | None, region: Budget | None) -> None:
+        """The budgets in bytes: fractions are of plain's kept bytes, and of plain's peak."""
+        self.kept_bytes = None if kept is None else _bytes(kept, self.plain)
+        self.limit = None if region is None else _bytes(region, self.plain)
+        self.peak_bytes = None if peak is None else _bytes(peak, self.plain_reference)
+
+    def within_kept_budget(self) -> CheckpointPlan:
+        """The cheapest plan within the kept-bytes budget (and region limit); no regions without a budget."""
+        least, kept, limit = self.planner.plain, self.kept_bytes, self.limit  # plain's bytes, or narrowed ones
+        result = self.build(*(([], least) if kept is None or kept >= least else self.planner.choose(kept, limit)))
+        if limit is not None and kept is not None and (
+                result.largest_recompute_bytes > limit or result.saved_bytes > kept):
+            raise ConfigError(f"no plan keeps at most {kept / MIB:.1f} MiB with regions rematerialising at "
+                              f"most {limit / MIB:.1f} MiB each: allow larger regions or keep more")
+        return result
+
+    def build(self, chosen: list[int], saved: int) -> CheckpointPlan:
+        """The plan of regions ``chosen`` (keeping ``saved`` bytes), with its predicted peak and costs."""
+        problem, planner = self.problem, self.planner
         chosen = sorted(chosen, key=lambda i: (problem.regions[i].start or 0, i))
         ranges = [i for i in chosen if problem.regions[i].kind != "saving"]
         saving = [problem.regions[i] for i in chosen if problem.regions[i].kind == "saving"]
         ops = [op for op in (planner.shrinks[j] for i in chosen for j in [i, *planner.inner[i]]) if op is not None]
         return CheckpointPlan(
-            input_shape=list(example.shape), budget_bytes=kept_bytes, plain_saved_bytes=plain, saved_bytes=saved,
-            forward_macs=problem.forward_macs, extra_macs=int(problem.macs[chosen].sum()),
+            input_shape=list(self.example.shape), budget_bytes=self.kept_bytes, plain_saved_bytes=self.plain,
+            saved_bytes=saved, forward_macs=problem.forward_macs, extra_macs=int(problem.macs[chosen].sum()),
             forward_seconds=problem.forward_seconds, extra_seconds=float(problem.seconds[chosen].sum()),
             region_overhead_seconds=checkpoint_overhead(),
             largest_recompute_bytes=int(planner.transient[chosen].max()) if chosen else 0,
-            predicted_peak_bytes=planner.peak(chosen, grad, in_flight), plain_peak_bytes=plain_peak,
-            regions=[problem.regions[i] for i in ranges], method="modules" if found is None else "graph",
+            predicted_peak_bytes=planner.peak(chosen, self.grad, self.in_flight), plain_peak_bytes=self.plain_peak,
+            regions=[problem.regions[i] for i in ranges], method="modules" if self.note else "graph",
             saving_ops=sorted({k for op in ops for k in op.added}),
             saving_op_names=[f"{r.first} ({r.last})" for r in sorted(saving, key=lambda r: r.start or 0)],
-            grad_bytes=grad, peak_budget_bytes=peak_bytes, note=note, plain_measured_peak_bytes=plain_measured,
-            lossy=lossy_saves)
+            grad_bytes=self.grad, peak_budget_bytes=self.peak_bytes, note=self.note,
+            plain_measured_peak_bytes=self.plain_measured, lossy=self.lossy)
 
-    if peak_bytes is None or peak_bytes >= (plain_measured or plain_peak):
-        least = planner.plain  # what is kept without regions: plain's bytes, or narrowed ones
-        result = build(*(([], least) if kept_bytes is None or kept_bytes >= least
-                         else planner.choose(kept_bytes, limit)))
-        if limit is not None and kept_bytes is not None and (
-                result.largest_recompute_bytes > limit or result.saved_bytes > kept_bytes):
-            raise ConfigError(f"no plan keeps at most {kept_bytes / MIB:.1f} MiB with regions rematerialising at "
-                              f"most {limit / MIB:.1f} MiB each: allow larger regions or keep more")
-        result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
-    else:
-        result = _fit_peak(model, example, planner, build, peak_bytes, kept_bytes, grad, in_flight, measure,
-                           plain_measured or plain_peak)
-    checked = apply_plan(copy.deepcopy(model), result)  # verified, then returned unless planning ``inplace``
-    if lossy_saves is None:
+
+def _verify(model: nn.Module, checked: nn.Module, example: torch.Tensor, result: CheckpointPlan) -> None:
+    """An exact plan must leave float64 gradients as they were; lossy saves must change them within tolerance."""
+    if result.lossy is None:
         exact = result.regions or result.saving_ops
         result.grad_change = verify_plan(model, checked, example, [r.name for r in result.regions]) if exact else 0.0
-    else:
-        with step_failure(model, [r.name for r in result.regions]):
-            result.lossy_grad_error = grad_error(model, checked, example[:LOSSY_CHECK])
-        if not result.lossy_grad_error <= lossy.TOLERANCE:
-            raise ConfigError(f"lossy {lossy_saves} saves change {type(model).__name__}'s parameter gradients by "
-                              f"{result.lossy_grad_error:.2e} relative (float64), above the tolerance "
-                              f"{lossy.TOLERANCE:g}: plan without lossy saves")
-    return (apply_plan(model, result) if inplace else checked), result
+        return
+    with step_failure(model, [r.name for r in result.regions]):
+        result.lossy_grad_error = grad_error(model, checked, example[:LOSSY_CHECK])
+    if not result.lossy_grad_error <= lossy.TOLERANCE:
+        raise ConfigError(f"lossy {result.lossy} saves change {type(model).__name__}'s parameter gradients by "
+                          f"{result.lossy_grad_error:.2e} relative (float64), above the tolerance "
+                          f"{lossy.TOLERANCE:g}: plan without lossy saves")
 
 
-def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
-              build: Callable[[list[int], int], CheckpointPlan], peak: int, kept: int | None, grad: int,
-              in_flight: int, measure: bool, reference: int) -> CheckpointPlan:
-    """The cheapest of the planner's peak options found to fit ``peak``, measuring at most MEASURED: first the
-    cheapest predicted to fit (once one measures over, predictions are scaled by the worst ratio seen: on small
+def _fit_peak(model: nn.Module, example: torch.Tensor, setting: _Setting) -> CheckpointPlan:
+    """The cheapest of the planner's peak options found to fit the peak budget, measuring at most MEASURED: first
+    the cheapest predicted to fit (once one measures over, predictions are scaled by the worst ratio seen: on small
     nets they run below the measurement), then cheaper ones predicted within WINDOW of it (for large nets they
-    mostly run above), taking the first whose measured peak fits. Without a measurement (``measure`` off, or no
-    readable heap) the cheapest predicted to fit. Else ConfigError naming the smallest peak found, and its share
-    of ``reference`` (plain's peak)."""
+    mostly run above), taking the first whose measured peak fits. Without a measurement (no plain measurement, or
+    no readable heap) the cheapest predicted to fit. Else ConfigError naming the smallest peak found, and its
+    share of plain's peak."""
+    planner, peak, kept = setting.planner, setting.peak_bytes, setting.kept_bytes
+    assert peak is not None
+    grad, in_flight, measure = setting.grad, setting.in_flight, setting.plain_measured is not None
     options = [(cost, chosen, saved, predicted)
                for cost, chosen, saved in planner.peak_options(peak, grad, in_flight, kept)
                if (predicted := planner.peak(chosen, grad, in_flight)) <= WINDOW * peak]
@@ -210,7 +276,7 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
     best: tuple[float, CheckpointPlan] | None = None
 
     def fits(chosen: list[int], saved: int) -> CheckpointPlan | None:
-        result = build(chosen, saved)
+        result = setting.build(chosen, saved)
         result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
         if result.measured_peak_bytes is None:
             return result
@@ -241,7 +307,7 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, planner: Planner,
         smallest, what = min(measured), f"smallest measured peak of {len(measured)} plans tried"
     else:
         smallest, what = planner.smallest_peak(grad, in_flight), "smallest predicted peak"
-    least = f"the {what} is {smallest / MIB:.1f} MiB ({smallest / reference:.1%} of plain)"
+    least = f"the {what} is {smallest / MIB:.1f} MiB ({smallest / setting.plain_reference:.1%} of plain)"
     raise ConfigError(f"peak budget {peak / MIB:.1f} MiB{also} cannot be met at input {list(example.shape)}: "
                       f"{least}; ask for at least that, or a smaller batch")
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from branchgraph.errors import ConfigError, out_of_memory
@@ -83,12 +84,16 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
 
 
 def resolve_model(
-    model: nn.Module | str, input_size: tuple[int, ...] | None = None, kwargs: dict[str, Any] | None = None
+    model: nn.Module | str, input_size: tuple[int, ...] | None = None, kwargs: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> tuple[str, nn.Module, tuple[int, ...], int | None]:
     """(name, module, input size without the batch, classes or None) of a registry name, spec or module; the
-    input size is required where the registry does not know it."""
+    input size is required where the registry does not know it. A name's weights are drawn after seeding with
+    ``seed`` (when given), so the same name and seed give the same weights on every path."""
     if isinstance(model, str):
         info = model_info(model)
+        if seed is not None:
+            torch.manual_seed(seed)
         module, name = create_model(model, **(kwargs or {})), model
         size = input_size or info.input_size
         classes = info.num_classes

@@ -1,19 +1,43 @@
-"""What a run leaves beside its checkpoint: loss/accuracy curves (PNG), branch heatmaps and a markdown report."""
+"""What a run leaves beside its checkpoint: loss/accuracy curves (PNG), branch heatmaps and a markdown report;
+and what ``train`` returns about it."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from branchgraph.training.config import TrainConfig
 from branchgraph.training.run_state import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TrainResult:
+    """Where a run lives and how it ended."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    config: TrainConfig
+    tuning: dict[str, Any] | None = None  # what precision "auto" measured and chose (None: nothing measured)
+    is_main: bool = True  # False on the other ranks of a torchrun job, which report nothing of their own
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "final": self.final, "epochs_done": len(self.metrics),
+                "precision": self.config.precision, "channels_last": self.config.channels_last,
+                "tuning": self.tuning}
+
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from branchgraph.memory.checkpointing import CheckpointPlan
 from branchgraph.training.config import TrainConfig
 from branchgraph.training.distributed import all_reduce_sum, init_distributed, shutdown
 from branchgraph.training.evaluation import evaluate
-from branchgraph.training.report import write_outputs
+from branchgraph.training.report import TrainResult, write_outputs
 from branchgraph.training.run_state import (
     CHECKPOINT_NAME,
     atomic_write_bytes,
@@ -55,26 +55,6 @@ from branchgraph.training.setup import (
 )
 
 
-@dataclass
-class TrainResult:
-    """Where a run lives and how it ended."""
-
-    run_dir: Path
-    metrics: list[dict[str, Any]]
-    config: TrainConfig
-    tuning: dict[str, Any] | None = None  # what precision "auto" measured and chose (None: nothing measured)
-    is_main: bool = True  # False on the other ranks of a torchrun job, which report nothing of their own
-
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.metrics[-1] if self.metrics else {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "final": self.final, "epochs_done": len(self.metrics),
-                "precision": self.config.precision, "channels_last": self.config.channels_last,
-                "tuning": self.tuning}
-
-
 class Trainer:
     """One training run in one directory; ``run()`` trains to ``config.epochs`` from wherever it stands.
 
@@ -85,35 +65,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: Path | None = None, state: dict[str, Any] | None = None,
                  progress: bool = True, model: nn.Module | None = None) -> None:
         self.config = config.validate()
-        self.device = resolve_device(config.device)
-        self.info = init_distributed(self.device.type)
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        apply_heap_policy(config.heap)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.info.local_rank)
-            self.device = torch.device("cuda", self.info.local_rank)
-        splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
-        if config.batch_size % self.info.world_size:
-            raise ConfigError(
-                f"batch_size {config.batch_size} (the global batch) must be divisible by the "
-                f"{self.info.world_size} processes", "batch_size"
-            )
-        self.train_loader = BatchLoader(
-            splits["train"], config.batch_size, build_preprocess(config, True), train=True,
-            seed=config.seed, rank=self.info.rank, world_size=self.info.world_size,
-        )
-        if len(self.train_loader) == 0:
-            raise ConfigError(f"limit {config.limit} leaves fewer samples than one batch of {config.batch_size}",
-                              "limit")
-        self.eval_loaders = {
-            name: BatchLoader(splits[name], 500, build_preprocess(config, False), train=False,
-                              rank=self.info.rank, world_size=self.info.world_size)
-            for name in ("val", "test") if name in splits
-        }
+        self._start_process()
+        self._make_loaders()
         self.model = (model if model is not None else build_model(config)).to(self.device)
         self.branch_stats = BranchStats(self.model) if config.branch_stats else None
         self.progress = progress
@@ -154,6 +107,37 @@ class Trainer:
                                     else None)
             if self.info.enabled else self.model
         )
+
+    def _start_process(self) -> None:
+        """Device, process group, threads, heap policy and determinism, as the config asks."""
+        config = self.config
+        self.device = resolve_device(config.device)
+        self.info = init_distributed(self.device.type)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        apply_heap_policy(config.heap)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.info.local_rank)
+            self.device = torch.device("cuda", self.info.local_rank)
+
+    def _make_loaders(self) -> None:
+        """This rank's share of the training batches, and the validation and test loaders."""
+        config, info = self.config, self.info
+        splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
+        if config.batch_size % info.world_size:
+            raise ConfigError(f"batch_size {config.batch_size} (the global batch) must be divisible by the "
+                              f"{info.world_size} processes", "batch_size")
+        self.train_loader = BatchLoader(splits["train"], config.batch_size, build_preprocess(config, True),
+                                        train=True, seed=config.seed, rank=info.rank, world_size=info.world_size)
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"limit {config.limit} leaves fewer samples than one batch of {config.batch_size}",
+                              "limit")
+        self.eval_loaders = {name: BatchLoader(splits[name], 500, build_preprocess(config, False), train=False,
+                                               rank=info.rank, world_size=info.world_size)
+                             for name in ("val", "test") if name in splits}
 
     def _state(self) -> dict[str, Any]:
         return {

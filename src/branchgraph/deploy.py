@@ -1,7 +1,7 @@
 """The tuned choice as files a server can load: a ``torch.export`` program (``model.pt2``; compiled again with
 freezing on load when Inductor won), an ``.onnx`` for ONNX Runtime, or OpenVINO IR (``model.xml``/``.bin``), with
-``record.json`` saying which engine, how it was verified and what each candidate measured. ``load`` gives back a
-module: fp32 NCHW images in, fp32 logits out.
+``record.json`` saying which engine, how it was verified and what each candidate measured;
+``branchgraph.inference.load`` reads it back.
 
 A deployment is written into a hidden sibling folder, loaded back and verified there, and only then swapped in for
 the old one by rename: a rejected, failed or interrupted write leaves the old deployment as it was. Loading checks
@@ -12,38 +12,29 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
-import io
 import json
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from branchgraph.candidates import DTYPES
 from branchgraph.errors import ConfigError
-from branchgraph.inference.archive import check_onnx, check_program
+from branchgraph.inference.deployment import FILES, RECORD, RECORD_FORMAT, load
 from branchgraph.inference.engines import Serving, export_for_runtimes
-from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
-
-if TYPE_CHECKING:
-    from branchgraph.tune import TuneResult
-
-RECORD = "record.json"
-RECORD_FORMAT = 1
-FILES = {"torch": ["model.pt2"], "compiled": ["model.pt2"], "onnxruntime": ["model.onnx"],
-         "openvino": ["model.xml", "model.bin"]}
+from branchgraph.inference.runtimes import OpenVinoModule
+from branchgraph.passes.pipeline import optimize
+from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
+from branchgraph.tune import TuneResult
 
 
 def serving_module(model: nn.Module, example: torch.Tensor, tuning: TuneResult) -> nn.Module:
     """The chosen candidate of ``tuning`` as an uncompiled module with the original's interface (passes applied
     and verified by ``optimize`` where the candidate has them)."""
-    from branchgraph.passes.pipeline import optimize
-
     cand = tuning.chosen
     dtype = DTYPES[cand.precision] if cand.weights else None
     if cand.passes is not None:
@@ -90,8 +81,6 @@ def check_target(directory: str | Path) -> Path:
 
 def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path) -> None:
     """The chosen candidate's files and ``record.json`` in ``directory``, loaded back and checked."""
-    from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
-
     cand = tuning.chosen
     if cand.engine in ("onnxruntime", "openvino"):
         onnx_path = export_for_runtimes(model, example, directory)
@@ -185,55 +174,3 @@ def _drop_dtype_asserts(program: torch.fx.GraphModule) -> None:
                 if node.target is torch.ops.aten._assert_tensor_metadata.default:
                     module.graph.erase_node(node)
             module.recompile()
-
-
-def _read_record(directory: Path) -> dict[str, Any]:
-    try:
-        record = json.loads((directory / RECORD).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{directory} has no {RECORD}: not a directory written by optimize with tune and "
-                          "out") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {directory / RECORD} ({exc}): write it again (optimize with tune and "
-                          "out)") from None
-    if not isinstance(record, dict) or record.get("engine") not in FILES:
-        raise ConfigError(f"{directory / RECORD} names no engine branchgraph knows; write it again")
-    return record
-
-
-def _file(directory: Path, name: str) -> Path:
-    """``directory/name`` as a regular file inside the directory (never a link that leads elsewhere)."""
-    path = directory / name
-    if not path.exists():
-        raise ConfigError(f"{directory} lacks {name}: write it again (optimize with tune and out)")
-    if path.is_symlink() or not path.is_file() or path.resolve().parent != directory.resolve():
-        raise ConfigError(f"refusing to load {path}: a deployment's files are regular files inside its directory, "
-                          "not links")
-    return path
-
-
-def load(directory: str | Path, threads: int | None = None, record: dict[str, Any] | None = None) -> nn.Module:
-    """The module ``save`` wrote into ``directory``, on ``threads`` threads (default: torch's). Its files are
-    checked as data first; whatever an engine cannot load is one ConfigError line."""
-    directory = Path(directory)
-    record = record or _read_record(directory)
-    engine, precision = record["engine"], record.get("precision", "fp32")
-    files = [_file(directory, name) for name in FILES[engine]]
-    try:
-        if engine == "onnxruntime":
-            check_onnx(files[0])
-            return OnnxRuntimeModule(files[0], threads)
-        if engine == "openvino":
-            return OpenVinoModule(files[0], precision, threads)
-        data = files[0].read_bytes()
-        check_program(data, files[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = torch.export.load(io.BytesIO(data)).module()  # the bytes that were checked, not the file again
-    except ConfigError:
-        raise
-    except Exception as exc:  # a truncated or foreign file, or an engine's own error: one line
-        raise ConfigError(f"{engine} cannot load {files[0]} ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'no message'}): "
-                          "write it again (optimize with tune and out)") from None
-    return torch.compile(net, options={"freezing": True}) if engine == "compiled" else net
