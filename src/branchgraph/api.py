@@ -16,7 +16,7 @@ from branchgraph.models.registry import resolve_model
 
 if TYPE_CHECKING:  # the packages behind each entry point are imported when it is called (a light `import`)
     from branchgraph.analysis.forks import ForkGradients
-    from branchgraph.benchmark import BenchResult
+    from branchgraph.benchmark import BenchResult, ParallelBenchResult
     from branchgraph.graph.tables import Summary
     from branchgraph.memory.checkpointing import CheckpointPlan
     from branchgraph.passes.pipeline import OptimizeReport
@@ -128,6 +128,32 @@ def bench(model: Model, mode: str = "eval", batch: int = 128, input_size: tuple[
     from branchgraph.benchmark import bench as bench_model
 
     return bench_model(model, mode, batch, input_size, **options)
+
+
+def bench_parallel(model: Model, mode: str = "eval", batches: tuple[int, ...] = (1, 8, 32, 128),
+                   input_size: tuple[int, ...] | None = None, **options: Any) -> ParallelBenchResult:
+    """The model's branches run one after another against concurrently (the ``parallel`` pass), interleaved, at
+    each batch size (``branchgraph.benchmark.bench_parallel``: rounds, workers, device, model_kwargs, seed)."""
+    from branchgraph.benchmark import bench_parallel as bench_branches
+
+    return bench_branches(model, mode, batches, input_size, **options)
+
+
+def evaluate(run_dir: str | Path, split: str = "test", **options: Any) -> dict[str, Any]:
+    """Accuracy and loss of a trained run on ``split`` (``branchgraph.training.evaluate_checkpoint``: data_dir,
+    limit, precision, model, trust_checkpoint)."""
+    from branchgraph.training.evaluation import evaluate_checkpoint
+
+    return evaluate_checkpoint(run_dir, split=split, **options)
+
+
+def prune(run_dir: str | Path, amount: float = 0.5, epochs: int = 1, **options: Any) -> dict[str, Any]:
+    """Prune ``amount`` of a trained run's prunable channels and fine-tune for ``epochs``, with accuracy, parameters
+    and MACs at each stage (``branchgraph.training.prune_run.prune_and_finetune``: lr, progress, model,
+    trust_checkpoint)."""
+    from branchgraph.training.prune_run import prune_and_finetune
+
+    return prune_and_finetune(run_dir, amount, epochs, **options)
 
 
 def train(model: Model | TrainConfig = "googlenet-fmnist", preset: str = "fast", *, run_dir: str | Path | None = None,

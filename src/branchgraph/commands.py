@@ -74,10 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's checkpoint on a split."""
-    from branchgraph.training import evaluate_checkpoint
+    from branchgraph.api import evaluate
 
-    result = evaluate_checkpoint(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit,
-                                 precision=args.precision, model=args.model, trust_checkpoint=args.trust_checkpoint)
+    result = evaluate(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit, precision=args.precision,
+                      model=args.model, trust_checkpoint=args.trust_checkpoint)
     text = (f"{result['model']} after {result['epochs_trained']} epochs: {result['split']} accuracy "
             f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples, "
             f"{result['precision']})")
@@ -122,9 +122,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the interactive report page of a model (and a plan, and branch shares)."""
-    from branchgraph.interactive import write_report
+    from branchgraph.api import report
 
-    path = write_report(args.model, args.input, args.output, batch=args.batch, budget=args.budget, peak=args.peak,
+    path = report(args.model, args.input, args.output, batch=args.batch, budget=args.budget, peak=args.peak,
                   branches=args.branches, seed=args.seed, model_kwargs=args.model_kwargs)
     _emit(args, {"model": args.model, "output": str(path)}, f"wrote {path}: open it in a browser")
     return 0
@@ -204,7 +204,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_bench_parallel(args: argparse.Namespace) -> int:
     """The model's branches run one after another vs concurrently (the parallel pass), at each batch size."""
-    from branchgraph.benchmark import bench_parallel
+    from branchgraph.api import bench_parallel
     from branchgraph.hardware import resolve_device
 
     apply_heap_policy(args.heap)
@@ -217,7 +217,7 @@ def cmd_bench_parallel(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Eager vs compiled vs optimised vs optimised+compiled (and tuned), interleaved: medians, ratios, roofline."""
-    from branchgraph.benchmark import bench
+    from branchgraph.api import bench
 
     if args.peers and args.mode != "eval":
         raise ConfigError("--peers compares inference engines: use it with --mode eval")
@@ -258,13 +258,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 def cmd_branches(args: argparse.Namespace) -> int:
     """Per block: the fork's gradient, each branch's contribution and share, and the sum identity checked."""
-    import torch
+    from branchgraph.api import branches
+    from branchgraph.models import model_info
 
-    from branchgraph.analysis import fork_gradients
-
-    model, size, _ = _model(args)
-    reports = fork_gradients(model.double(), example_for(size, args.batch, args.seed, dtype=torch.float64)[0],
-                             seed=args.seed)
+    reports = branches(args.model, args.input, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
+    size = args.input or model_info(args.model).input_size  # the API took the same size
     worst = max((r.sum_error for r in reports), default=0.0)
     lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
              f"add up to each fork's within {worst:.1e} (normwise)"]
@@ -283,10 +281,10 @@ def cmd_branches(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
-    from branchgraph.training.prune_run import prune_and_finetune
+    from branchgraph.api import prune
 
-    r = prune_and_finetune(args.run, args.amount, args.epochs, args.lr, progress=not args.quiet, model=args.model,
-                           trust_checkpoint=args.trust_checkpoint)
+    r = prune(args.run, args.amount, args.epochs, lr=args.lr, progress=not args.quiet, model=args.model,
+              trust_checkpoint=args.trust_checkpoint)
     acc, params, macs = r["test_acc"], r["params"], r["macs"]
     text = (f"pruned {r['pruned_chains']} conv chains by {r['amount']:.0%}: params {params['original']:,} -> "
             f"{params['pruned']:,}, MACs {macs['original']:,} -> {macs['pruned']:,}\n"
