@@ -171,3 +171,23 @@ def test_a_killed_writes_debris_is_removed_and_foreign_folders_are_kept(tmp_path
     with pytest.raises(ConfigError, match="not a deployment written by branchgraph"):  # before any tuning
         bg.optimize(_net(), (1, 8, 8), mode="eval", tune=True, out=mine, engines=("nonesuch",))
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("engine", ["torch", pytest.param("onnxruntime", marks=needs_runtimes)])
+def test_the_deployed_module_is_the_one_returned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 engine: str) -> None:
+    from tests.nets import TimmStyleInception
+
+    def rebuilt(*_: object, **__: object) -> None:
+        pytest.fail("the deployment was built again instead of written from the module returned")
+
+    monkeypatch.setattr(deploy, "serving_module", rebuilt)
+    monkeypatch.setattr(deploy, "build_candidate", rebuilt)
+    torch.manual_seed(0)
+    out = tmp_path / "served"
+    net, report = bg.optimize(TimmStyleInception().eval(), (1, 16, 16), tune=True, tune_batch=4, engines=(engine,),
+                              out=out, cache=False, rounds=1)
+    assert report.tuning.chosen.engine == engine
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(load(out)(x), net(x), rtol=1e-5, atol=1e-5)

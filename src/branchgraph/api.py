@@ -91,7 +91,7 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     if out is not None:
         from branchgraph.deploy import save
 
-        report.deployed = save(module, example, tuning, out)
+        report.deployed = save(module, example, tuning, out, served=net)  # the module returned is the one deployed
     return net, report
 
 

@@ -25,11 +25,11 @@ from torch import nn
 from branchgraph.candidates import DTYPES
 from branchgraph.errors import ConfigError
 from branchgraph.inference.deployment import FILES, RECORD, RECORD_FORMAT, load
-from branchgraph.inference.engines import Serving, export_for_runtimes
-from branchgraph.inference.runtimes import OpenVinoModule
+from branchgraph.inference.engines import Serving
+from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.passes.pipeline import optimize
 from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
-from branchgraph.tune import TuneResult
+from branchgraph.tune import TuneResult, build_candidate
 
 
 def serving_module(model: nn.Module, example: torch.Tensor, tuning: TuneResult) -> nn.Module:
@@ -46,10 +46,12 @@ def serving_module(model: nn.Module, example: torch.Tensor, tuning: TuneResult) 
     return Serving(net.to(dtype) if dtype else net, cand.channels_last, autocast=cand.autocast, weights=dtype)
 
 
-def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: str | Path) -> Path:
-    """Write ``tuning``'s choice for ``model`` into ``directory``, load it back, check its outputs on ``example``
-    against fp32 eager (the candidate's tolerance) and write ``record.json``; returns the record's path. The files
-    replace an older deployment in ``directory`` only once they are verified."""
+def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: str | Path,
+         served: nn.Module | None = None) -> Path:
+    """Write ``tuning``'s choice for ``model`` into ``directory`` (from ``served``, the module already built for it,
+    so that what is deployed is what the caller holds; else built here), load it back, check its outputs on
+    ``example`` against fp32 eager (the candidate's tolerance) and write ``record.json``; returns the record's
+    path. The files replace an older deployment in ``directory`` only once they are verified."""
     directory = check_target(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,7 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
         raise ConfigError(f"cannot write to {directory} ({exc.strerror}): choose another out directory",
                           param="out") from None
     try:
-        _write_verified(model, example, tuning, staged)
+        _write_verified(model, example, tuning, staged, served)
         staged.chmod(0o755)
         _publish(staged, directory)
     except BaseException:
@@ -79,16 +81,21 @@ def check_target(directory: str | Path) -> Path:
     return directory
 
 
-def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path) -> None:
-    """The chosen candidate's files and ``record.json`` in ``directory``, loaded back and checked."""
+def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path,
+                    served: nn.Module | None) -> None:
+    """The chosen candidate's files (from ``served``, the module built for it, when given) and ``record.json`` in
+    ``directory``, loaded back and checked against ``model``."""
     cand = tuning.chosen
-    if cand.engine in ("onnxruntime", "openvino"):
-        onnx_path = export_for_runtimes(model, example, directory)
-        if cand.engine == "openvino":
-            OpenVinoModule(onnx_path, cand.precision).save(directory / "model.xml")
-            onnx_path.unlink()
+    if served is None:
+        served = (build_candidate(model, example, "eval", cand).net if cand.engine in ("onnxruntime", "openvino")
+                  else serving_module(model, example, tuning))
+    if isinstance(served, OnnxRuntimeModule):
+        (directory / "model.onnx").write_bytes(served.model_bytes)
+    elif isinstance(served, OpenVinoModule):
+        served.save(directory / "model.xml")
     else:
-        net = serving_module(model, example, tuning)
+        net = getattr(served, "_orig_mod", served)  # a compiled module: its program is exported, compiled on load
+        net = net if isinstance(net, Serving) else Serving(net.eval())
         batch = torch.export.Dim("batch")
         try:
             program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
