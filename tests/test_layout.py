@@ -37,7 +37,7 @@ LAYERS = (
     ("memory", "passes"),
     ("models", "analysis"),
     ("inference",),
-    ("candidates", "tuning_cache", "tune", "deploy"),
+    ("candidates", "tuning_cache", "tune_result", "tune", "deploy"),
     ("benchmark", "training", "interactive"),
     ("api",),
     ("commands", "cli_args", "cli", ""),

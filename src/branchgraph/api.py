@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the packages behind each entry point are imported when it i
     from branchgraph.passes.pipeline import OptimizeReport
     from branchgraph.training.config import TrainConfig
     from branchgraph.training.trainer import TrainResult
+    from branchgraph.tune import TunedReport
 
 Model = nn.Module | str
 
@@ -52,7 +53,7 @@ def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int 
 def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes: list[str] | None = None,
              mode: str = "eval", batch: int = 2, seed: int = 0, model_kwargs: dict[str, Any] | None = None,
              verify: bool = True, tune: bool = False, tune_batch: int = 128, out: str | Path | None = None,
-             **tune_options: Any) -> tuple[nn.Module, OptimizeReport]:
+             **tune_options: Any) -> tuple[nn.Module, OptimizeReport | TunedReport]:
     """Run graph passes (default: the mode's lossless set) on ``model`` and verify the result against it on a
     random batch of ``batch`` (outputs, and in training mode gradients and weights after an SGD step). With
     ``tune``, time precisions, layouts, {eager, the passes} and, for inference, compiled and runtime engines at
@@ -60,9 +61,8 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     return the fastest verified one as a module (fp32 in, fp32 out) whichever engine won; ``out`` (inference)
     writes it for deployment (``branchgraph.inference.load`` reads it back)."""
     from branchgraph.passes.manager import resolve
-    from branchgraph.passes.pipeline import OptimizeReport
     from branchgraph.passes.pipeline import optimize as run_passes_verified
-    from branchgraph.tune import build_candidate
+    from branchgraph.tune import TunedReport, build_candidate
     from branchgraph.tune import tune as tune_choice
 
     if out is not None and not (tune and mode == "eval"):
@@ -79,15 +79,15 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), **tune_options)
     cand = tuning.chosen
     if cand.engine == "torch" and cand.passes is not None:
-        net, report = run_passes_verified(module, example, passes=cand.pass_list(), mode=mode, verify=verify,
-                                          seed=seed)
+        net, passes_report = run_passes_verified(module, example, passes=cand.pass_list(), mode=mode, verify=verify,
+                                                 seed=seed)
+        report = TunedReport(**vars(passes_report), tuning=tuning)
     else:
-        net, report = build_candidate(module, example, mode, cand).net, OptimizeReport(mode, [])
+        net, report = build_candidate(module, example, mode, cand).net, TunedReport(mode, [], tuning=tuning)
         if cand.engine == "torch" and not cand.weights:  # eager: the layout and autocast the timings used
             from branchgraph.inference.engines import Serving
 
             net = Serving(net, cand.channels_last, autocast=cand.autocast)
-    report.tuning = tuning
     if out is not None:
         from branchgraph.deploy import save
 

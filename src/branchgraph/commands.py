@@ -153,6 +153,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     it for deployment); optionally export it to ONNX."""
     from branchgraph.api import optimize
     from branchgraph.passes.export import export_onnx
+    from branchgraph.tune import TunedReport
 
     if args.onnx and args.mode != "eval":
         raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
@@ -163,8 +164,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     optimised, report = optimize(model, size, passes=_passes(args.passes), mode=args.mode, batch=args.batch,
                                  seed=args.seed, verify=not args.no_verify, tune=args.tune, tune_batch=args.tune_batch,
                                  out=args.out, **(_tune_options(args) if args.tune else {}))
-    tuning = report.tuning
-    data = report.to_dict()
+    tuned = isinstance(report, TunedReport)
+    tuning, deployed = (report.tuning, report.deployed) if tuned else (None, None)
+    data = report.to_dict() if tuned else report.to_dict() | {"tuning": None, "deployed": None}  # the same keys
     if args.onnx:
         data["onnx"] = str(export_onnx(optimised, example, args.onnx))
     lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
@@ -189,13 +191,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                          f"float64: original {f32['original']:.1e} (worst of {len(f32['original_variants'])} "
                          f"run(s)), optimised {f32['optimised']:.1e} (limit {f32['limit']:.1e})")
         lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
-    if report.deployed:
-        record = json.loads(report.deployed.read_text())
+    if deployed:
+        record = json.loads(deployed.read_text())
         files = ", ".join(record["files"])
         error = record["verification"]["output_error_normwise"]
-        lines.append(f"  deployable {record['candidate']} written to {report.deployed.parent} ({files}); loaded "
+        lines.append(f"  deployable {record['candidate']} written to {deployed.parent} ({files}); loaded "
                      f"back: outputs {error:.1e} off fp32 normwise")
-        lines.append(f"  serve it with branchgraph.inference.load('{report.deployed.parent}')")
+        lines.append(f"  serve it with branchgraph.inference.load('{deployed.parent}')")
     if args.onnx:
         lines.append(f"  ONNX written to {data['onnx']}")
     _emit(args, data, "\n".join(lines))

@@ -12,7 +12,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from branchgraph.passes.base import check_mode
 from branchgraph.passes.pipeline import optimize
 from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
 from branchgraph.timing import interleaved_times, make_runner
+from branchgraph.tune_result import TunedReport, TuneResult
 from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, update_cache
 
 # Rounds of one candidate may differ by this share of their median before the measurement counts as disturbed (another
@@ -39,61 +40,8 @@ SPREAD_LIMIT = 0.25
 # (branchgraph.timing.interleaved_times): 3 ms of settling took OpenVINO at batch 1 from 4.2 to 1.9 ms.
 SETTLE_S = 0.01
 COMPILE_BUDGET_S = 600.0
-__all__ = ["CACHE_NAME", "DTYPES", "ENGINES", "RUNTIME_ENGINES", "Candidate", "TuneResult", "build_candidate",
-           "cache_dir", "candidates", "tune", "usable_precisions"]
-
-
-@dataclass
-class TuneResult:
-    """What was measured (or read from the cache) and what was chosen, with the reason in words: per candidate
-    its median, the spread of its rounds ((max - min) / median), its output error against fp32 eager (normwise)
-    and its compile time."""
-
-    key: dict[str, Any]
-    chosen: Candidate
-    median_s: dict[str, float] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)
-    left_out: dict[str, str] = field(default_factory=dict)
-    cached: bool = False
-    notes: list[str] = field(default_factory=list)
-    spread: dict[str, float] = field(default_factory=dict)
-    errors: dict[str, float] = field(default_factory=dict)
-    compile_s: dict[str, float] = field(default_factory=dict)
-    measured_at: str = ""
-
-    @property
-    def reason(self) -> str:
-        """Why ``chosen`` won, in one sentence that says when it was measured."""
-        if not self.median_s:
-            return f"{self.chosen.name}: the only candidate"
-        best = self.median_s[self.chosen.name]
-        worst_name = max(self.median_s, key=self.median_s.__getitem__)
-        ratio = f" ({self.median_s[worst_name] / best:.2f}x {worst_name})" if worst_name != self.chosen.name else ""
-        source = (f"cached, measured {self.measured_at}; --retune measures again" if self.cached
-                  else f"measured {self.measured_at}")
-        return (f"{self.chosen.name}: fastest whose outputs hold of {len(self.median_s)} candidates, "
-                f"{1000 * best:.1f} ms per {self.key['mode']} step{ratio} ({source})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"chosen": asdict(self.chosen) | {"name": self.chosen.name}, "reason": self.reason,
-                "median_ms": {k: 1000 * v for k, v in self.median_s.items()}, "spread": self.spread,
-                "output_error": self.errors, "compile_s": self.compile_s, "rejected": self.rejected,
-                "left_out": self.left_out, "cached": self.cached, "measured_at": self.measured_at,
-                "notes": self.notes, "key": self.key}
-
-    def to_text(self) -> str:
-        lines = [f"tuned: {self.reason}"]
-        width = max(map(len, [*self.median_s, *self.rejected, *self.left_out, ""]))
-        for name, t in sorted(self.median_s.items(), key=lambda kv: kv[1]):
-            extra = f"  rounds +-{self.spread[name] / 2:.0%}" if name in self.spread else ""
-            extra += f"  error {self.errors[name]:.1e}" if name in self.errors else ""
-            extra += f"  built in {self.compile_s[name]:.1f} s" if self.compile_s.get(name, 0) >= 0.05 else ""
-            extra += "  <- chosen" if name == self.chosen.name else ""
-            lines.append(f"  {name:<{width}} {1000 * t:9.1f} ms{extra}")
-        lines += [f"  {name:<{width}} rejected: {why}" for name, why in self.rejected.items()]
-        lines += [f"  {name:<{width}} left out: {why}" for name, why in self.left_out.items()]
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+__all__ = ["CACHE_NAME", "DTYPES", "ENGINES", "RUNTIME_ENGINES", "Candidate", "TuneResult", "TunedReport",
+           "build_candidate", "cache_dir", "candidates", "tune", "usable_precisions"]
 
 
 def _model_id(model: nn.Module) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +25,6 @@ class OptimizeReport:
     mode: str
     passes: list[PassReport]
     verification: Verification | None = None
-    tuning: Any = None  # the TuneResult that chose the passes, precision, layout and engine, when tuned
-    deployed: Path | None = None  # record.json of the files written for deployment, when asked
     captured: str = "symbolic_trace"  # or "export": torch.export's aten graph (fx's tracer could not take the model)
 
     @property
@@ -37,9 +34,7 @@ class OptimizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "captured": self.captured, "passes": [p.to_dict() for p in self.passes],
-                "verification": self.verification.to_dict() if self.verification else None,
-                "tuning": self.tuning.to_dict() if self.tuning else None,
-                "deployed": str(self.deployed) if self.deployed else None}
+                "verification": self.verification.to_dict() if self.verification else None}
 
 
 def optimize(
