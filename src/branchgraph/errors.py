@@ -60,3 +60,10 @@ def out_of_memory(exc: BaseException, during: str = "") -> OutOfMemory | None:
     size = "memory" if not found else found.group(2) or f"{int(found.group(1)) / 2**30:.2f} GiB"
     return OutOfMemory(f"out of memory{during}: allocating {size} failed; lower the batch size or the input size, "
                        "or free memory on this machine")
+
+
+def raise_if_out_of_memory(exc: BaseException, during: str = "") -> None:
+    """Raise ``exc`` as one OutOfMemory line when it is an allocation failure (see ``out_of_memory``)."""
+    oom = out_of_memory(exc, during)
+    if oom is not None:
+        raise oom from None

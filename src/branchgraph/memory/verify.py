@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from branchgraph.errors import ConfigError, out_of_memory
+from branchgraph.errors import ConfigError, raise_if_out_of_memory
 
 VERIFY = 2  # samples of the example batch every exact plan's float64 gradient check runs on (BatchNorm needs 2)
 EXACT = 1e-9  # an exact plan's parameter gradients may differ from plain's by this much, relative
@@ -50,9 +50,7 @@ def step_failure(model: nn.Module, regions: list[str] | None) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, TypeError, ValueError) as exc:
-        oom = out_of_memory(exc, f" in a training step of {type(model).__name__}")
-        if oom is not None:
-            raise oom from None
+        raise_if_out_of_memory(exc, f" in a training step of {type(model).__name__}")
         if regions is None:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

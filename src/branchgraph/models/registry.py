@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from branchgraph.errors import ConfigError, out_of_memory
+from branchgraph.errors import ConfigError, raise_if_out_of_memory
 from branchgraph.models.spec import is_spec, load_spec
 
 
@@ -77,10 +77,8 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {name!r}: {exc}") from None
     except (RuntimeError, MemoryError) as exc:
-        oom = out_of_memory(exc, f" building model {name!r} with {kwargs}")
-        if oom is None:
-            raise
-        raise oom from None
+        raise_if_out_of_memory(exc, f" building model {name!r} with {kwargs}")
+        raise
 
 
 def resolve_model(

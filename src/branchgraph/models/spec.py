@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from branchgraph.errors import ConfigError, out_of_memory
+from branchgraph.errors import ConfigError, raise_if_out_of_memory
 
 
 def is_spec(name: str) -> bool:
@@ -97,9 +97,7 @@ def load_spec(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
     try:
         model = target(**kwargs)
     except Exception as exc:
-        oom = out_of_memory(exc, f" building model spec {spec!r}")
-        if oom is not None:
-            raise oom from None
+        raise_if_out_of_memory(exc, f" building model spec {spec!r}")
         raise ConfigError(f"model spec {spec!r}: {attribute}({', '.join(kwargs)}) raised "
                           f"{type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
@@ -122,9 +120,7 @@ def check_fits(model: nn.Module, name: str, input_size: tuple[int, ...], classes
         with torch.no_grad():
             out = probe(torch.zeros(2, *input_size))
     except Exception as exc:
-        oom = out_of_memory(exc, f" trying model {name} on {shape} images")
-        if oom is not None:
-            raise oom from None
+        raise_if_out_of_memory(exc, f" trying model {name} on {shape} images")
         first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
         if first is not None and first.in_channels != input_size[0]:
             raise ConfigError(f"model {name} takes {first.in_channels}-channel images, not {input_size[0]} "

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from branchgraph.data import Preprocess
-from branchgraph.errors import ConfigError, out_of_memory
+from branchgraph.errors import ConfigError, raise_if_out_of_memory
 from branchgraph.example import example_for
 from branchgraph.memory import CheckpointPlan, plan
 from branchgraph.models import create_model
@@ -126,9 +126,7 @@ def tune_precision(model: nn.Module, c: TrainConfig, device: torch.device, info:
             try:
                 result = tune(model, example, target, "train", layouts=layouts, precisions=precisions)
             except RuntimeError as exc:
-                oom = out_of_memory(exc, f" timing training steps of batch {example.shape[0]}")
-                if oom is not None:
-                    raise oom from None
+                raise_if_out_of_memory(exc, f" timing training steps of batch {example.shape[0]}")
                 raise ConfigError(f"model {c.model} does not take Fashion-MNIST's 1x{size}x{size} input: "
                                   f"{str(exc).strip().splitlines()[0]}") from None
         tuning = result.to_dict() | {"text": result.to_text()}
