@@ -182,7 +182,7 @@ def test_the_deployed_module_is_the_one_returned(tmp_path: Path, monkeypatch: py
         pytest.fail("the deployment was built again instead of written from the module returned")
 
     monkeypatch.setattr(deploy, "serving_module", rebuilt)
-    monkeypatch.setattr(deploy, "build_candidate", rebuilt)
+    monkeypatch.setattr(deploy, "optimize", rebuilt)
     torch.manual_seed(0)
     out = tmp_path / "served"
     net, report = bg.optimize(TimmStyleInception().eval(), (1, 16, 16), tune=True, tune_batch=4, engines=(engine,),

@@ -62,7 +62,7 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     writes it for deployment (``branchgraph.inference.load`` reads it back)."""
     from branchgraph.passes.manager import resolve
     from branchgraph.passes.pipeline import optimize as run_passes_verified
-    from branchgraph.tune import TunedReport, build_candidate
+    from branchgraph.tune import TunedReport, serving_module
     from branchgraph.tune import tune as tune_choice
 
     if out is not None and not (tune and mode == "eval"):
@@ -83,11 +83,7 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
                                                  seed=seed)
         report = TunedReport(**vars(passes_report), tuning=tuning)
     else:
-        net, report = build_candidate(module, example, mode, cand).net, TunedReport(mode, [], tuning=tuning)
-        if cand.engine == "torch" and not cand.weights:  # eager: the layout and autocast the timings used
-            from branchgraph.inference.engines import Serving
-
-            net = Serving(net, cand.channels_last, autocast=cand.autocast)
+        net, report = serving_module(module, example, mode, cand), TunedReport(mode, [], tuning=tuning)
     if out is not None:
         from branchgraph.deploy import save
 

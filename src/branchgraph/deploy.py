@@ -22,28 +22,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from branchgraph.candidates import DTYPES
 from branchgraph.errors import ConfigError
 from branchgraph.inference.deployment import FILES, RECORD, RECORD_FORMAT, load
 from branchgraph.inference.engines import Serving
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.passes.pipeline import optimize
 from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
-from branchgraph.tune import TuneResult, build_candidate
-
-
-def serving_module(model: nn.Module, example: torch.Tensor, tuning: TuneResult) -> nn.Module:
-    """The chosen candidate of ``tuning`` as an uncompiled module with the original's interface (passes applied
-    and verified by ``optimize`` where the candidate has them)."""
-    cand = tuning.chosen
-    dtype = DTYPES[cand.precision] if cand.weights else None
-    if cand.passes is not None:
-        net, _ = optimize(model, example[:2], passes=cand.pass_list(), mode="eval")
-        return Serving(net.eval())
-    net = copy.deepcopy(model).eval()
-    if cand.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return Serving(net.to(dtype) if dtype else net, cand.channels_last, autocast=cand.autocast, weights=dtype)
+from branchgraph.tune import TuneResult, serving_module
 
 
 def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: str | Path,
@@ -86,9 +71,9 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
     """The chosen candidate's files (from ``served``, the module built for it, when given) and ``record.json`` in
     ``directory``, loaded back and checked against ``model``."""
     cand = tuning.chosen
-    if served is None:
-        served = (build_candidate(model, example, "eval", cand).net if cand.engine in ("onnxruntime", "openvino")
-                  else serving_module(model, example, tuning))
+    if served is None:  # passes verified here, as optimize does for the module it returns
+        served = (optimize(model, example[:2], passes=cand.pass_list(), mode="eval")[0] if cand.passes is not None
+                  else serving_module(model, example, "eval", cand))
     if isinstance(served, OnnxRuntimeModule):
         (directory / "model.onnx").write_bytes(served.model_bytes)
     elif isinstance(served, OpenVinoModule):

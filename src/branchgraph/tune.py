@@ -41,7 +41,7 @@ SPREAD_LIMIT = 0.25
 SETTLE_S = 0.01
 COMPILE_BUDGET_S = 600.0
 __all__ = ["CACHE_NAME", "DTYPES", "ENGINES", "RUNTIME_ENGINES", "Candidate", "TuneResult", "TunedReport",
-           "build_candidate", "cache_dir", "candidates", "tune", "usable_precisions"]
+           "build_candidate", "cache_dir", "candidates", "serving_module", "tune", "usable_precisions"]
 
 
 def _model_id(model: nn.Module) -> str:
@@ -66,6 +66,14 @@ def build_candidate(
         return Built(to_channels_last(net) if cand.channels_last else net, x)
     net, _ = optimize(model, example[:2], passes=cand.pass_list(), mode=mode, verify=False)
     return Built(net, x)
+
+
+def serving_module(model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate) -> nn.Module:
+    """``cand`` as the module a user calls, fp32 in and fp32 out: its built network (``build_candidate``), an eager
+    one behind ``Serving`` with the layout and autocast the timings used."""
+    net = build_candidate(model, example, mode, cand).net
+    eager = cand.engine == "torch" and not cand.weights and cand.passes is None
+    return Serving(net, cand.channels_last, autocast=cand.autocast) if eager else net
 
 
 def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx_path: Path | None = None
