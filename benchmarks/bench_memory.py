@@ -72,9 +72,10 @@ def forward_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
 def least_recomputation(model: nn.Module, x: torch.Tensor, budget: float, seconds: float) -> float | None:
     """The integer program's least recomputation at a kept ``budget`` (fraction), as a share of the forward's
     time; None if it finds no plan in ``seconds``."""
-    problem = traced_problem(copy.deepcopy(model), x, saving=True)
-    if problem is None:
+    traced = traced_problem(copy.deepcopy(model), x, saving=True)
+    if traced is None:
         return None
+    problem = traced[0]
     planner = Planner(problem.saves, problem.masks, problem.inputs, problem.seconds, problem.shrinks, problem.inner)
     solved = exact.solve(planner.candidates(), int(budget * problem.saves.total()), seconds=seconds)
     return None if solved is None else float(planner.cost[solved].sum()) / problem.forward_seconds

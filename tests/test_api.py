@@ -26,9 +26,9 @@ def test_no_function_shadows_a_module() -> None:
     assert not shadows, shadows
 
 
-def test_every_entry_point_takes_a_name_or_a_module() -> None:
-    """``optimize``, ``plan``, ``branches`` and ``summary`` from the package root, each given a registry name
-    (with ``model_kwargs`` and ``input_size``) and the same net as a module, from one call each."""
+def test_every_entry_point_takes_a_name_or_a_module(tmp_path) -> None:
+    """``optimize``, ``plan``, ``branches``, ``summary``, ``compare`` and ``draw`` from the package root, each given
+    a registry name (with ``model_kwargs`` and ``input_size``) and the same net as a module, from one call each."""
     import torch
 
     import branchgraph as bg
@@ -41,12 +41,18 @@ def test_every_entry_point_takes_a_name_or_a_module() -> None:
         optimised, report = bg.optimize(model, size, mode="eval", **options)
         assert report.ok is True and isinstance(optimised, torch.nn.Module)
         assert bg.optimize(model, size, mode="eval", verify=False, **options)[1].ok is None  # not checked: not ok
-        _, checkpoints = bg.plan(model, size, budget=0.3, batch=4, measure=False, **options)
+        _, checkpoints = bg.plan(model, size, budget=0.3, batch=4, measure=False, compare_rounds=0, **options)
         assert checkpoints.regions and checkpoints.saved_bytes <= checkpoints.budget_bytes
+        plain, planned = checkpoints.compared
+        assert planned.forward_bytes < 0.5 * plain.forward_bytes and "compared" not in checkpoints.to_dict()
         forks = bg.branches(model, size, **options)
         assert len(forks) >= 9 and all(f.sum_error < 1e-12 for f in forks)
         table = bg.summary(model, size, batch=2, **options)
         assert table.total["params"] == sum(p.numel() for p in module.parameters())
+        drawing = bg.draw(model, size, tmp_path / "net.dot", **options)
+        assert drawing.output.read_text().startswith("digraph") and drawing.blocks == 9
+    side_by_side = bg.compare(module, "googlenet-fmnist", size, model_kwargs=kwargs)
+    assert all(row["ratio"] == 1 for row in side_by_side.rows() if row["key"] in ("params", "macs"))
     assert next(module.parameters()).dtype == torch.float32  # branches works on a float64 copy
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from branchgraph.errors import ConfigError
+from branchgraph.graph.tracing import symbolic_trace
 from branchgraph.memory import plan, remove_plan, step_memory
 from branchgraph.memory.problem import Saves
 from branchgraph.memory.regions import graph as graph_regions
@@ -111,6 +112,23 @@ def test_functional_batch_norm_and_in_place_ops_in_regions(budget: float) -> Non
     _assert_equal_training(model, planned, x)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_buffer_updated_in_place_is_a_graph_node_that_passes_keep(mode: str) -> None:
+    """A counter's ``add_`` is traced as a node (not run once while tracing, then lost), and every pass of the
+    mode keeps it: the optimised graph counts its forwards as the model does."""
+    from branchgraph.passes.manager import DEFAULT_PASSES
+
+    torch.manual_seed(0)
+    model = Chain()
+    gm = symbolic_trace(model)
+    assert [int(b.count) for b in model.blocks] == [0] * 4  # tracing ran nothing
+    optimised = run_passes(gm, DEFAULT_PASSES[mode], mode).train(mode == "train")
+    with torch.no_grad():
+        optimised(torch.randn(2, 1, 16, 16))
+        optimised(torch.randn(2, 1, 16, 16))
+    assert [int(optimised.get_buffer(f"blocks.{i}.count")) for i in range(4)] == [2] * 4
+
+
 @pytest.mark.parametrize("passes", [(), ("fuse_parallel",)])
 def test_plan_of_a_graph_module_and_its_deep_copy(inception, passes: tuple[str, ...]) -> None:
     """A GraphModule (what ``optimize`` returns) plans and measures its peak like any model, and a deep copy of
@@ -201,10 +219,20 @@ def test_peak_budget_bounds_the_measured_peak_and_an_unmeetable_one_says_the_lea
     assert unmeasured.measured_peak_bytes is None and unmeasured.predicted_peak_bytes <= target
 
 
-def test_kept_and_peak_budgets_hold_together_and_training_is_unchanged() -> None:
+def test_kept_and_peak_budgets_hold_together_and_training_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """... and the model is traced once for the whole plan: every plan measured, verified and returned is applied
+    to that graph."""
+    traced = []
+
+    def counted(model: nn.Module, **options: bool) -> fx.GraphModule:
+        traced.append(type(model).__name__)
+        return symbolic_trace(model, **options)
+
+    monkeypatch.setattr(graph_regions, "symbolic_trace", counted)
     torch.manual_seed(0)
     model, x = InceptionV3Like(in_chans=1, width=0.125).double(), torch.randn(8, 1, 75, 75, dtype=torch.float64)
     planned, p = plan(model, x, 0.15, peak=0.8)
+    assert traced == ["InceptionV3Like"] and p.regions
     assert p.budget_bytes == int(0.15 * p.plain_saved_bytes) and p.saved_bytes <= p.budget_bytes
     assert p.plain_measured_peak_bytes is not None and p.measured_peak_bytes is not None
     assert p.peak_budget_bytes == int(0.8 * p.plain_measured_peak_bytes)
@@ -300,7 +328,7 @@ def test_predicted_kept_bytes_hold_when_a_region_covers_part_of_a_saving_op() ->
 
     torch.manual_seed(0)
     model, x = bg.create_model("googlenet-d2l"), torch.randn(4, 1, 96, 96)
-    problem = planning.traced_problem(copy.deepcopy(model), x, saving=True)
+    problem, _ = planning.traced_problem(copy.deepcopy(model), x, saving=True)
     planner = Planner(problem.saves, problem.masks, problem.inputs, problem.seconds, problem.shrinks, problem.inner)
     regions = problem.regions
     pairs = [(r, s) for r, region in enumerate(regions) if region.kind == "graph" and not planner.inner[r]

@@ -14,7 +14,7 @@ from torch import nn
 import branchgraph as bg
 from branchgraph import summary
 from branchgraph.graph import heap_in_use
-from branchgraph.graph.tables import Summary, compare_rows, render_compare
+from branchgraph.graph.tables import Comparison, Summary
 from tests.conftest import run_cli
 
 
@@ -35,7 +35,8 @@ def test_golden_summary(name: str, golden) -> None:
 
 
 def test_golden_compare_seed_002(golden) -> None:
-    golden("compare_branch5x5_branch3x3x2.out", render_compare(summary("branch5x5"), summary("branch3x3x2")) + "\n")
+    text = Comparison(summary("branch5x5"), summary("branch3x3x2")).to_text()
+    golden("compare_branch5x5_branch3x3x2.out", text + "\n")
 
 
 def test_vgg16_torchsummary_totals_are_seed_004s() -> None:
@@ -46,7 +47,7 @@ def test_vgg16_torchsummary_totals_are_seed_004s() -> None:
 
 
 def test_seed_002_factorisation_numbers() -> None:
-    rows = {r["key"]: r for r in compare_rows(summary("branch5x5"), summary("branch3x3x2"))}
+    rows = {r["key"]: r for r in Comparison(summary("branch5x5"), summary("branch3x3x2")).rows()}
     assert (rows["params_no_bias"]["a"], rows["params_no_bias"]["b"]) == (102_400, 73_728)
     assert rows["params_no_bias"]["ratio"] == pytest.approx(0.72)  # "28% fewer"
     assert (rows["macs"]["a"], rows["macs"]["b"]) == (224 * 224 * 64 * 64 * 25, 224 * 224 * 64 * 64 * 9 * 2)

@@ -5,9 +5,24 @@ Every entry point takes a module, a registry name or a model spec: ``bg.summary(
 ``bg.bench(...)``, ``bg.train(...)``.
 """
 
-from branchgraph.api import bench, branches, optimize, plan, report, summary, train
+from branchgraph.api import (
+    bench,
+    bench_parallel,
+    branches,
+    compare,
+    draw,
+    evaluate,
+    optimize,
+    plan,
+    prune,
+    report,
+    resume,
+    summary,
+    train,
+)
+from branchgraph.choices import Mode, Precision
 from branchgraph.models import create_model, list_models
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "bench", "branches", "create_model", "list_models", "optimize", "plan", "report", "summary",
-           "train"]
+__all__ = ["Mode", "Precision", "__version__", "bench", "bench_parallel", "branches", "compare", "create_model", "draw",
+           "evaluate", "list_models", "optimize", "plan", "prune", "report", "resume", "summary", "train"]

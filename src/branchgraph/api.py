@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from branchgraph.choices import DEFAULTS
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.models.registry import resolve_model
@@ -17,7 +18,8 @@ from branchgraph.models.registry import resolve_model
 if TYPE_CHECKING:  # the packages behind each entry point are imported when it is called (a light `import`)
     from branchgraph.analysis.forks import ForkGradients
     from branchgraph.benchmark import BenchResult, ParallelBenchResult
-    from branchgraph.graph.tables import Summary
+    from branchgraph.graph.draw import Drawing
+    from branchgraph.graph.tables import Comparison, Summary
     from branchgraph.memory.checkpointing import CheckpointPlan
     from branchgraph.passes.pipeline import OptimizeReport
     from branchgraph.training.config import TrainConfig
@@ -40,7 +42,8 @@ def _classes(module: nn.Module, size: tuple[int, ...], mode: str) -> int | None:
     return int(logits.shape[1]) if isinstance(logits, torch.Tensor) and logits.dim() == 2 else None
 
 
-def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int = 1, seed: int = 0,
+def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int = DEFAULTS["summary"]["batch"],
+            seed: int = 0,
             model_kwargs: dict[str, Any] | None = None) -> Summary:
     """Per module and per branch: output shape, parameters, forward and backward MACs, the bytes autograd saved
     for backward in a measured training step, and the step's peak."""
@@ -50,23 +53,47 @@ def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int 
     return summarise(module, size, batch, seed, name)
 
 
+def compare(model_a: Model, model_b: Model, input_size: tuple[int, ...] | None = None,
+            batch: int = DEFAULTS["compare"]["batch"], seed: int = 0, model_kwargs: dict[str, Any] | None = None
+            ) -> Comparison:
+    """Two models' summaries (``summary``) side by side at the same input: params, MACs, saved bytes, and B / A."""
+    from branchgraph.graph.tables import Comparison
+
+    return Comparison(*(summary(m, input_size, batch, seed, model_kwargs) for m in (model_a, model_b)))
+
+
+def draw(model: Model, input_size: tuple[int, ...] | None = None, output: str | Path = "graph.svg",
+         batch: int = DEFAULTS["draw"]["batch"], seed: int = 0, model_kwargs: dict[str, Any] | None = None) -> Drawing:
+    """Draw ``model``'s captured graph (forks, joins and each block's branches side by side, coloured by MACs) to
+    ``output``: .svg, .html (inline SVG) or .dot/.gv (Graphviz source)."""
+    from branchgraph.graph.draw import Drawing
+    from branchgraph.graph.draw import draw as draw_summary
+
+    s = summary(model, input_size, batch, seed, model_kwargs)
+    return Drawing(s.model, draw_summary(s, output), len(s.blocks), len(s.branches))
+
+
 def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes: list[str] | None = None,
-             mode: str = "eval", batch: int = 2, seed: int = 0, model_kwargs: dict[str, Any] | None = None,
-             verify: bool = True, tune: bool = False, tune_batch: int = 128, out: str | Path | None = None,
-             **tune_options: Any) -> tuple[nn.Module, OptimizeReport | TunedReport]:
+             mode: str = DEFAULTS["optimize"]["mode"], batch: int = DEFAULTS["optimize"]["batch"], seed: int = 0,
+             model_kwargs: dict[str, Any] | None = None, verify: bool = True, tune: bool = False,
+             tune_batch: int = DEFAULTS["optimize"]["tune_batch"], out: str | Path | None = None,
+             onnx: str | Path | None = None, **tune_options: Any) -> tuple[nn.Module, OptimizeReport | TunedReport]:
     """Run graph passes (default: the mode's lossless set) on ``model`` and verify the result against it on a
     random batch of ``batch`` (outputs, and in training mode gradients and weights after an SGD step). With
     ``tune``, time precisions, layouts, {eager, the passes} and, for inference, compiled and runtime engines at
     ``tune_batch`` (``tune_options`` go to ``branchgraph.tune.tune``: engines, retune, compile_budget...) and
     return the fastest verified one as a module (fp32 in, fp32 out) whichever engine won; ``out`` (inference)
-    writes it for deployment (``branchgraph.inference.load`` reads it back)."""
+    writes it for deployment (``branchgraph.inference.load`` reads it back). ``onnx`` (inference) exports the
+    returned module to that ONNX file (``report.onnx``)."""
     from branchgraph.passes.manager import resolve
     from branchgraph.passes.pipeline import optimize as run_passes_verified
     from branchgraph.tune import TunedReport, serving_module
     from branchgraph.tune import tune as tune_choice
 
+    if onnx is not None and mode != "eval":
+        raise ConfigError("onnx exports inference graphs: use it in eval mode", param="onnx")
     if out is not None and not (tune and mode == "eval"):
-        raise ConfigError("out writes the tuned inference model: give tune=True and mode='eval'", param="out")
+        raise ConfigError("out writes the tuned inference model: use it with tuning in eval mode", param="out")
     if out is not None:
         from branchgraph.deploy import check_target
 
@@ -74,7 +101,8 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     _, module, size, classes = resolve_model(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
     if not tune:
-        return run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
+        net, report = run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
+        return net, _exported(net, example, onnx, report)
     timed, target = example_for(size, tune_batch, seed, classes or _classes(module, size, mode))
     tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), **tune_options)
     cand = tuning.chosen
@@ -88,23 +116,43 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
         from branchgraph.deploy import save
 
         report.deployed = save(module, example, tuning, out, served=net)  # the module returned is the one deployed
-    return net, report
+    return net, _exported(net, example, onnx, report)
+
+
+def _exported(net: nn.Module, example: torch.Tensor, onnx: str | Path | None, report: OptimizeReport | TunedReport
+              ) -> OptimizeReport | TunedReport:
+    """``report``, with ``net`` exported to the ONNX file ``onnx`` where one is asked for."""
+    if onnx is not None:
+        from branchgraph.passes.export import export_onnx
+
+        report.onnx = export_onnx(net, example, onnx)
+    return report
 
 
 def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float | int | str | None = None, *,
-         peak: float | int | str | None = None, batch: int = 32, seed: int = 0,
-         model_kwargs: dict[str, Any] | None = None, **options: Any) -> tuple[nn.Module, CheckpointPlan]:
+         peak: float | int | str | None = None, batch: int = DEFAULTS["plan"]["batch"], seed: int = 0,
+         model_kwargs: dict[str, Any] | None = None, compare_rounds: int | None = None, **options: Any
+         ) -> tuple[nn.Module, CheckpointPlan]:
     """Plan activation checkpointing of ``model`` trained at ``batch`` so that what it keeps for backward fits
     ``budget`` and/or its step's peak fits ``peak`` (fractions of the plain model's, or sizes such as "300MiB");
-    ``options`` go to ``branchgraph.memory.plan`` (cost, saving_ops, measure, lossy_saves, region_limit)."""
+    ``options`` go to ``branchgraph.memory.plan`` (cost, saving_ops, measure, lossy_saves, region_limit). With
+    ``compare_rounds`` (0 or more), a training step of the plain and of the planned model is measured afterwards,
+    and that many rounds of steps timed interleaved (``plan.compared``)."""
     from branchgraph.memory.checkpointing import plan as plan_checkpointing
+    from branchgraph.memory.measure import compare_variants
 
-    _, module, size, _ = resolve_model(model, input_size, model_kwargs, seed)
+    _, module, size, classes = resolve_model(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
-    return plan_checkpointing(module, example, budget, peak=peak, **options)
+    planned, result = plan_checkpointing(module, example, budget, peak=peak, **options)
+    if compare_rounds is not None:
+        step, target = example_for(size, batch, seed, classes or _classes(module, size, "train"))
+        result.compared = compare_variants({"plain": module, "planned": planned}, step, target,
+                                           rounds=compare_rounds)
+    return planned, result
 
 
-def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: int = 2, seed: int = 0,
+def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: int = DEFAULTS["branches"]["batch"],
+             seed: int = 0,
              model_kwargs: dict[str, Any] | None = None) -> list[ForkGradients]:
     """Per fork of ``model``: its gradient in a float64 training step, each branch's contribution and share
     (the contributions are checked to add up to the fork's gradient). ``model`` itself is not changed."""
@@ -117,8 +165,8 @@ def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: 
     return fork_gradients(copy.deepcopy(module).double(), example, seed=seed)
 
 
-def bench(model: Model, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
-          **options: Any) -> BenchResult:
+def bench(model: Model, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFAULTS["bench"]["batch"],
+          input_size: tuple[int, ...] | None = None, **options: Any) -> BenchResult:
     """Time eager, compiled, optimised and (``tune=True``) tuned variants of ``model`` interleaved in this
     process: medians, ratios and achieved GFLOP/s (``branchgraph.benchmark.bench``)."""
     from branchgraph.benchmark import bench as bench_model
@@ -126,7 +174,8 @@ def bench(model: Model, mode: str = "eval", batch: int = 128, input_size: tuple[
     return bench_model(model, mode, batch, input_size, **options)
 
 
-def bench_parallel(model: Model, mode: str = "eval", batches: tuple[int, ...] = (1, 8, 32, 128),
+def bench_parallel(model: Model, mode: str = DEFAULTS["bench_parallel"]["mode"],
+                   batches: tuple[int, ...] = DEFAULTS["bench_parallel"]["batches"],
                    input_size: tuple[int, ...] | None = None, **options: Any) -> ParallelBenchResult:
     """The model's branches run one after another against concurrently (the ``parallel`` pass), interleaved, at
     each batch size (``branchgraph.benchmark.bench_parallel``: rounds, workers, device, model_kwargs, seed)."""
@@ -152,30 +201,42 @@ def prune(run_dir: str | Path, amount: float = 0.5, epochs: int = 1, **options: 
     return prune_and_finetune(run_dir, amount, epochs, **options)
 
 
-def train(model: Model | TrainConfig = "googlenet-fmnist", preset: str = "fast", *, run_dir: str | Path | None = None,
-          progress: bool = True, **settings: Any) -> TrainResult:
-    """Train on Fashion-MNIST: a registry model (or model spec) with a preset's settings and ``settings`` on top
-    (``epochs=2``, ``limit=512``...), a module of your own (it must take the preset's inputs: 1x28x28, or
-    ``resize``; its run cannot be resumed from the registry), or a complete ``TrainConfig``."""
+def train(model: Model | TrainConfig | None = None, preset: str = "fast", *, config: str | Path | None = None,
+          run_dir: str | Path | None = None, progress: bool = True, **settings: Any) -> TrainResult:
+    """Train on Fashion-MNIST: the preset's model (``googlenet-fmnist``), a registry model or model spec, with the
+    preset's settings, then those of the JSON file ``config``, then ``settings`` (``epochs=2``, ``limit=512``...);
+    a module of your own (it must take the preset's inputs: 1x28x28, or ``resize``; its run cannot be resumed from
+    the registry); or a complete ``TrainConfig``."""
     from branchgraph.training.config import TrainConfig, build_config
     from branchgraph.training.trainer import Trainer
 
     if isinstance(model, TrainConfig):
-        config, module = model, None
-    elif isinstance(model, str):
-        config, module = build_config(preset, overrides={**settings, "model": model}), None
+        settings_of, module = model, None
+    elif model is None or isinstance(model, str):
+        named = {} if model is None else {"model": model}
+        settings_of, module = build_config(preset, config, {**settings, **named}), None
     else:
-        config, module = build_config(preset, overrides=settings), model
+        settings_of, module = build_config(preset, config, settings), model
     directory = None if run_dir is None else Path(run_dir)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    return Trainer(config, directory, progress=progress, model=module).run()
+    return Trainer(settings_of, directory, progress=progress, model=module).run()
+
+
+def resume(run_dir: str | Path, **options: Any) -> TrainResult:
+    """Continue a run from its checkpoint with its saved settings (``branchgraph.training.resume``: epochs to
+    extend it, heap, data_dir, progress; a run of a model spec needs ``model``, that spec again, or
+    ``trust_checkpoint``)."""
+    from branchgraph.training.trainer import resume as resume_run
+
+    return resume_run(run_dir, **options)
 
 
 def report(model: Model, input_size: tuple[int, ...] | None = None, output: str | Path = "report.html",
-           **options: Any) -> Path:
+           batch: int = DEFAULTS["report"]["batch"], **options: Any) -> Path:
     """Write one self-contained interactive HTML page for ``model`` (``branchgraph.interactive.write_report``:
-    ``batch``, ``budget``/``peak`` for a checkpoint plan drawn on the graph, ``branches`` for gradient shares)."""
+    ``budget``/``peak`` for a checkpoint plan drawn on the graph, ``branches`` for gradient shares, ``seed``,
+    ``model_kwargs``), measured at ``batch``."""
     from branchgraph.interactive import write_report
 
-    return write_report(model, input_size, output, **options)
+    return write_report(model, input_size, output, batch=batch, **options)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from branchgraph.choices import DEFAULTS
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.graph import capture, measure
@@ -140,7 +141,8 @@ def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str],
 
 
 def bench(
-    name: nn.Module | str, mode: str = "eval", batch: int = 128, input_size: tuple[int, ...] | None = None,
+    name: nn.Module | str, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFAULTS["bench"]["batch"],
+    input_size: tuple[int, ...] | None = None,
     rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None, tune: bool = False,
     seed: int = 0, model_kwargs: dict[str, Any] | None = None, peers: bool = False, retune: bool = False,
     engines: list[str] | None = None, compile_budget: float | None = COMPILE_BUDGET_S,
@@ -229,7 +231,8 @@ class ParallelBenchResult:
 
 
 def bench_parallel(
-    name: str, mode: str = "eval", batches: tuple[int, ...] = (1, 8, 32, 128),
+    name: str, mode: str = DEFAULTS["bench_parallel"]["mode"],
+    batches: tuple[int, ...] = DEFAULTS["bench_parallel"]["batches"],
     input_size: tuple[int, ...] | None = None, rounds: int = 10, warmup: int = 2, workers: int | None = None,
     device: str = "cpu", model_kwargs: dict[str, Any] | None = None, seed: int = 0,
 ) -> ParallelBenchResult:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+from branchgraph.choices import CONCRETE_PRECISIONS, Precision
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, native_bf16
 from branchgraph.inference.runtimes import INSTALL, available
 from branchgraph.passes.manager import resolve
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {p: Precision(p).dtype for p in CONCRETE_PRECISIONS}  # precision name -> torch dtype
 ENGINES = ("torch", "compiled", "onnxruntime", "openvino")
 RUNTIME_ENGINES = ("onnxruntime", "openvino")
 

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from branchgraph.choices import CONCRETE_PRECISIONS, DEFAULTS, MODES, PRECISIONS
 from branchgraph.cli_args import (
     input_size,
     json_object,
@@ -37,9 +38,8 @@ from branchgraph.errors import BranchgraphError, Interrupted, out_of_memory
 from branchgraph.heap import HEAP_POLICIES
 from branchgraph.memory.checkpointing import COSTS
 from branchgraph.memory.lossy import LOSSY
-from branchgraph.passes.base import MODES
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
-from branchgraph.training.config import DEVICES, OPTIMIZERS, PRECISIONS, PRESETS, SCHEDULES
+from branchgraph.training.config import DEVICES, OPTIMIZERS, PRESETS, SCHEDULES
 from branchgraph.training.report import SPLITS
 
 EXIT_USAGE = 2
@@ -133,8 +133,13 @@ def _add_heap_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heap", choices=HEAP_POLICIES, default="keep", help=HEAP_HELP + " (default keep)")
 
 
+def _add_mode_flag(p: argparse.ArgumentParser, function: str, help_text: str) -> None:
+    p.add_argument("--mode", choices=MODES, default=DEFAULTS[function]["mode"].value,
+                   help=f"{help_text} (default %(default)s)")
+
+
 def _add_input_flags(
-    p: argparse.ArgumentParser, batch: int | None = 1, batch_help: str = "batch size of the measured step"
+    p: argparse.ArgumentParser, batch: int | None, batch_help: str = "batch size of the measured step"
 ) -> None:
     """--input, --model-kwargs, --seed and (unless ``batch`` is None) --batch."""
     p.add_argument("--input", metavar="C,H,W", type=input_size, help="input size without the batch (default: "
@@ -177,25 +182,26 @@ def _add_analysis(sub: Any) -> None:
     p = _command(
         sub, "summary", cmd_summary, "params, MACs, shapes and measured saved-for-backward bytes per module/branch")
     p.add_argument("model", help=MODEL_HELP)
-    _add_input_flags(p)
+    _add_input_flags(p, batch=DEFAULTS["summary"]["batch"])
     p.add_argument("--depth", type=positive_int, default=None, help="nesting depth of the module rows")
 
     p = _command(sub, "compare", cmd_compare, "two models side by side with ratios")
     p.add_argument("model_a", metavar="A", help=MODEL_HELP)
     p.add_argument("model_b", metavar="B", help=MODEL_HELP)
-    _add_input_flags(p)
+    _add_input_flags(p, batch=DEFAULTS["compare"]["batch"])
 
     p = _command(sub, "graph", cmd_graph, "draw the computation graph (.svg, .dot or self-contained .html)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--output", required=True, help="output file: .svg, .dot/.gv or .html")
-    _add_input_flags(p)
+    _add_input_flags(p, batch=DEFAULTS["draw"]["batch"])
 
     p = _command(
         sub, "report", cmd_report, "one interactive HTML page: summary, graph with collapsible blocks coloured by "
         "MACs, saved bytes or time, a checkpoint plan and branch gradient shares")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("-o", "--output", default="report.html", help="the .html file to write (default report.html)")
-    _add_input_flags(p, batch=2, batch_help="batch size of the measured step (default 2: BatchNorm needs two)")
+    _add_input_flags(p, batch=DEFAULTS["report"]["batch"], batch_help="batch size of the measured step "
+                     "(BatchNorm trains on two or more)")
     p.add_argument("--budget", help="draw the checkpoint plan for this kept-bytes budget (as memory --budget)")
     p.add_argument("--peak", help="draw the checkpoint plan for this peak budget (as memory --peak)")
     p.add_argument("--branches", action="store_true", help="add each block's branch gradient shares (float64)")
@@ -206,14 +212,14 @@ def _add_speed(sub: Any) -> None:
     p = _command(sub, "optimize", cmd_optimize, "apply verified graph passes (and optionally export ONNX)")
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--passes", help=PASSES_HELP)
-    p.add_argument("--mode", choices=MODES, default="train", help="optimise for training or inference")
-    _add_input_flags(p, batch=2, batch_help="batch of the verification input")
+    _add_mode_flag(p, "optimize", "optimise for training (gradients and weight updates verified) or inference")
+    _add_input_flags(p, batch=DEFAULTS["optimize"]["batch"], batch_help="batch of the verification input")
     p.add_argument("--no-verify", action="store_true", help="skip the verification against the original")
     p.add_argument("--tune", action="store_true", help="choose precision (bf16 only where native), layout, the "
                    "pass set and, for inference, the engine by timing each on this machine at --tune-batch; cached "
                    "per machine and model")
-    p.add_argument("--tune-batch", type=positive_int, default=128, help="batch size the --tune timings use "
-                   "(default 128)")
+    p.add_argument("--tune-batch", type=positive_int, default=DEFAULTS["optimize"]["tune_batch"],
+                   help="batch size the --tune timings use (default %(default)s)")
     _add_tune_flags(p)
     p.add_argument("--out", metavar="DIR", help="with --tune --mode eval: write the chosen model for deployment "
                    "(torch.export program, ONNX or OpenVINO IR) and record.json; branchgraph.inference.load reads it")
@@ -230,8 +236,8 @@ def _add_speed(sub: Any) -> None:
 
     p = _command(sub, "bench", cmd_bench, "time eager, torch.compile, optimised and optimised+compiled, interleaved")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
-    _add_input_flags(p, batch=128, batch_help="batch size of the timed calls")
+    _add_mode_flag(p, "bench", "time training steps or inference")
+    _add_input_flags(p, batch=DEFAULTS["bench"]["batch"], batch_help="batch size of the timed calls")
     p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP)
     p.add_argument("--passes", help=PASSES_HELP)
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
@@ -246,9 +252,10 @@ def _add_speed(sub: Any) -> None:
         sub, "bench-parallel", cmd_bench_parallel, "the model's branches run one after another vs concurrently "
         "(the parallel pass), interleaved, at each batch size")
     p.add_argument("model", help=MODEL_HELP)
-    p.add_argument("--mode", choices=MODES, default="eval", help="time training steps or inference")
-    p.add_argument("--batches", type=positive_ints, default=(1, 8, 32, 128),
-                   help="comma-separated batch sizes (default 1,8,32,128)")
+    _add_mode_flag(p, "bench_parallel", "time training steps or inference")
+    batches = DEFAULTS["bench_parallel"]["batches"]
+    p.add_argument("--batches", type=positive_ints, default=batches,
+                   help=f"comma-separated batch sizes (default {','.join(map(str, batches))})")
     _add_input_flags(p, batch=None)
     p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP)
     p.add_argument("--workers", type=positive_int, help="threads per block on CPU (default: one per branch)")
@@ -269,7 +276,7 @@ def _add_checks(sub: Any) -> None:
     p.add_argument("--lossy-saves", choices=LOSSY, help="LOSSY, off by default: keep saved activations in bf16 "
                    "(half of float32's bytes; checkpoint inputs stay whole); refused where the float64 gradients "
                    "change by more than the documented tolerance")
-    _add_input_flags(p, batch=32, batch_help="training batch size the plan is for")
+    _add_input_flags(p, batch=DEFAULTS["plan"]["batch"], batch_help="training batch size the plan is for")
     p.add_argument("--cost", choices=COSTS, default="time",
                    help="what the plan minimises: measured forward time of the recomputed layers, or their MACs")
     p.add_argument("--measure", action="store_true", help="measure a step of the plain and the planned model, "
@@ -279,14 +286,14 @@ def _add_checks(sub: Any) -> None:
 
     p = _command(sub, "branches", cmd_branches, "how each block's branches share the gradient at its fork (float64)")
     p.add_argument("model", help=MODEL_HELP)
-    _add_input_flags(p, batch=2, batch_help="batch of the measured step")
+    _add_input_flags(p, batch=DEFAULTS["branches"]["batch"], batch_help="batch of the measured step")
 
     p = _command(sub, "eval", cmd_eval, "evaluate a trained run's checkpoint")
     p.add_argument("run", metavar="RUN_DIR", help="run directory (or checkpoint file)")
     p.add_argument("--split", default="test", choices=SPLITS, help="split to evaluate on")
     p.add_argument("--data-dir", default=None, help=TRAIN_FLAGS["data_dir"]["help"])
     p.add_argument("--limit", type=positive_int, default=None, help="first N samples only (default: the run's)")
-    p.add_argument("--precision", choices=tuple(p for p in PRECISIONS if p != "auto"), default=None,
+    p.add_argument("--precision", choices=CONCRETE_PRECISIONS, default=None,
                    help="run inference in this precision instead of the run's own")
     _add_checkpoint_flags(p)
 

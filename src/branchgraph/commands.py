@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 from branchgraph.errors import ConfigError
-from branchgraph.example import example_for
 from branchgraph.heap import apply_heap_policy
 
 
@@ -18,14 +17,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """List the registered models with their input size and parameter count."""
-    from branchgraph.models import create_model, list_models, model_info
+    from branchgraph.models import model_table
 
-    rows = []
-    for name in list_models():
-        info = model_info(name)
-        params = sum(p.numel() for p in create_model(name).parameters())
-        rows.append({"name": name, "input_size": list(info.input_size or ()), "num_classes": info.num_classes,
-                     "params": params, "description": info.description})
+    rows = model_table()
     width = max(len(r["name"]) for r in rows)
     lines = [f"{'model':<{width}}  {'input':>11}  {'classes':>7}  {'params':>12}  description"]
     lines += [
@@ -46,7 +40,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model (preset, then config file, then flags), or continue a run with --resume."""
-    from branchgraph.training import build_config, resume, train
+    from branchgraph.api import resume, train
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -59,8 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                         heap=overrides.get("heap"), data_dir=overrides.get("data_dir"), model=overrides.get("model"),
                         trust_checkpoint=args.trust_checkpoint)
     else:
-        config = build_config(args.preset or "fast", args.config, overrides)
-        result = train(config, progress=not args.quiet)
+        result = train(preset=args.preset or "fast", config=args.config, progress=not args.quiet, **overrides)
     if not result.is_main:  # under torchrun only rank 0 reports, so --json stays one document
         return 0
     final = result.final
@@ -85,38 +78,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(args: argparse.Namespace, model: str) -> Any:
-    from branchgraph.api import summary
-
-    size = args.input
-    return summary(model, size, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
-
-
 def cmd_summary(args: argparse.Namespace) -> int:
     """Per-module and per-branch params, MACs and measured saved bytes of a registry model."""
-    s = _summary(args, args.model)
+    from branchgraph.api import summary
+
+    s = summary(args.model, args.input, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
     _emit(args, s.to_dict(args.depth), s.to_text(args.depth))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Two models side by side, with B / A ratios."""
-    from branchgraph.graph.tables import compare_rows, render_compare
+    from branchgraph.api import compare
 
-    a, b = _summary(args, args.model_a), _summary(args, args.model_b)
-    data = {"a": a.model, "b": b.model, "rows": compare_rows(a, b)}
-    _emit(args, data, render_compare(a, b))
+    c = compare(args.model_a, args.model_b, args.input, batch=args.batch, seed=args.seed,
+                model_kwargs=args.model_kwargs)
+    _emit(args, c.to_dict(), c.to_text())
     return 0
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Draw the computation graph with forks, joins and branches."""
-    from branchgraph.graph.draw import draw
+    from branchgraph.api import draw
 
-    s = _summary(args, args.model)
-    path = draw(s, args.output)
-    _emit(args, {"model": s.model, "output": str(path), "blocks": len(s.blocks), "branches": len(s.branches)},
-          f"wrote {path}: {len(s.blocks)} fork/join blocks, {len(s.branches)} branches")
+    d = draw(args.model, args.input, args.output, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
+    _emit(args, d.to_dict(), d.to_text())
     return 0
 
 
@@ -130,13 +116,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], int | None]:
-    """(module, input size, classes or None) of the command's model, --input and --model-kwargs; its weights
-    drawn after seeding with --seed."""
-    from branchgraph.models.registry import resolve_model
+def _input_size(args: argparse.Namespace) -> tuple[int, ...]:
+    """The input size the API ran the command's model at: --input, else the registry's (the API checked it)."""
+    from branchgraph.models import model_info
 
-    _, model, found, classes = resolve_model(args.model, args.input, args.model_kwargs, args.seed)
-    return model, found, classes
+    return tuple(args.input or model_info(args.model).input_size)
 
 
 def _passes(text: str | None) -> list[str] | None:
@@ -152,24 +136,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """Run passes on a model, verify the result; with --tune choose the fastest verified engine (and --out write
     it for deployment); optionally export it to ONNX."""
     from branchgraph.api import optimize
-    from branchgraph.passes.export import export_onnx
     from branchgraph.tune import TunedReport
 
-    if args.onnx and args.mode != "eval":
-        raise ConfigError("--onnx exports inference graphs: use it with --mode eval")
-    if args.out and not (args.tune and args.mode == "eval"):
-        raise ConfigError("--out writes the tuned inference model: use it with --tune and --mode eval")
-    model, size, _ = _model(args)
-    example, _ = example_for(size, args.batch, args.seed)
-    optimised, report = optimize(model, size, passes=_passes(args.passes), mode=args.mode, batch=args.batch,
-                                 seed=args.seed, verify=not args.no_verify, tune=args.tune, tune_batch=args.tune_batch,
-                                 out=args.out, **(_tune_options(args) if args.tune else {}))
+    _, report = optimize(args.model, args.input, passes=_passes(args.passes), mode=args.mode, batch=args.batch,
+                         seed=args.seed, model_kwargs=args.model_kwargs, verify=not args.no_verify, tune=args.tune,
+                         tune_batch=args.tune_batch, out=args.out, onnx=args.onnx,
+                         **(_tune_options(args) if args.tune else {}))
     tuned = isinstance(report, TunedReport)
     tuning, deployed = (report.tuning, report.deployed) if tuned else (None, None)
     data = report.to_dict() if tuned else report.to_dict() | {"tuning": None, "deployed": None}  # the same keys
-    if args.onnx:
-        data["onnx"] = str(export_onnx(optimised, example, args.onnx))
-    lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *size]}"]
+    lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *_input_size(args)]}"]
     if report.captured == "export":
         lines.append("  captured with torch.export (torch.fx's symbolic tracer could not take it): an aten graph, so "
                      "the passes that rewrite modules (fold_bn, fuse_parallel, prune) find nothing to change")
@@ -235,21 +211,16 @@ def cmd_memory(args: argparse.Namespace) -> int:
     """Plan checkpointing under a budget (``branchgraph.plan``, the API's path); with --measure, run steps of the
     plain and planned model to check it."""
     from branchgraph.api import plan
-    from branchgraph.memory import compare_variants, table
+    from branchgraph.memory import table
 
     apply_heap_policy(args.heap)
-    if args.budget is None and args.peak is None:
-        raise ConfigError("memory needs --budget (kept bytes), --peak (the step's peak), or both")
-    planned, p = plan(args.model, args.input, args.budget, peak=args.peak, batch=args.batch, seed=args.seed,
-                      model_kwargs=args.model_kwargs, cost=args.cost, saving_ops=not args.no_saving_ops,
-                      lossy_saves=args.lossy_saves)
-    size = tuple(p.input_shape[1:])
+    _, p = plan(args.model, args.input, args.budget, peak=args.peak, batch=args.batch, seed=args.seed,
+                model_kwargs=args.model_kwargs, cost=args.cost, saving_ops=not args.no_saving_ops,
+                lossy_saves=args.lossy_saves, compare_rounds=args.rounds if args.measure else None)
     data: dict[str, Any] = {"model": args.model, "plan": p.to_dict()}
-    text = f"{args.model}, batch {args.batch}, input {list(size)}\n{p.to_text()}"
-    if args.measure:
-        model, _, classes = _model(args)  # the same seeded weights the plan was made for
-        example, target = example_for(size, args.batch, args.seed, classes)
-        results = compare_variants({"plain": model, "planned": planned}, example, target, rounds=args.rounds)
+    text = f"{args.model}, batch {args.batch}, input {p.input_shape[1:]}\n{p.to_text()}"
+    if p.compared is not None:
+        results = p.compared
         data["measured"] = [r.to_dict(results[0]) for r in results]
         text += "\nmeasured (bytes the forward kept for backward, the step's heap peak):\n" + table(results)
         text += (f"\npeak: predicted {p.predicted_peak_bytes / 2**20:.1f} MiB, measured "
@@ -261,10 +232,9 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def cmd_branches(args: argparse.Namespace) -> int:
     """Per block: the fork's gradient, each branch's contribution and share, and the sum identity checked."""
     from branchgraph.api import branches
-    from branchgraph.models import model_info
 
     reports = branches(args.model, args.input, batch=args.batch, seed=args.seed, model_kwargs=args.model_kwargs)
-    size = args.input or model_info(args.model).input_size  # the API took the same size
+    size = _input_size(args)
     worst = max((r.sum_error for r in reports), default=0.0)
     lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
              f"add up to each fork's within {worst:.1e} (normwise)"]

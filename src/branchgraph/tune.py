@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from branchgraph.candidates import DTYPES, ENGINES, RUNTIME_ENGINES, Candidate, candidates, usable_precisions
+from branchgraph.choices import Mode
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model
 from branchgraph.heap import keeping
@@ -165,7 +166,7 @@ def _build_all(model: nn.Module, example: torch.Tensor, mode: str, found: list[C
 
 
 def tune(
-    model: nn.Module, example: torch.Tensor, target: torch.Tensor | None = None, mode: str = "train", *,
+    model: nn.Module, example: torch.Tensor, target: torch.Tensor | None = None, mode: str = Mode.TRAIN, *,
     layouts: Sequence[bool] = (False, True), pass_sets: Sequence[Sequence[str] | None] = (None,),
     precisions: Sequence[str] | None = None, engines: Sequence[str] | None = None, rounds: int = 3,
     warmup: int = 1, cache: bool = True, retune: bool = False, tolerance: float = REDUCED_PRECISION_TOLERANCE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,22 @@ def to_digraph(s: Summary) -> graphviz.Digraph:
         if "/" not in key:
             dot.subgraph(sub)
     return dot
+
+
+@dataclass
+class Drawing:
+    """A picture written: of which model, where, and how many fork/join blocks and branches it shows."""
+
+    model: str
+    output: Path
+    blocks: int
+    branches: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "output": str(self.output), "blocks": self.blocks, "branches": self.branches}
+
+    def to_text(self) -> str:
+        return f"wrote {self.output}: {self.blocks} fork/join blocks, {self.branches} branches"
 
 
 def draw(s: Summary, path: str | Path) -> Path:

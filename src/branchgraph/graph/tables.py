@@ -232,27 +232,39 @@ COMPARE_KEYS = (
 )
 
 
-def compare_rows(a: Summary, b: Summary) -> list[dict[str, Any]]:
-    """One row per figure: A's value, B's, and B / A."""
-    rows = []
-    for key, label, _ in COMPARE_KEYS:
-        va, vb = a.total[key], b.total[key]
-        rows.append({"key": key, "label": label, "a": va, "b": vb, "ratio": (vb / va) if va else None})
-    return rows
+@dataclass
+class Comparison:
+    """Two models' summaries side by side: each figure of A and of B, and B / A."""
+
+    a: Summary
+    b: Summary
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per figure: A's value, B's, and B / A."""
+        rows = []
+        for key, label, _ in COMPARE_KEYS:
+            va, vb = self.a.total[key], self.b.total[key]
+            rows.append({"key": key, "label": label, "a": va, "b": vb, "ratio": (vb / va) if va else None})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a.model, "b": self.b.model, "rows": self.rows()}
+
+    def to_text(self) -> str:
+        a, b = self.a, self.b
+        head = f"{'':<26} {a.model:>20} {b.model:>20} {'B / A':>8}"
+        where_a, where_b = shape_text([a.batch, *a.input_size]), shape_text([b.batch, *b.input_size])
+        lines = [f"A = {a.model} at {where_a}; B = {b.model} at {where_b}", head, "-" * len(head)]
+        formats = {key: f for key, _, f in COMPARE_KEYS}
+        for row in self.rows():
+            va, vb = (_compare_cell(row["key"], formats[row["key"]], row[side]) for side in ("a", "b"))
+            ratio = f"{row['ratio']:.3f}" if row["ratio"] is not None else "-"
+            lines.append(f"{row['label']:<26} {va:>20} {vb:>20} {ratio:>8}")
+        return "\n".join(lines)
 
 
-def render_compare(a: Summary, b: Summary) -> str:
-    """Two models side by side with B / A ratios."""
-    head = f"{'':<26} {a.model:>20} {b.model:>20} {'B / A':>8}"
-    where_a, where_b = shape_text([a.batch, *a.input_size]), shape_text([b.batch, *b.input_size])
-    lines = [f"A = {a.model} at {where_a}; B = {b.model} at {where_b}", head, "-" * len(head)]
-    formats = {key: f for key, _, f in COMPARE_KEYS}
-    for row in compare_rows(a, b):
-        f = formats[row["key"]]
-        va = f"{row['a']:.2f}" if f is str else f"{f(row['a'])} ({row['a']:,})" if row["key"] != "saved_bytes" \
-            else f(row["a"])
-        vb = f"{row['b']:.2f}" if f is str else f"{f(row['b'])} ({row['b']:,})" if row["key"] != "saved_bytes" \
-            else f(row["b"])
-        ratio = f"{row['ratio']:.3f}" if row["ratio"] is not None else "-"
-        lines.append(f"{row['label']:<26} {va:>20} {vb:>20} {ratio:>8}")
-    return "\n".join(lines)
+def _compare_cell(key: str, f: Any, value: Any) -> str:
+    """One figure as the comparison shows it: sizes in MB as they are, counts abbreviated with the full number."""
+    if f is str:
+        return f"{value:.2f}"
+    return f(value) if key == "saved_bytes" else f"{f(value)} ({value:,})"

@@ -86,6 +86,40 @@ def node_module(node: fx.Node) -> str:
     return ""
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer (torch.nn's own layers are leaves), with buffers read as graph nodes, so that an in-place update
+    of one (a counter's ``add_``) is in the graph instead of run once while tracing; with ``whole_autograd``, modules
+    whose class sets ``own_autograd = True`` (reversible stages: their autograd recomputes) stay whole too."""
+
+    proxy_buffer_attributes = True
+
+    def __init__(self, whole_autograd: bool) -> None:
+        super().__init__()
+        self.whole_autograd = whole_autograd
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (self.whole_autograd and getattr(m, "own_autograd", False)) or super().is_leaf_module(
+            m, module_qualified_name)
+
+
+def symbolic_trace(model: nn.Module, *, whole_autograd: bool = False) -> fx.GraphModule:
+    """``model`` traced by torch.fx, sharing its modules: the one tracing policy of every analysis and pass
+    (``whole_autograd``: for memory planning, modules with their own autograd are single nodes)."""
+    return fx.GraphModule(model, _Tracer(whole_autograd).trace(model), type(model).__name__)
+
+
+def _in_place(node: fx.Node) -> bool:
+    """A method call that changes its object in place (``buffer.add_(1)``): used or not, it is the update."""
+    return node.op == "call_method" and str(node.target).endswith("_") and not str(node.target).startswith("_")
+
+
+def eliminate_dead_code(graph: fx.Graph) -> None:
+    """fx's dead-code elimination, but in-place method calls, whose results nobody reads, are kept."""
+    for node in reversed(graph.nodes):
+        if not node.users and not node.is_impure() and not _in_place(node):
+            graph.erase_node(node)
+
+
 @dataclass
 class Capture:
     """A traced graph with ``tensor_meta`` on every node, or ``None`` with a note saying why not. ``method`` says
@@ -135,7 +169,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> Capture:
     """
     method = "symbolic_trace"
     try:
-        gm = fx.symbolic_trace(model)
+        gm = symbolic_trace(model)
     except Exception as traced:  # any tracing failure means: try torch.export, then fall back to module hooks
         try:
             gm, method = _export(model, example), "export"

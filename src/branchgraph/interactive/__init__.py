@@ -9,13 +9,14 @@ from typing import Any
 
 from torch import nn
 
+from branchgraph.choices import DEFAULTS
 from branchgraph.errors import BranchgraphError, ConfigError
 
 
 def write_report(model: nn.Module | str, input_size: tuple[int, ...] | None = None,
-                 output: str | Path = "report.html", *, batch: int = 2, budget: float | int | str | None = None,
-                 peak: float | int | str | None = None, branches: bool = False, seed: int = 0,
-                 model_kwargs: dict[str, Any] | None = None) -> Path:
+                 output: str | Path = "report.html", *, batch: int = DEFAULTS["report"]["batch"],
+                 budget: float | int | str | None = None, peak: float | int | str | None = None,
+                 branches: bool = False, seed: int = 0, model_kwargs: dict[str, Any] | None = None) -> Path:
     """Write the report page of ``model`` to ``output``: measured at ``batch``; with ``budget``/``peak`` a
     checkpoint plan (``branchgraph.plan``) drawn on the graph with its predicted and measured kept bytes and
     peak; with ``branches`` each block's branch gradient shares (float64)."""

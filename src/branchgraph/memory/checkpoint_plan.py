@@ -7,6 +7,7 @@ from typing import Any
 
 from branchgraph.memory import lossy
 from branchgraph.memory.budget import MIB
+from branchgraph.memory.measure import VariantResult
 from branchgraph.memory.problem import Region
 
 PEAK_ABOVE_PLAIN = ("the predicted peak is above the plain step's: recomputing the largest region in backward needs "
@@ -45,10 +46,12 @@ class CheckpointPlan:
     measured_peak_bytes: int | None = None
     lossy: str | None = None  # "bf16": saved activations kept in bfloat16 (branchgraph.memory.lossy), not exact
     lossy_grad_error: float | None = None  # relative change of the parameter gradients it makes (float64)
+    compared: list[VariantResult] | None = field(default=None, repr=False)  # plain and planned steps, measured
     grad_change: float | None = None  # the planned step's parameter gradients against plain's, relative (float64)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data.pop("compared")  # as rows of their own (``VariantResult.to_dict``), where they were measured
         data["regions"] = [{"name": r.name, **asdict(r)} for r in self.regions]
         data["saved_fraction"] = self.saved_bytes / self.plain_saved_bytes if self.plain_saved_bytes else 0.0
         data["extra_forward_macs_fraction"] = self.extra_macs / self.forward_macs if self.forward_macs else 0.0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.utils.checkpoint import checkpoint
 
 from branchgraph.errors import ConfigError
@@ -65,14 +65,16 @@ def _grad_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
-def traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> Problem | None:
-    """Candidate graph regions and saving options of ``net`` (traced by fx); None where fx cannot trace it."""
+def traced_problem(net: nn.Module, example: torch.Tensor, saving: bool) -> tuple[Problem, fx.Graph] | None:
+    """Candidate graph regions and saving options of ``net`` (traced by fx), and the graph they index (plans are
+    applied to copies of it, never to a new trace); None where fx cannot trace it."""
     gm = graph_regions.trace(net.train())
     if gm is None:
         return None
+    graph = copy.deepcopy(gm.graph)  # before profiling: the plans' graph as traced
     prof = graph_regions.profile_graph(gm, net, example, saving=saving)
     options = graph_regions.saving_options(gm, prof) if saving else []
-    return graph_regions.graph_problem(prof, checkpoint_overhead(), options)
+    return graph_regions.graph_problem(prof, checkpoint_overhead(), options), graph
 
 
 LOSSY_CHECK = 8  # samples of the example batch the float64 gradient check of lossy saves runs on
@@ -81,10 +83,11 @@ WINDOW = 1.5  # a plan is measured if its predicted peak is within this factor o
 # googlenet-d2l's plans ran up to 60 % above the measured peaks, and up to 12 % below on smaller nets)
 
 
-def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPlan | None) -> int | None:
-    """The heap peak of one training step of ``model`` with the plan (None: plain), or None where the heap
-    cannot be read."""
-    net = model if result is None else apply_plan(copy.deepcopy(model), result)  # step_memory runs a copy
+def _measured_peak(model: nn.Module, example: torch.Tensor, result: CheckpointPlan | None,
+                   graph: fx.Graph | None = None) -> int | None:
+    """The heap peak of one training step of ``model`` with the plan (None: plain; made on ``graph``), or None
+    where the heap cannot be read."""
+    net = model if result is None else apply_plan(copy.deepcopy(model), result, graph)  # step_memory runs a copy
     names = None if result is None else [r.name for r in result.regions]
     with torch.random.fork_rng(devices=[]), step_failure(model, names):
         return step_memory(net, example).peak_bytes
@@ -114,12 +117,12 @@ def plan(
     setting.set_budgets(*budgets)
     if setting.peak_bytes is None or setting.peak_bytes >= setting.plain_reference:
         result = setting.within_kept_budget()
-        result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
+        result.measured_peak_bytes = _measured_peak(model, example, result, setting.graph) if measure else None
     else:
         result = _fit_peak(model, example, setting)
-    checked = apply_plan(copy.deepcopy(model), result)  # verified, then returned unless planning ``inplace``
+    checked = apply_plan(copy.deepcopy(model), result, setting.graph)  # verified, returned unless ``inplace``
     _verify(model, checked, example, result)
-    return (apply_plan(model, result) if inplace else checked), result
+    return (apply_plan(model, result, setting.graph) if inplace else checked), result
 
 
 Budget = float | int  # a fraction of the plain model's figure (<= 1) or bytes
@@ -135,7 +138,8 @@ def _parsed_options(cost: str, lossy_saves: str | None, budget: float | int | st
     if lossy_saves is not None and lossy_saves not in lossy.LOSSY:
         raise ConfigError(f"lossy saves must be one of {', '.join(lossy.LOSSY)}; got {lossy_saves!r}")
     if budget is None and peak is None:
-        raise ConfigError("give a checkpoint plan a budget of kept bytes, a peak budget, or both")
+        raise ConfigError("a checkpoint plan needs a budget (the bytes kept for backward), a peak (the step's), or "
+                          "both", "budget")
     kept = None if budget is None else parse_budget(budget)
     peak_budget = None if peak is None else parse_budget(peak, "peak budget")
     region = None if region_limit is None else parse_budget(region_limit, "region limit")
@@ -156,6 +160,7 @@ class _Setting:
     note: str | None
     lossy: str | None
     plain_measured: int | None
+    graph: fx.Graph | None  # the traced graph the regions index (None: module regions)
     kept_bytes: int | None = None
     limit: int | None = None
     peak_bytes: int | None = None
@@ -164,10 +169,12 @@ class _Setting:
     def of(cls, model: nn.Module, example: torch.Tensor, saving_ops: bool, cost: str, lossy_saves: str | None,
            measure: bool) -> _Setting:
         """Profile ``model`` (a copy; graph regions where fx traces it, module regions otherwise)."""
-        net, note = copy.deepcopy(model), None
+        net, note, graph = copy.deepcopy(model), None, None
         with torch.random.fork_rng(devices=[]):  # the profiling steps' dropout must not move the caller's RNG
-            problem = traced_problem(net, example, saving_ops)
-            if problem is None:
+            traced = traced_problem(net, example, saving_ops)
+            if traced is not None:
+                problem, graph = traced
+            else:
                 note = (f"torch.fx could not trace {type(model).__name__}: regions are whole modules and "
                         "nn.Sequential runs, without saving ops")
                 problem = module_regions.module_problem(net, example)
@@ -184,7 +191,7 @@ class _Setting:
                           problem.inner, recomputed_sizes=problem.saves.sizes,
                           forward_seconds=problem.forward_seconds)
         return cls(model, example, problem, planner, note, lossy_saves,
-                   _measured_peak(model, example, None) if measure else None)
+                   _measured_peak(model, example, None) if measure else None, graph)
 
     @property
     def plain(self) -> int:
@@ -277,7 +284,7 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, setting: _Setting) -> Che
 
     def fits(chosen: list[int], saved: int) -> CheckpointPlan | None:
         result = setting.build(chosen, saved)
-        result.measured_peak_bytes = _measured_peak(model, example, result) if measure else None
+        result.measured_peak_bytes = _measured_peak(model, example, result, setting.graph) if measure else None
         if result.measured_peak_bytes is None:
             return result
         measured.append(result.measured_peak_bytes)
@@ -312,16 +319,20 @@ def _fit_peak(model: nn.Module, example: torch.Tensor, setting: _Setting) -> Che
                       f"{least}; ask for at least that, or a smaller batch")
 
 
-def apply_plan(model: nn.Module, plan: CheckpointPlan) -> nn.Module:
-    """Set ``model`` (in place) up to train with the plan; returns it."""
+def apply_plan(model: nn.Module, plan: CheckpointPlan, graph: fx.Graph | None = None) -> nn.Module:
+    """Set ``model`` (in place) up to train with the plan; returns it. ``graph``: the traced graph the plan was made
+    on (``plan`` passes it); without it the model is traced again (a model rebuilt from a checkpoint, say)."""
     if plan.method == "modules":
         module_regions.apply_module_regions(model, plan.regions)
         return model
     if not plan.regions and not plan.saving_ops and plan.lossy is None:
         return model
-    was_training = model.training
-    gm = graph_regions.trace(model.train())
-    model.train(was_training)
+    if graph is not None:
+        gm = fx.GraphModule(model, copy.deepcopy(graph), type(model).__name__)
+    else:
+        was_training = model.training
+        gm = graph_regions.trace(model.train())
+        model.train(was_training)
     if gm is None:
         raise ConfigError(f"torch.fx cannot trace {type(model).__name__} again to apply a graph plan")
     spans = [(int(r.start), int(r.stop)) for r in plan.regions if r.start is not None and r.stop is not None]

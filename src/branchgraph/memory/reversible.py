@@ -115,6 +115,8 @@ class ReversibleSequence(nn.Module):
     module's outputs), as in RevNet and memcnn's implementations.
     """
 
+    own_autograd = True  # the memory planner's tracer keeps it one node: it recomputes instead of saving
+
     def __init__(self, blocks: list[AdditiveCoupling], reversible: bool = True) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)

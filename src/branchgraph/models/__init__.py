@@ -2,9 +2,16 @@
 
 from branchgraph.models import branches, googlenet, revnet, vgg
 from branchgraph.models.inception import ConvNormAct, Inception
-from branchgraph.models.registry import ModelInfo, create_model, list_models, model_info, register_model
+from branchgraph.models.registry import (
+    ModelInfo,
+    create_model,
+    list_models,
+    model_info,
+    model_table,
+    register_model,
+)
 
 __all__ = [
     "ConvNormAct", "Inception", "ModelInfo", "branches", "create_model", "googlenet", "list_models",
-    "model_info", "register_model", "revnet", "vgg",
+    "model_info", "model_table", "register_model", "revnet", "vgg",
 ]

@@ -49,6 +49,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_table() -> list[dict[str, Any]]:
+    """Every registered model with its input size, class count, parameter count and description."""
+    return [{"name": name, "input_size": list(info.input_size or ()), "num_classes": info.num_classes,
+             "params": sum(p.numel() for p in create_model(name).parameters()), "description": info.description}
+            for name, info in ((n, model_info(n)) for n in list_models())]
+
+
 def model_info(name: str) -> ModelInfo:
     """The registry entry for ``name`` (for a spec: its factory, size and classes unknown); an unknown name
     raises ConfigError listing the known ones."""

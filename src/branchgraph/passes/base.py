@@ -8,10 +8,12 @@ from typing import Any
 
 from torch import fx, nn
 
+from branchgraph import choices
+from branchgraph.graph.tracing import eliminate_dead_code
+
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 REPORTS_KEY = "branchgraph.pass_reports"
-MODES = ("train", "eval")
 
 
 @dataclass
@@ -49,7 +51,7 @@ def start(gm: fx.GraphModule, name: str, inplace: bool) -> tuple[fx.GraphModule,
 
 def finish(gm: fx.GraphModule, report: PassReport) -> fx.GraphModule:
     """Recompile, count nodes and append the report to ``gm.meta``."""
-    gm.graph.eliminate_dead_code()
+    eliminate_dead_code(gm.graph)
     gm.delete_all_unused_submodules()
     gm.recompile()
     report.nodes_after = len(gm.graph.nodes)
@@ -63,5 +65,5 @@ def reports(gm: fx.GraphModule) -> list[PassReport]:
 
 
 def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    """ConfigError unless ``mode`` is one of ``choices.MODES``."""
+    choices.mode(mode)

@@ -20,7 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from branchgraph.graph.structure import reads_metadata
-from branchgraph.graph.tracing import node_module
+from branchgraph.graph.tracing import eliminate_dead_code, node_module
 from branchgraph.passes.base import check_mode, finish, start
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -188,6 +188,6 @@ def fold_bn(gm: fx.GraphModule, *, mode: str = "eval", inplace: bool = False) ->
         _fold(gm, norm, layers)
         folded.update(t for t in norm.targets.values() if t is not None)
         report.changed.append(f"folded {norm.name} into {', '.join(str(n.target) for n in layers)}")
-    gm.graph.eliminate_dead_code()
+    eliminate_dead_code(gm.graph)
     _drop_unread(gm, folded)
     return finish(gm, report)

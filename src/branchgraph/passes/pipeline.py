@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
+from branchgraph.choices import DEFAULTS
 from branchgraph.errors import BranchgraphError
 from branchgraph.graph.tracing import capture
 from branchgraph.passes.base import PassReport, check_mode, reports
@@ -26,6 +28,7 @@ class OptimizeReport:
     passes: list[PassReport]
     verification: Verification | None = None
     captured: str = "symbolic_trace"  # or "export": torch.export's aten graph (fx's tracer could not take the model)
+    onnx: Path | None = None  # the ONNX file the optimised model was exported to, when asked
 
     @property
     def ok(self) -> bool | None:
@@ -33,15 +36,16 @@ class OptimizeReport:
         return None if self.verification is None else not self.verification.failures()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "captured": self.captured, "passes": [p.to_dict() for p in self.passes],
+        data = {"mode": self.mode, "captured": self.captured, "passes": [p.to_dict() for p in self.passes],
                 "verification": self.verification.to_dict() if self.verification else None}
+        return data | ({"onnx": str(self.onnx)} if self.onnx is not None else {})
 
 
 def optimize(
     model: nn.Module,
     example: torch.Tensor,
     passes: Sequence[str] | None = None,
-    mode: str = "train",
+    mode: str = DEFAULTS["optimize"]["mode"],
     verify: bool = True,
     seed: int = 0,
 ) -> tuple[fx.GraphModule, OptimizeReport]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from branchgraph.graph.tracing import eliminate_dead_code
 from branchgraph.passes.base import DROPOUTS, check_mode, finish, start
 
 
@@ -50,7 +51,7 @@ def prune(gm: fx.GraphModule, *, mode: str = "train", inplace: bool = False) -> 
             gm.graph.erase_node(node)
             report.changed.append(f"replaced {node.target} (all-zero weights) by zeros")
     before = len(gm.graph.nodes)
-    gm.graph.eliminate_dead_code()
+    eliminate_dead_code(gm.graph)
     if len(gm.graph.nodes) < before:
         report.changed.append(f"removed {before - len(gm.graph.nodes)} unused nodes")
     return finish(gm, report)

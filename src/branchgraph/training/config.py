@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from branchgraph.choices import PRECISIONS
 from branchgraph.errors import ConfigError
 from branchgraph.heap import HEAP_POLICIES
 from branchgraph.memory.budget import parse_budget
@@ -18,7 +19,6 @@ from branchgraph.models.spec import is_spec
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 

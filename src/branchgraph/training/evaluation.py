@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from branchgraph.choices import CONCRETE_PRECISIONS
+from branchgraph.choices import precision as checked_precision
 from branchgraph.data import BatchLoader, load_fashion_mnist
 from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.hardware import resolve_device
-from branchgraph.training.config import PRECISIONS, TrainConfig
+from branchgraph.training.config import TrainConfig
 from branchgraph.training.distributed import DistInfo, all_reduce_sum
 from branchgraph.training.run_state import epochs_done, load_checkpoint, resolve_checkpoint, saved_config
 from branchgraph.training.setup import autocast_for, build_model, build_preprocess, to_device
@@ -77,9 +79,7 @@ def evaluate_checkpoint(
     if data_dir is not None:
         config.data_dir = data_dir
     if precision is not None:
-        if precision not in PRECISIONS or precision == "auto":
-            raise ConfigError(f"precision must be one of fp32, bf16, fp16; got {precision!r}")
-        config.precision = precision
+        config.precision = checked_precision(precision, CONCRETE_PRECISIONS).value
     splits = load_fashion_mnist(config.data_dir, config.val_size, limit if limit is not None else config.limit)
     if split not in splits:
         raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")

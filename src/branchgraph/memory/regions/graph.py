@@ -17,11 +17,10 @@ import torch
 from torch import fx, nn
 
 from branchgraph.graph.record import SavedTensors, StorageTable, leaf_macs, tensors
-from branchgraph.graph.tracing import layer_failure, node_module
+from branchgraph.graph.tracing import layer_failure, node_module, symbolic_trace
 from branchgraph.memory import lossy, saving_ops
 from branchgraph.memory.problem import Problem, Region, Saves, Shrink
 from branchgraph.memory.regions import timing as unit_timing
-from branchgraph.memory.reversible import ReversibleSequence
 
 COMPUTE = ("call_module", "call_function", "call_method")
 SHORT = 12  # longest non-cut range considered, in units (an Inception branch, a norm-act-conv chain)
@@ -222,17 +221,10 @@ def range_seconds(prof: GraphProfile, rng: Range) -> float:
     return float(prof.seconds[rng.start:last].sum() + (0.0 if prof.pre_saves[last] else prof.seconds[last]))
 
 
-class _Tracer(fx.Tracer):
-    """fx's tracer, but reversible stages stay whole: their custom autograd recomputes instead of saving."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, ReversibleSequence) or super().is_leaf_module(m, module_qualified_name)
-
-
 def trace(model: nn.Module) -> fx.GraphModule | None:
     """``model`` traced by torch.fx, sharing its modules; None where fx cannot trace it."""
     try:
-        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+        return symbolic_trace(model, whole_autograd=True)
     except Exception:  # any tracing failure means: plan on module regions instead
         return None
 
