@@ -45,7 +45,9 @@ def _run_child(request: dict) -> None:
 
 def serve() -> None:
     """The server loop: fork per request, report pid and exit status."""
-    import branchgraph.cli  # noqa: F401  (imported once, here, for every child)
+    import branchgraph.api
+    import branchgraph.cli
+    import branchgraph.cli_flags  # noqa: F401  (imported once, here, for every child; the CLI imports these late)
 
     for line in sys.stdin:
         pid = os.fork()

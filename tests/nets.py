@@ -600,6 +600,20 @@ class TimmStyleInception(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class TwoBranchNet(nn.Module):
+    """A user's small two-branch classifier (3x3 and 5x5 convolutions side by side, concatenated), for any number
+    of input channels and classes."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 3) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(in_chans, 8, 5, padding=2), nn.ReLU())
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+
 # Small inputs the registry models accept (vgg16's classifier needs 224x224): every layer still runs, in a fraction
 # of the time.
 SMALL_SIZES = {"vgg16": (3, 224, 224), "branch5x5": (64, 12, 12), "branch3x3x2": (64, 12, 12)}

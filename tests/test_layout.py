@@ -40,7 +40,7 @@ LAYERS = (
     ("candidates", "tuning_cache", "tune_result", "tune", "deploy"),
     ("benchmark", "training", "interactive"),
     ("api",),
-    ("commands", "cli_args", "cli", ""),
+    ("commands", "cli_args", "cli_flags", "cli", ""),
 )
 
 

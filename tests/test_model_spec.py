@@ -165,3 +165,23 @@ def test_timm_spec_without_timm_says_how_to_get_it_and_with_timm_builds(tmp_path
     else:
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["modules"][-1]["output_shape"][-1] == 10
+
+
+def test_a_timm_that_fails_to_import_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm beside a torchvision built for another torch fails inside its import (torchvision's ``nms``
+    operator): one line naming the fix, not the import's traceback."""
+    import importlib.abc
+
+    from branchgraph.models import create_model
+
+    class BrokenTorchvision(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "timm":
+                raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.delitem(sys.modules, "timm", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [BrokenTorchvision(), *sys.meta_path])
+    with pytest.raises(ConfigError, match=r"importing timm failed \(RuntimeError: operator torchvision::nms does "
+                                          r"not exist\); its torchvision does not match torch") as error:
+        create_model("timm:resnet18")
+    assert "\n" not in str(error.value)

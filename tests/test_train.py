@@ -54,7 +54,7 @@ def test_train_api_writes_every_output(tmp_path: Path, data_dir: Path) -> None:
     result = train(config, progress=False)
     run = result.run_dir
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.pt", "config.json", "curves.png", "metrics.jsonl", "report.md", "tuning.json"]
+        "checkpoint.pt", "config.json", "curves.png", "metrics.csv", "metrics.jsonl", "report.md", "tuning.json"]
     # precision "auto" and channels_last None are resolved by measurement; the saved settings are the resolved ones
     assert (config.precision, config.channels_last) == ("auto", None)
     resolved = result.config

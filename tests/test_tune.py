@@ -60,7 +60,7 @@ def test_pass_sets_drop_layout_and_precision_and_keep_parallel_last() -> None:
 
 def test_tune_times_every_candidate_caches_and_leaves_the_model_alone(tuning_cache: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tune_module, "SPREAD_LIMIT", float("inf"))  # a tiny model's rounds vary; not the point here
+    monkeypatch.setattr(tune_module, "SIGN_SHARE", 0.0)  # a tiny model's rounds vary; not the point here
     torch.manual_seed(0)
     model = TimmStyleInception()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -202,14 +202,19 @@ def prune(run_dir: str | Path, amount: float = 0.5, epochs: int = 1, **options: 
 
 
 def train(model: Model | TrainConfig | None = None, preset: str = "fast", *, config: str | Path | None = None,
-          run_dir: str | Path | None = None, progress: bool = True, **settings: Any) -> TrainResult:
-    """Train on Fashion-MNIST: the preset's model (``googlenet-fmnist``), a registry model or model spec, with the
-    preset's settings, then those of the JSON file ``config``, then ``settings`` (``epochs=2``, ``limit=512``...);
-    a module of your own (it must take the preset's inputs: 1x28x28, or ``resize``; its run cannot be resumed from
-    the registry); or a complete ``TrainConfig``."""
+          data: Any = None, run_dir: str | Path | None = None, progress: bool = True, **settings: Any
+          ) -> TrainResult:
+    """Train the preset's model (``googlenet-fmnist``), a registry model or model spec, with the preset's settings,
+    then those of the JSON file ``config``, then ``settings`` (``epochs=2``, ``limit=512``...); a module of your
+    own (its run cannot be resumed from the registry); or a complete ``TrainConfig``. ``data``: Fashion-MNIST by
+    default; an image folder (``DIR/train/<class>/*.png``, ``val/``, ``test/``) or a ``pkg.mod:factory`` /
+    ``file.py:factory`` returning ``(train, val[, test])``; or those datasets or DataLoaders themselves, read into
+    memory. A registry model gets the data's channels and class count; other models must take them."""
     from branchgraph.training.config import TrainConfig, build_config
     from branchgraph.training.trainer import Trainer
 
+    if isinstance(data, str):
+        settings, data = {**settings, "data": data}, None
     if isinstance(model, TrainConfig):
         settings_of, module = model, None
     elif model is None or isinstance(model, str):
@@ -220,14 +225,14 @@ def train(model: Model | TrainConfig | None = None, preset: str = "fast", *, con
     directory = None if run_dir is None else Path(run_dir)
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-    return Trainer(settings_of, directory, progress=progress, model=module).run()
+    return Trainer(settings_of, directory, progress=progress, model=module, data=data).run()
 
 
 def resume(run_dir: str | Path, **options: Any) -> TrainResult:
     """Continue a run from its checkpoint with its saved settings (``branchgraph.training.resume``: epochs to
-    extend it, heap, data_dir, progress; a run of a model spec needs ``model``, that spec again, or
-    ``trust_checkpoint``)."""
-    from branchgraph.training.trainer import resume as resume_run
+    extend it, heap, data_dir, progress; a run of a model or data spec needs ``model``/``data``, that spec again,
+    or ``trust_checkpoint``; a run on datasets given in Python needs them again as ``data``)."""
+    from branchgraph.training.runs import resume as resume_run
 
     return resume_run(run_dir, **options)
 

@@ -77,6 +77,9 @@ class BenchResult:
                              for v, t in self.median_s.items()},
                 "tuning": self.tuning.to_dict() if self.tuning else None, "notes": self.notes}
 
+    def __str__(self) -> str:
+        return self.to_text()
+
     def to_text(self) -> str:
         d = self.to_dict()
         peaks = ", ".join(f"{p} {g:.0f}" for p, g in self.peak_gflops.items())
@@ -219,6 +222,9 @@ class ParallelBenchResult:
                 "rounds": self.rounds, "workers": self.workers, "threads": torch.get_num_threads(),
                 "batches": {str(b): {"sequential_ms": 1000 * t["sequential"], "parallel_ms": 1000 * t["parallel"],
                                      "speedup": t["sequential"] / t["parallel"]} for b, t in self.median_s.items()}}
+
+    def __str__(self) -> str:
+        return self.to_text()
 
     def to_text(self) -> str:
         d = self.to_dict()

@@ -44,24 +44,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _train_overrides(args)
     if args.resume:
-        extra = sorted(set(overrides) - {"epochs", "data_dir", "heap", "model"})
+        extra = sorted(set(overrides) - {"epochs", "data_dir", "heap", "model", "data"})
         if extra or args.config or args.preset:
             named = ", ".join(f"--{k.replace('_', '-')}" for k in extra) or "--preset/--config"
             raise ConfigError(f"--resume continues the run's saved settings; drop {named} (only --epochs, --heap "
                               "and --data-dir may change)")
         result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"),
                         heap=overrides.get("heap"), data_dir=overrides.get("data_dir"), model=overrides.get("model"),
-                        trust_checkpoint=args.trust_checkpoint)
+                        trust_checkpoint=args.trust_checkpoint, data=overrides.get("data"))
     else:
         result = train(preset=args.preset or "fast", config=args.config, progress=not args.quiet, **overrides)
     if not result.is_main:  # under torchrun only rank 0 reports, so --json stays one document
         return 0
-    final = result.final
-    text = (f"run {result.run_dir}: {len(result.metrics)} epochs, "
-            f"test accuracy {final.get('test_acc', float('nan')):.4f}, {final.get('elapsed_s', 0):.0f} s of training"
-            f" in {result.config.precision}, {'channels_last' if result.config.channels_last else 'NCHW'}"
-            + (f" (auto: {result.tuning['reason']})" if result.tuning else ""))
-    _emit(args, result.to_dict(), text)
+    _emit(args, result.to_dict(), result.to_text())
     return 0
 
 
@@ -70,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from branchgraph.api import evaluate
 
     result = evaluate(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit, precision=args.precision,
-                      model=args.model, trust_checkpoint=args.trust_checkpoint)
+                      model=args.model, trust_checkpoint=args.trust_checkpoint, data=args.data)
     text = (f"{result['model']} after {result['epochs_trained']} epochs: {result['split']} accuracy "
             f"{result['accuracy']:.4f}, loss {result['loss']:.4f} ({result['samples']} samples, "
             f"{result['precision']})")
@@ -142,41 +137,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                          seed=args.seed, model_kwargs=args.model_kwargs, verify=not args.no_verify, tune=args.tune,
                          tune_batch=args.tune_batch, out=args.out, onnx=args.onnx,
                          **(_tune_options(args) if args.tune else {}))
-    tuned = isinstance(report, TunedReport)
-    tuning, deployed = (report.tuning, report.deployed) if tuned else (None, None)
-    data = report.to_dict() if tuned else report.to_dict() | {"tuning": None, "deployed": None}  # the same keys
-    lines = [f"{args.model} ({args.mode} mode), input {[args.batch, *_input_size(args)]}"]
-    if report.captured == "export":
-        lines.append("  captured with torch.export (torch.fx's symbolic tracer could not take it): an aten graph, so "
-                     "the passes that rewrite modules (fold_bn, fuse_parallel, prune) find nothing to change")
-    if tuning:
-        lines.append(tuning.to_text())
-    for p in report.passes:
-        lines.append(f"  {p.name:<14} nodes {p.nodes_before} -> {p.nodes_after}; "
-                     f"{len(p.changed)} changes, {len(p.skipped)} skipped")
-        lines += [f"      {c}" for c in p.changed[:args.show]]
-        for reason, subjects in p.skipped_by_reason().items():
-            named = [s.split(" [")[0] for s in subjects if s]  # the details are in --json
-            example = f" ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})" if named else ""
-            lines.append(f"      skipped {len(subjects)}: {reason}{example}")
-    if data["verification"]:
-        v = data["verification"]
-        for family, c in v["float64_equivalence"].items():
-            f32 = v["float32_error_vs_float64"][family]
-            lines.append(f"  {family:<19} float64 normwise diff {c['norm_rel']:.1e}; float32 normwise error vs "
-                         f"float64: original {f32['original']:.1e} (worst of {len(f32['original_variants'])} "
-                         f"run(s)), optimised {f32['optimised']:.1e} (limit {f32['limit']:.1e})")
-        lines.append("  verified: " + ("ok" if v["ok"] else "FAILED"))
-    if deployed:
-        record = json.loads(deployed.read_text())
-        files = ", ".join(record["files"])
-        error = record["verification"]["output_error_normwise"]
-        lines.append(f"  deployable {record['candidate']} written to {deployed.parent} ({files}); loaded "
-                     f"back: outputs {error:.1e} off fp32 normwise")
-        lines.append(f"  serve it with branchgraph.inference.load('{deployed.parent}')")
-    if args.onnx:
-        lines.append(f"  ONNX written to {data['onnx']}")
-    _emit(args, data, "\n".join(lines))
+    data = report.to_dict() if isinstance(report, TunedReport) else report.to_dict() | {"tuning": None,
+                                                                                        "deployed": None}
+    text = report.to_text(args.show)
+    header = f"{args.model} ({args.mode} mode), input {[args.batch, *_input_size(args)]}"
+    _emit(args, data, header + ("\n" + text if text else ""))
     return 0
 
 
@@ -238,14 +203,7 @@ def cmd_branches(args: argparse.Namespace) -> int:
     worst = max((r.sum_error for r in reports), default=0.0)
     lines = [f"{args.model}, input {[args.batch, *size]}, float64: {len(reports)} forks; the branches' gradients "
              f"add up to each fork's within {worst:.1e} (normwise)"]
-    for r in reports:
-        if r.note:
-            lines.append(f"  {r.block:<28} fork {r.fork:<16} |g| 0: {r.note}")
-            continue
-        lines.append(f"  {r.block:<28} fork {r.fork:<16} |g| {r.grad_norm:.3e}  imbalance {r.imbalance:6.2f}")
-        lines += [f"      {b.name:<34} |g_i| {b.grad_norm:.3e}  share {b.share:6.1%}"
-                  + ("  (no gradient: a zero-initialised layer on this branch?)" if b.grad_norm == 0 else "")
-                  for b in r.branches]
+    lines += [r.to_text() for r in reports]
     _emit(args, {"model": args.model, "input": [args.batch, *size], "max_sum_error": worst,
                  "forks": [r.to_dict() for r in reports]}, "\n".join(lines))
     return 0 if worst < 1e-9 else 1
@@ -256,7 +214,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from branchgraph.api import prune
 
     r = prune(args.run, args.amount, args.epochs, lr=args.lr, progress=not args.quiet, model=args.model,
-              trust_checkpoint=args.trust_checkpoint)
+              trust_checkpoint=args.trust_checkpoint, data=args.data)
     acc, params, macs = r["test_acc"], r["params"], r["macs"]
     text = (f"pruned {r['pruned_chains']} conv chains by {r['amount']:.0%}: params {params['original']:,} -> "
             f"{params['pruned']:,}, MACs {macs['original']:,} -> {macs['pruned']:,}\n"

@@ -36,7 +36,9 @@ from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, update_c
 
 # Rounds of one candidate may differ by this share of their median before the measurement counts as disturbed (another
 # job on the cores): it is measured again with twice the rounds, and not cached if the rounds still disagree.
-SPREAD_LIMIT = 0.25
+TIE = 0.05  # candidates whose paired-round ratio is within 5 % of 1 are as fast: either choice is right
+SIGN_SHARE = 0.75  # else the fastest must win this share of the interleaved rounds against each other candidate
+REPAY_SHARE = 0.1  # timing may take at most this share of the training steps its choice serves
 # Untimed calls of a candidate before each timed one when engines with thread pools of their own are compared
 # (branchgraph.timing.interleaved_times): 3 ms of settling took OpenVINO at batch 1 from 4.2 to 1.9 ms.
 SETTLE_S = 0.01
@@ -118,19 +120,30 @@ def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
 
 def _measure(runs: dict[str, Any], rounds: int, warmup: int,
              settle_s: float) -> tuple[dict[str, float], dict[str, float], str | None]:
-    """Medians and per-round spreads of ``runs`` timed interleaved; measured again with twice the rounds when a
-    spread passes ``SPREAD_LIMIT``, and a note when it still does (the machine was busy: not worth caching)."""
-    medians, spread = {}, {}
+    """Medians and per-round spreads of ``runs`` timed interleaved; measured again with twice the rounds when the
+    rounds do not settle which is fastest (``_unsettled``), and a note when they still do not (not cached)."""
+    medians, spread, doubt = {}, {}, None
     for attempt in (rounds, 2 * rounds):
         times = interleaved_times(runs, attempt, warmup if attempt == rounds else 0, settle_s)
         medians = {k: statistics.median(t) for k, t in times.items()}
         spread = {k: (max(t) - min(t)) / medians[k] for k, t in times.items()}
-        if max(spread.values()) <= SPREAD_LIMIT:
+        doubt = _unsettled(times, medians)
+        if doubt is None:
             return medians, spread, None
-    worst = max(spread, key=spread.__getitem__)
-    return medians, spread, (f"rounds of {worst} differed by {spread[worst]:.0%} of its median (more than "
-                             f"{SPREAD_LIMIT:.0%}) in two measurements: the machine is busy, so this choice is not "
-                             "cached")
+    return medians, spread, f"{doubt} in two measurements: the machine is busy, so this choice is not cached"
+
+
+def _unsettled(times: dict[str, list[float]], medians: dict[str, float]) -> str | None:
+    """Why the rounds leave the fastest candidate in doubt, or None. Each round times every candidate back to back,
+    so a busy machine slows them alike: a candidate is compared with the fastest round by round (their ratio), and
+    the fastest must win at least SIGN_SHARE of the rounds against it, unless their median ratio is within TIE."""
+    best = min(medians, key=medians.__getitem__)
+    for name, t in times.items():
+        ratios = [a / b for a, b in zip(t, times[best], strict=True)]
+        wins = sum(r > 1 for r in ratios)
+        if name != best and abs(statistics.median(ratios) - 1) > TIE and wins < SIGN_SHARE * len(ratios):
+            return f"{best} was faster than {name} in only {wins} of {len(ratios)} interleaved rounds"
+    return None
 
 
 def _build_all(model: nn.Module, example: torch.Tensor, mode: str, found: list[Candidate],
@@ -170,14 +183,16 @@ def tune(
     layouts: Sequence[bool] = (False, True), pass_sets: Sequence[Sequence[str] | None] = (None,),
     precisions: Sequence[str] | None = None, engines: Sequence[str] | None = None, rounds: int = 3,
     warmup: int = 1, cache: bool = True, retune: bool = False, tolerance: float = REDUCED_PRECISION_TOLERANCE,
-    compile_budget: float | None = COMPILE_BUDGET_S,
+    compile_budget: float | None = COMPILE_BUDGET_S, serves: int | None = None,
 ) -> TuneResult:
     """Time every candidate (see ``candidates``) on ``example`` (and ``target`` for training steps) interleaved,
     reject one whose main output is further than ``tolerance`` (reduced precision) or ``FP32_TOLERANCE`` (fp32)
     from fp32 eager's normwise, and choose the fastest left. ``model`` is not modified. With ``cache``, the choice
     is read from and written to ``cache_dir()/tune.json`` under the processor, torch version, model, input shape,
-    mode and candidates (``retune``: measure again and overwrite); a measurement whose rounds disagree by more than
-    ``SPREAD_LIMIT`` twice is not cached."""
+    mode and candidates (``retune``: measure again and overwrite); a measurement whose rounds leave the fastest in
+    doubt twice (``_unsettled``) is not cached. ``serves``: the steps the choice will run (a training run's); where
+    timing would take more than REPAY_SHARE of them, the first candidate is taken unmeasured (a cached choice is
+    still used)."""
     check_mode(mode)
     if rounds <= 0 or warmup < 0:
         raise ConfigError(f"rounds must be > 0 and warmup >= 0; got rounds={rounds}, warmup={warmup}")
@@ -201,6 +216,11 @@ def tune(
     now = time.strftime("%Y-%m-%d %H:%M")
     if len(found) == 1:
         return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now)
+    cost = len(found) * (warmup + rounds)
+    if serves is not None and cost > REPAY_SHARE * serves:
+        why = (f"untimed: this run's {serves} steps are too few to repay timing {len(found)} candidates (about "
+               f"{cost} steps, over {REPAY_SHARE:.0%} of them)")
+        return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now, untimed=why)
     y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=device)
     built, failed = _build_all(model, example, mode, found, compile_budget)
     left_out |= failed

@@ -3,6 +3,7 @@ time, and why the choice won), and the report of an optimisation chosen by tunin
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,13 @@ class TuneResult:
     errors: dict[str, float] = field(default_factory=dict)
     compile_s: dict[str, float] = field(default_factory=dict)
     measured_at: str = ""
+    untimed: str = ""  # why the choice was taken without timing the candidates (a run too short to repay it)
 
     @property
     def reason(self) -> str:
         """Why ``chosen`` won, in one sentence that says when it was measured."""
         if not self.median_s:
-            return f"{self.chosen.name}: the only candidate"
+            return f"{self.chosen.name}: {self.untimed or 'the only candidate'}"
         best = self.median_s[self.chosen.name]
         worst_name = max(self.median_s, key=self.median_s.__getitem__)
         ratio = f" ({self.median_s[worst_name] / best:.2f}x {worst_name})" if worst_name != self.chosen.name else ""
@@ -48,6 +50,9 @@ class TuneResult:
                 "output_error": self.errors, "compile_s": self.compile_s, "rejected": self.rejected,
                 "left_out": self.left_out, "cached": self.cached, "measured_at": self.measured_at,
                 "notes": self.notes, "key": self.key}
+
+    def __str__(self) -> str:
+        return self.to_text()
 
     def to_text(self) -> str:
         lines = [f"tuned: {self.reason}"]
@@ -75,3 +80,18 @@ class TunedReport(OptimizeReport):
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"tuning": self.tuning.to_dict() if self.tuning else None,
                                     "deployed": str(self.deployed) if self.deployed else None}
+
+    def to_text(self, show: int = 3) -> str:
+        """The tuning's timings, the passes of the chosen candidate, the verification and what was deployed."""
+        tuned = [self.tuning.to_text()] if self.tuning else []
+        return "\n".join([*self._captured_lines(), *tuned, *self._pass_lines(show), *self._verified_lines(),
+                          *self._deployed_lines(), *self._onnx_lines()])
+
+    def _deployed_lines(self) -> list[str]:
+        if self.deployed is None:
+            return []
+        record = json.loads(self.deployed.read_text())
+        error = record["verification"]["output_error_normwise"]
+        return [f"  deployable {record['candidate']} written to {self.deployed.parent} ({', '.join(record['files'])})"
+                f"; loaded back: outputs {error:.1e} off fp32 normwise",
+                f"  serve it with branchgraph.inference.load('{self.deployed.parent}')"]

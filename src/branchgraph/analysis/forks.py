@@ -65,6 +65,19 @@ class ForkGradients:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_text(self) -> str:
+        """The fork's gradient norm and imbalance, then each branch's norm and share."""
+        if self.note:
+            return f"  {self.block:<28} fork {self.fork:<16} |g| 0: {self.note}"
+        lines = [f"  {self.block:<28} fork {self.fork:<16} |g| {self.grad_norm:.3e}  imbalance {self.imbalance:6.2f}"]
+        lines += [f"      {b.name:<34} |g_i| {b.grad_norm:.3e}  share {b.share:6.1%}"
+                  + ("  (no gradient: a zero-initialised layer on this branch?)" if b.grad_norm == 0 else "")
+                  for b in self.branches]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
 
 def imbalance(norms: list[float]) -> float:
     """The largest branch gradient norm over the smallest nonzero one (1 when no branch gets a gradient)."""

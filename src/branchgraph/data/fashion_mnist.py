@@ -35,7 +35,7 @@ INSTALL_HINT = (
 
 @dataclass
 class Split:
-    """Images (N x 1 x 28 x 28, uint8) and labels (N, int64) of one split."""
+    """Images (N x C x H x W: uint8, or float for data given as floats) and labels (N, int64) of one split."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -114,10 +114,13 @@ class Preprocess:
     crop_padding: int = 0
     hflip: bool = False
     erase: float = 0.0  # random erasing: probability per image of zeroing one random rectangle (after normalising)
+    mean: tuple[float, ...] = (MEAN,)  # per channel, of the training images in [0, 1]
+    std: tuple[float, ...] = (STD,)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Preprocess a batch; augmentation is applied only when ``generator`` is given (training)."""
-        x = images.float().div_(255.0)
+        """Preprocess a batch (uint8 images are scaled to [0, 1], float ones taken as they are); augmentation is
+        applied only when ``generator`` is given (training)."""
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         if generator is not None and self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
         if generator is not None and self.hflip:
@@ -126,7 +129,7 @@ class Preprocess:
         if self.resize is not None and self.resize != x.shape[-1]:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         if self.normalize:
-            x = (x - MEAN) / STD
+            x = (x - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
         if generator is not None and self.erase:
             x = random_erase(x, self.erase, generator)
         return x

@@ -123,6 +123,9 @@ class Drawing:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "output": str(self.output), "blocks": self.blocks, "branches": self.branches}
 
+    def __str__(self) -> str:
+        return self.to_text()
+
     def to_text(self) -> str:
         return f"wrote {self.output}: {self.blocks} fork/join blocks, {self.branches} branches"
 

@@ -82,6 +82,9 @@ class Summary:
             "branches": [asdict(b) for b in self.branches],
         }
 
+    def __str__(self) -> str:
+        return self.to_text()
+
     def to_text(self, depth: int | None = None) -> str:
         """The printed table (golden-file tested)."""
         return render_summary(self, depth)
@@ -249,6 +252,9 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a.model, "b": self.b.model, "rows": self.rows()}
+
+    def __str__(self) -> str:
+        return self.to_text()
 
     def to_text(self) -> str:
         a, b = self.a, self.b

@@ -66,6 +66,9 @@ class CheckpointPlan:
         backward than the plan saves): it keeps fewer bytes, yet needs more memory at its peak."""
         return self.predicted_peak_bytes > self.plain_peak_bytes
 
+    def __str__(self) -> str:
+        return self.to_text()
+
     def to_text(self) -> str:
         d = self.to_dict()
         budget = "budget " + ", ".join(f"{value / MIB:.1f} MiB {what}" for value, what in (

@@ -138,8 +138,7 @@ def _parsed_options(cost: str, lossy_saves: str | None, budget: float | int | st
     if lossy_saves is not None and lossy_saves not in lossy.LOSSY:
         raise ConfigError(f"lossy saves must be one of {', '.join(lossy.LOSSY)}; got {lossy_saves!r}")
     if budget is None and peak is None:
-        raise ConfigError("a checkpoint plan needs a budget (the bytes kept for backward), a peak (the step's), or "
-                          "both", "budget")
+        raise ConfigError("a checkpoint plan needs a budget (bytes kept for backward), a peak, or both", "budget")
     kept = None if budget is None else parse_budget(budget)
     peak_budget = None if peak is None else parse_budget(peak, "peak budget")
     region = None if region_limit is None else parse_budget(region_limit, "region limit")

@@ -28,36 +28,51 @@ def is_spec(name: str) -> bool:
     return ":" in name
 
 
-def _import_file(path: str, spec: str) -> ModuleType:
+def _import_file(path: str, spec: str, what: str) -> ModuleType:
     file = Path(path)
     if not file.is_file():
-        raise ConfigError(f"model spec {spec!r}: no file {path}")
+        raise ConfigError(f"{what} spec {spec!r}: no file {path}")
     name = f"branchgraph_user_{file.stem}_{hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:8]}"
     if name in sys.modules:
         return sys.modules[name]
     found = importlib.util.spec_from_file_location(name, file)
     if found is None or found.loader is None:
-        raise ConfigError(f"model spec {spec!r}: {path} cannot be imported as Python")
+        raise ConfigError(f"{what} spec {spec!r}: {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(found)
     sys.modules[name] = module
     try:
         found.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ConfigError(f"model spec {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{what} spec {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from None
     return module
 
 
-def _import_module(path: str, spec: str) -> ModuleType:
+def _import_module(path: str, spec: str, what: str) -> ModuleType:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(path)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"model spec {spec!r}: no module named {exc.name!r} (install it, or run from the "
+        raise ConfigError(f"{what} spec {spec!r}: no module named {exc.name!r} (install it, or run from the "
                           "folder that holds it)") from None
     except Exception as exc:
-        raise ConfigError(f"model spec {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{what} spec {spec!r}: importing {path} raised {type(exc).__name__}: {exc}") from None
+
+
+def load_attribute(spec: str, what: str) -> Any:
+    """The object ``spec`` (``package.module:name`` or ``path/to/file.py:name``) names, its module imported
+    (``what`` the spec is for, in messages: "model", "data")."""
+    where, _, attribute = spec.rpartition(":")
+    if not where or not attribute:
+        raise ConfigError(f"{what} spec {spec!r} must look like package.module:factory or path/to/file.py:factory")
+    module = _import_file(where, spec, what) if where.endswith(".py") else _import_module(where, spec, what)
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"{what} spec {spec!r}: {where} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    return target
 
 
 def _timm(name: str, kwargs: dict[str, Any], spec: str) -> nn.Module:
@@ -65,6 +80,11 @@ def _timm(name: str, kwargs: dict[str, Any], spec: str) -> nn.Module:
         import timm
     except ImportError:
         raise ConfigError(f"model spec {spec!r} needs timm, which is not installed: pip install timm") from None
+    except Exception as exc:  # timm imports torchvision, whose compiled operators must match this torch
+        raise ConfigError(f"model spec {spec!r}: importing timm failed ({_first_line(exc)}); its torchvision "
+                          "does not match torch " + torch.__version__.split("+")[0] + ": install the "
+                          "torchvision built for it (pip install 'torchvision==<the matching version>' with "
+                          "torch pinned, e.g. -c constraints.txt)") from None
     if name not in timm.list_models():
         raise ConfigError(f"model spec {spec!r}: timm has no model {name!r} (see timm.list_models())")
     try:
@@ -82,12 +102,7 @@ def load_spec(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
                           "or timm:NAME")
     if where == "timm":
         return _timm(attribute, kwargs, spec)
-    module = _import_file(where, spec) if where.endswith(".py") else _import_module(where, spec)
-    target: Any = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"model spec {spec!r}: {where} has no attribute {attribute!r}")
-        target = getattr(target, part)
+    target = load_attribute(spec, "model")
     if isinstance(target, nn.Module):
         if kwargs:
             raise ConfigError(f"model spec {spec!r} names a module instance, which takes no model kwargs")

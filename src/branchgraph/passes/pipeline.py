@@ -40,6 +40,46 @@ class OptimizeReport:
                 "verification": self.verification.to_dict() if self.verification else None}
         return data | ({"onnx": str(self.onnx)} if self.onnx is not None else {})
 
+    def to_text(self, show: int = 3) -> str:
+        """Per pass its node counts, the first ``show`` changes and the skips by reason; the verification."""
+        return "\n".join([*self._captured_lines(), *self._pass_lines(show), *self._verified_lines(),
+                          *self._onnx_lines()])
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+    def _captured_lines(self) -> list[str]:
+        if self.captured != "export":
+            return []
+        return ["  captured with torch.export (torch.fx's symbolic tracer could not take it): an aten graph, so the "
+                "passes that rewrite modules (fold_bn, fuse_parallel, prune) find nothing to change"]
+
+    def _pass_lines(self, show: int) -> list[str]:
+        lines = []
+        for p in self.passes:
+            lines.append(f"  {p.name:<14} nodes {p.nodes_before} -> {p.nodes_after}; "
+                         f"{len(p.changed)} changes, {len(p.skipped)} skipped")
+            lines += [f"      {c}" for c in p.changed[:show]]
+            for reason, subjects in p.skipped_by_reason().items():
+                named = [s.split(" [")[0] for s in subjects if s]  # the details are in to_dict()
+                example = f" ({', '.join(named[:3])}{', ...' if len(named) > 3 else ''})" if named else ""
+                lines.append(f"      skipped {len(subjects)}: {reason}{example}")
+        return lines
+
+    def _verified_lines(self) -> list[str]:
+        if self.verification is None:
+            return []
+        v, lines = self.verification.to_dict(), []
+        for family, c in v["float64_equivalence"].items():
+            f32 = v["float32_error_vs_float64"][family]
+            lines.append(f"  {family:<19} float64 normwise diff {c['norm_rel']:.1e}; float32 normwise error vs "
+                         f"float64: original {f32['original']:.1e} (worst of {len(f32['original_variants'])} "
+                         f"run(s)), optimised {f32['optimised']:.1e} (limit {f32['limit']:.1e})")
+        return [*lines, "  verified: " + ("ok" if v["ok"] else "FAILED")]
+
+    def _onnx_lines(self) -> list[str]:
+        return [] if self.onnx is None else [f"  ONNX written to {self.onnx}"]
+
 
 def optimize(
     model: nn.Module,

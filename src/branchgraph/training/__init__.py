@@ -3,7 +3,8 @@
 from branchgraph.errors import Interrupted
 from branchgraph.training.config import PRESETS, TrainConfig, build_config
 from branchgraph.training.evaluation import evaluate_checkpoint
-from branchgraph.training.trainer import Trainer, TrainResult, resume, train
+from branchgraph.training.runs import resume, train
+from branchgraph.training.trainer import Trainer, TrainResult
 
 __all__ = [
     "PRESETS", "Interrupted", "TrainConfig", "TrainResult", "Trainer", "build_config", "evaluate_checkpoint",

@@ -20,6 +20,7 @@ from branchgraph.models.spec import is_spec
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+LOGGERS = ("tensorboard",)
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainConfig:
     threads: int | None = None
     heap: str = "keep"  # "keep": freed tensor memory stays in the process for the next step (branchgraph.heap;
     # process-wide: train() from Python switches the calling process too)
+    data: str = "fashion-mnist"  # or an image folder (DIR/train/<class>/...) or pkg.mod:factory / file.py:factory
+    log: str | None = None  # "tensorboard": event files in the run directory (metrics.csv is always written)
+    early_stop: int | None = None  # stop after this many epochs without a better validation accuracy
     data_dir: str | None = None
     out_dir: str = "runs"
 
@@ -105,6 +109,14 @@ class TrainConfig:
         if self.branch_stats is not None and not (isinstance(self.branch_stats, int) and self.branch_stats > 0):
             raise ConfigError(f"branch_stats must be a positive number of steps; got {self.branch_stats!r}",
                               "branch_stats")
+        return self._check_logging()
+
+    def _check_logging(self) -> TrainConfig:
+        """The logger is one branchgraph writes; early stopping waits a positive number of epochs."""
+        if self.log is not None and self.log not in LOGGERS:
+            raise ConfigError(f"log must be one of {', '.join(LOGGERS)}; got {self.log!r}", "log")
+        if self.early_stop is not None and self.early_stop <= 0:
+            raise ConfigError(f"early_stop must be a positive number of epochs; got {self.early_stop}", "early_stop")
         return self
 
     def to_json(self) -> str:

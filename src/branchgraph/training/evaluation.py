@@ -11,13 +11,14 @@ from torch import nn
 
 from branchgraph.choices import CONCRETE_PRECISIONS
 from branchgraph.choices import precision as checked_precision
-from branchgraph.data import BatchLoader, load_fashion_mnist
+from branchgraph.data import BatchLoader
 from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.hardware import resolve_device
 from branchgraph.training.config import TrainConfig
+from branchgraph.training.data_source import training_data
 from branchgraph.training.distributed import DistInfo, all_reduce_sum
 from branchgraph.training.run_state import epochs_done, load_checkpoint, resolve_checkpoint, saved_config
-from branchgraph.training.setup import autocast_for, build_model, build_preprocess, to_device
+from branchgraph.training.setup import autocast_for, build_model, build_preprocess, input_size, to_device
 
 
 @torch.no_grad()
@@ -66,30 +67,33 @@ def load_weights(model: nn.Module, state: dict[str, Any], name: str) -> None:
 
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
-    precision: str | None = None, model: str | None = None, trust_checkpoint: bool = False,
+    precision: str | None = None, model: str | None = None, trust_checkpoint: bool = False, data: Any = None,
 ) -> dict[str, Any]:
     """Accuracy and loss of a saved run on ``split`` ('test', 'val' or 'train').
 
     By default the run's own ``limit`` and precision apply, so the figure matches its metrics; pass ``limit``
     or ``precision`` ('fp32', 'bf16', 'fp16') to change them (bf16 inference of an fp32-trained run, say). A run
-    of a model spec (code) is only rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set.
+    of a model spec (code) is only rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set;
+    ``data`` names the run's data spec again, or gives its datasets where they were given in Python.
     """
     state = load_checkpoint(path)
-    config = saved_config(state, resolve_checkpoint(path), model, trust_checkpoint)
+    config = saved_config(state, resolve_checkpoint(path), model, trust_checkpoint,
+                          data if isinstance(data, str) else None)
     if data_dir is not None:
         config.data_dir = data_dir
     if precision is not None:
         config.precision = checked_precision(precision, CONCRETE_PRECISIONS).value
-    splits = load_fashion_mnist(config.data_dir, config.val_size, limit if limit is not None else config.limit)
+    found = training_data(config, data, limit)
+    splits = found.splits
     if split not in splits:
         raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
     device = resolve_device(config.device)
-    model = build_model(config)
+    model = build_model(config, input_size(config, found), len(found.classes))
     load_weights(model, state, config.model)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loader = BatchLoader(splits[split], 500, build_preprocess(config, False), train=False)
+    loader = BatchLoader(splits[split], 500, build_preprocess(config, False, found), train=False)
     loss, acc = evaluate(model, loader, config, device, DistInfo())
     return {"model": config.model, "split": split, "samples": len(splits[split]), "loss": loss, "accuracy": acc,
             "epochs_trained": epochs_done(state, path), "precision": config.precision}

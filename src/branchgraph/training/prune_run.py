@@ -8,27 +8,29 @@ from typing import Any
 
 import torch
 
-from branchgraph.data import BatchLoader, load_fashion_mnist
+from branchgraph.data import BatchLoader
 from branchgraph.errors import ConfigError
 from branchgraph.graph import capture
 from branchgraph.hardware import resolve_device
 from branchgraph.passes.base import reports
 from branchgraph.passes.channel_pruning import prune_channels
+from branchgraph.training.data_source import training_data
 from branchgraph.training.distributed import DistInfo
 from branchgraph.training.evaluation import evaluate, load_weights
 from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
-from branchgraph.training.setup import build_model, build_preprocess
+from branchgraph.training.setup import build_model, build_preprocess, input_size
 from branchgraph.training.trainer import Trainer
 
 
 def prune_and_finetune(
     run_dir: str | Path, amount: float = 0.5, epochs: int = 1, lr: float | None = None, progress: bool = True,
-    model: str | None = None, trust_checkpoint: bool = False,
+    model: str | None = None, trust_checkpoint: bool = False, data: Any = None,
 ) -> dict[str, Any]:
     """Prune ``amount`` of the prunable channels of a trained run's model, fine-tune it for ``epochs`` (in a new
     run directory beside the run, same recipe, peak lr ``lr`` or a quarter of the run's) and report test accuracy,
     parameters and MACs before pruning, after pruning and after fine-tuning. A run of a model spec (code) is only
-    rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set."""
+    rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set (``data``: as for
+    ``evaluate_checkpoint``). Accuracy is the test split's (the validation split's where the data has no test)."""
     from branchgraph.graph import summary
 
     if epochs <= 0:
@@ -36,14 +38,18 @@ def prune_and_finetune(
     state = load_checkpoint(run_dir)
     path = resolve_checkpoint(run_dir)
     # the fine-tuned run goes beside this one, never to the folder the checkpoint recorded
-    config = dataclasses.replace(saved_config(state, path, model, trust_checkpoint),
+    config = dataclasses.replace(saved_config(state, path, model, trust_checkpoint,
+                                              data if isinstance(data, str) else None),
                                  out_dir=str(path.parent.parent))
     device = resolve_device(config.device)
-    net = build_model(config)
+    found = training_data(config, data)
+    net = build_model(config, input_size(config, found), len(found.classes))
     load_weights(net, state, config.model)  # the weights the run evaluated
     net.eval()
-    splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
-    loader = BatchLoader(splits["test"], 500, build_preprocess(config, False), train=False)
+    held_out = found.splits.get("test", found.splits.get("val"))
+    if held_out is None:
+        raise ConfigError("pruning reports held-out accuracy: this run's data has no test or val split", "data")
+    loader = BatchLoader(held_out, 500, build_preprocess(config, False, found), train=False)
     example = next(loader.batches())[0][:2]
 
     def accuracy(module: torch.nn.Module) -> float:
@@ -58,11 +64,12 @@ def prune_and_finetune(
     size = tuple(example.shape[1:])
     totals = {name: summary(module, size).total for name, module in (("original", net), ("pruned", pruned))}
     tune = dataclasses.replace(config, epochs=epochs, lr=lr or config.lr / 4)
-    result = Trainer(tune, model=pruned, progress=progress).run()
+    result = Trainer(tune, model=pruned, progress=progress, data=data).run()
     return {
         "run_dir": str(run_dir), "finetune_run_dir": str(result.run_dir), "amount": amount, "epochs": epochs,
         "pruned_chains": len(reports(pruned)[-1].changed),
-        "test_acc": {"original": before, "pruned": pruned_acc, "finetuned": result.final["test_acc"]},
+        "test_acc": {"original": before, "pruned": pruned_acc,
+                     "finetuned": result.final.get("test_acc", result.final.get("val_acc"))},
         "params": {name: t["params"] for name, t in totals.items()},
         "macs": {name: t["macs"] for name, t in totals.items()},
     }

@@ -38,6 +38,27 @@ class TrainResult:
                 "precision": self.config.precision, "channels_last": self.config.channels_last,
                 "tuning": self.tuning}
 
+    def to_text(self) -> str:
+        """One line: the run, its epochs, final held-out accuracy, training time, precision and layout."""
+        final = self.final
+        split, accuracy = held_out_accuracy(final)
+        return (f"run {self.run_dir}: {len(self.metrics)} epochs, {split} accuracy "
+                f"{accuracy:.4f}, {final.get('elapsed_s', 0):.0f} s of training in "
+                f"{self.config.precision}, {'channels_last' if self.config.channels_last else 'NCHW'}"
+                + (f" (auto: {self.tuning['reason']})" if self.tuning else ""))
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+
+def held_out_accuracy(metrics: dict[str, Any]) -> tuple[str, float]:
+    """(split, accuracy) of an epoch's record: the test split's, else the validation split's (data without a test
+    split), else the training split's; NaN where none was measured."""
+    for split in ("test", "val", "train"):
+        if f"{split}_acc" in metrics:
+            return split, float(metrics[f"{split}_acc"])
+    return "test", float("nan")
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
@@ -121,13 +142,15 @@ def write_report(path: Path, config: dict[str, Any], metrics: list[dict[str, Any
         f"Settings (full list in `config.json`): model `{config['model']}`, {config['epochs']} epochs, "
         f"batch {config['batch_size']}, {config['optimizer']} lr {config['lr']} ({config['schedule']}), "
         f"precision {config['precision']}, channels_last {config['channels_last']}, "
-        f"resize {config['resize'] or 28}, limit {config['limit'] or 'none'}.",
+        f"resize {config['resize'] or 'none'}, limit {config['limit'] or 'none'}, data "
+        f"`{config.get('data', 'fashion-mnist')}`.",
         "",
     ]
     if metrics:
         last = metrics[-1]
         lines += [
-            f"Final test accuracy: **{last['test_acc']:.4f}** after {last['elapsed_s']:.0f} s of training.",
+            "Final {} accuracy: **{:.4f}** after {:.0f} s of training.".format(*held_out_accuracy(last),
+                                                                               last["elapsed_s"]),
             "",
             "| " + " | ".join(columns) + " |",
             "|" + "---|" * len(columns),
@@ -143,11 +166,26 @@ def write_report(path: Path, config: dict[str, Any], metrics: list[dict[str, Any
     atomic_write_bytes(path, "\n".join(lines).encode())
 
 
+def metrics_csv(metrics: list[dict[str, Any]]) -> str:
+    """The epochs' records as CSV: one column per figure, in the order they first appear."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(key for m in metrics for key in m))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metrics)
+    return out.getvalue()
+
+
 def write_outputs(run_dir: Path, config: dict[str, Any], metrics: list[dict[str, Any]],
                   branch_records: list[dict[str, Any]] | None, status: str) -> None:
-    """metrics.jsonl, curves.png, report.md and (when recorded) branch_stats.jsonl/.png, each written atomically."""
+    """metrics.jsonl, metrics.csv, curves.png, report.md and (when recorded) branch_stats.jsonl/.png, each written
+    atomically."""
     lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in metrics)
     atomic_write_bytes(run_dir / "metrics.jsonl", lines.encode())
+    atomic_write_bytes(run_dir / "metrics.csv", metrics_csv(metrics).encode())
     if metrics:
         plot_curves(metrics, run_dir / "curves.png")
     if branch_records is not None:

@@ -75,11 +75,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def saved_config(state: dict[str, Any], path: str | Path, model: str | None = None,
-                 trust_checkpoint: bool = False) -> TrainConfig:
+                 trust_checkpoint: bool = False, data: str | None = None) -> TrainConfig:
     """The settings a checkpoint was trained with, checked as data. A registry model is built freely; a model
     spec imports code, so it is only used when the caller names the same spec again (``model``) or trusts the
-    checkpoint: a file handed to branchgraph never runs code by itself."""
+    checkpoint: a file handed to branchgraph never runs code by itself. A data factory spec likewise (``data``)."""
     config = TrainConfig.from_dict(state.get("config"), source=f"checkpoint {path}").validate()
+    if data is not None and data != config.data:
+        raise ConfigError(f"checkpoint {path} was trained on data {config.data!r}, not {data!r}", "data")
+    if is_spec(config.data) and not Path(config.data).is_dir() and data is None and not trust_checkpoint:
+        raise CheckpointError(f"checkpoint {path} names the data spec {config.data!r}, which imports and runs "
+                              "Python code; a checkpoint alone never runs code: to run it, set trust_checkpoint "
+                              "(or give that data spec again)", "trust_checkpoint")
     if model is not None and model != config.model:
         raise ConfigError(f"checkpoint {path} was trained as model {config.model!r}, not {model!r}", "model")
     if is_spec(config.model) and model is None and not trust_checkpoint:

@@ -21,25 +21,23 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
-from branchgraph.data import BatchLoader, load_fashion_mnist
+from branchgraph.data import BatchLoader
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.hardware import resolve_device
 from branchgraph.heap import apply_heap_policy
 from branchgraph.kernels import to_channels_last
 from branchgraph.memory.checkpointing import CheckpointPlan
 from branchgraph.training.config import TrainConfig
+from branchgraph.training.data_source import data_label, training_data
 from branchgraph.training.distributed import all_reduce_sum, init_distributed, shutdown
 from branchgraph.training.evaluation import evaluate
+from branchgraph.training.loggers import TensorBoardLog, require_tensorboard, stalled
 from branchgraph.training.report import TrainResult, write_outputs
 from branchgraph.training.run_state import (
     CHECKPOINT_NAME,
     atomic_write_bytes,
-    epochs_done,
-    load_checkpoint,
     make_run_dir,
-    remove_stale_temporaries,
     save_checkpoint,
-    saved_config,
 )
 from branchgraph.training.setup import (
     autocast_for,
@@ -47,9 +45,12 @@ from branchgraph.training.setup import (
     build_preprocess,
     compute_loss,
     ema_update,
+    fit_to_data,
+    input_size,
     make_optimizer,
     make_scheduler,
     plan_memory,
+    stretched_schedule,
     to_device,
     tune_precision,
 )
@@ -63,11 +64,13 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, run_dir: Path | None = None, state: dict[str, Any] | None = None,
-                 progress: bool = True, model: nn.Module | None = None) -> None:
+                 progress: bool = True, model: nn.Module | None = None, data: Any = None) -> None:
         self.config = config.validate()
         self._start_process()
-        self._make_loaders()
-        self.model = (model if model is not None else build_model(config)).to(self.device)
+        self._make_loaders(data)
+        config = self.config  # with the data's label, and a registry model's channels and classes set from the data
+        self.model = (model if model is not None else build_model(config, self.input_size, self.classes)
+                      ).to(self.device)
         self.branch_stats = BranchStats(self.model) if config.branch_stats else None
         self.progress = progress
         self.tuning: dict[str, Any] | None = None
@@ -77,14 +80,15 @@ class Trainer:
                 config, precision="fp32" if config.precision == "auto" else config.precision,
                 channels_last=True if config.channels_last is None else config.channels_last)
         elif state is None and (config.precision == "auto" or config.channels_last is None):
-            self.tuning, self.config = tune_precision(self.model, config, self.device, self.info)
+            self.tuning, self.config = tune_precision(self.model, config, self.device, self.info, self.input_size,
+                                                      self.classes, config.epochs * len(self.train_loader))
         timed_precision = self.tuning is not None and config.precision == "auto"
         config = self.config
         if config.channels_last:
             self.model = to_channels_last(self.model)
         self.memory_plan: CheckpointPlan | None = None
         if config.memory_budget is not None or config.memory_lossy is not None:
-            self.model, self.memory_plan = plan_memory(self.model, config, self.device, self.info,
+            self.model, self.memory_plan = plan_memory(self.model, config, self.device, self.info, self.input_size,
                                                        tuned=timed_precision)
         self.branch_records: list[dict[str, Any]] = []
         self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(config.ema_decay), use_buffers=True)
@@ -96,10 +100,11 @@ class Trainer:
         self.epoch, self.step, self.metrics = 0, 0, []
         self.epoch_sums = torch.zeros(3, dtype=torch.float64)
         self.elapsed = 0.0
-        self.stop_requested = False
+        self.stop_requested = self.stopped_early = False
         if state is not None:
             self._load_state(state)
         self.run_dir = run_dir if run_dir is not None else make_run_dir(config, self.info)
+        self.log = TensorBoardLog(self.run_dir) if config.log == "tensorboard" and self.info.is_main else None
         if self.tuning is not None and self.progress:
             tqdm.write(self.tuning["text"], file=sys.stderr)
         self.ddp_model: nn.Module = (
@@ -123,19 +128,27 @@ class Trainer:
             torch.cuda.set_device(self.info.local_rank)
             self.device = torch.device("cuda", self.info.local_rank)
 
-    def _make_loaders(self) -> None:
-        """This rank's share of the training batches, and the validation and test loaders."""
-        config, info = self.config, self.info
-        splits = load_fashion_mnist(config.data_dir, config.val_size, config.limit)
+    def _make_loaders(self, data: Any) -> None:
+        """The data (``data`` given in Python, else the config's), the model's input size and class count from it,
+        and this rank's share of the training batches, with the validation and test loaders."""
+        found = training_data(self.config, data)
+        self.config = fit_to_data(dataclasses.replace(self.config, data=data_label(data, self.config.data)), found)
+        self.input_size, self.classes = input_size(self.config, found), len(found.classes)
+        config, info, splits = self.config, self.info, found.splits
+        if config.early_stop is not None and "val" not in splits:
+            raise ConfigError("early_stop watches the validation accuracy, and this data has no val split: set "
+                              "val_size above 0 or add a val/ folder", "early_stop")
+        if config.log == "tensorboard":
+            require_tensorboard()  # before the run directory exists
         if config.batch_size % info.world_size:
             raise ConfigError(f"batch_size {config.batch_size} (the global batch) must be divisible by the "
                               f"{info.world_size} processes", "batch_size")
-        self.train_loader = BatchLoader(splits["train"], config.batch_size, build_preprocess(config, True),
+        self.train_loader = BatchLoader(splits["train"], config.batch_size, build_preprocess(config, True, found),
                                         train=True, seed=config.seed, rank=info.rank, world_size=info.world_size)
         if len(self.train_loader) == 0:
             raise ConfigError(f"limit {config.limit} leaves fewer samples than one batch of {config.batch_size}",
                               "limit")
-        self.eval_loaders = {name: BatchLoader(splits[name], 500, build_preprocess(config, False), train=False,
+        self.eval_loaders = {name: BatchLoader(splits[name], 500, build_preprocess(config, False, found), train=False,
                                                rank=info.rank, world_size=info.world_size)
                              for name in ("val", "test") if name in splits}
 
@@ -161,7 +174,7 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.scheduler.load_state_dict(stretched_schedule(state["scheduler"], self.scheduler.state_dict()))
             self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.epoch_sums = state["epoch_sums"].clone()
@@ -206,7 +219,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._request_stop)
         try:
-            while self.epoch < self.config.epochs:
+            while self.epoch < self.config.epochs and not self.stopped_early:
                 self._train_epoch()
                 if self.stop_requested:
                     break
@@ -214,15 +227,23 @@ class Trainer:
                 self.save()
                 self._write_outputs("interrupted")
                 raise Interrupted(self.run_dir, self.epoch, self.step)
-            self._write_outputs("finished")
+            self._write_outputs(self._finished())
         except TrainingDiverged:
             self._write_outputs("stopped: the loss diverged")
             raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.log is not None:
+                self.log.close()
             shutdown(self.info)
         return TrainResult(self.run_dir, self.metrics, self.config, self.tuning, self.info.is_main)
+
+    def _finished(self) -> str:
+        if not self.stopped_early:
+            return "finished"
+        return (f"finished: stopped early after epoch {self.epoch}, the validation accuracy not having improved "
+                f"for {self.config.early_stop} epochs")
 
     def _request_stop(self, signum: int, frame: object) -> None:
         if self.stop_requested:
@@ -298,37 +319,14 @@ class Trainer:
         record.update(time_s=round(train_time, 2), images_per_s=round(images / max(train_time, 1e-9), 1),
                       elapsed_s=round(self.elapsed, 2))
         self.metrics.append(record)
+        if self.log is not None:
+            self.log.epoch(record, [r for r in self.branch_records if r["epoch"] == self.epoch + 1])
+        self.stopped_early = self.config.early_stop is not None and stalled(self.metrics, self.config.early_stop)
         self.epoch, self.step = self.epoch + 1, 0
         self.epoch_sums.zero_()
         self.save()
-        self._write_outputs("running" if self.epoch < self.config.epochs else "finished")
+        self._write_outputs("running" if self.epoch < self.config.epochs and not self.stopped_early
+                            else self._finished())
         if self.info.is_main and self.progress:
             shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
             tqdm.write(json.dumps(shown), file=sys.stderr)
-
-
-def train(config: TrainConfig, run_dir: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train ``config`` in a new run directory (or ``run_dir``)."""
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(config, run_dir, progress=progress).run()
-
-
-def resume(run_dir: str | Path, progress: bool = True, epochs: int | None = None, heap: str | None = None,
-           data_dir: str | None = None, model: str | None = None, trust_checkpoint: bool = False) -> TrainResult:
-    """Continue a run from its checkpoint with its saved settings (``epochs`` may extend it; ``heap`` and
-    ``data_dir``, which do not change results, may differ); a run of a model spec needs ``model`` (that spec
-    again) or ``trust_checkpoint``."""
-    run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir)
-    config = saved_config(state, run_dir / CHECKPOINT_NAME, model, trust_checkpoint)
-    remove_stale_temporaries(run_dir)
-    if heap is not None:
-        config.heap = heap
-    if data_dir is not None:
-        config.data_dir = data_dir
-    if epochs is not None:
-        if epochs < epochs_done(state, run_dir):
-            raise ConfigError(f"epochs {epochs} is fewer than the {state['epoch']} epochs already done", "epochs")
-        config.epochs = epochs
-    return Trainer(config, run_dir, state=state, progress=progress).run()
