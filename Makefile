@@ -39,6 +39,7 @@ test-zoo: setup
 # strict: a broken reference or link fails. The site goes to site/.
 docs: setup
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[docs]'
+	$(BIN)/python -c "from branchgraph.cli import reference; open('docs/reference/cli.md', 'w').write(reference())"
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir site
 
 lint: setup

@@ -143,3 +143,11 @@ def test_the_architecture_page_names_every_source_file() -> None:
     missing = [str(p.relative_to(src)) for p in sorted(src.rglob("*.py")) if p.name != "__init__.py"
                and not re.search(rf"\b{re.escape(p.name)}\b", files)]
     assert not missing, f"not described in docs/architecture.md: {missing}"
+
+
+def test_the_command_line_page_is_generated_from_the_parser() -> None:
+    """docs/reference/cli.md is what ``branchgraph.cli.reference()`` writes (``make docs`` regenerates it)."""
+    from branchgraph.cli import reference
+
+    assert (REPO / "docs" / "reference" / "cli.md").read_text() == reference()
+

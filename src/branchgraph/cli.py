@@ -78,6 +78,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def reference() -> str:
+    """Every command's ``--help``, as the Markdown page of the documentation (``make docs`` writes it)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps help at the terminal's width: the page is the same everywhere
+    try:
+        texts = [parser.format_help(), *(p.format_help() for p in sub.choices.values())]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    head = ("# Command line\n\nEvery command with its flags, as `branchgraph COMMAND --help` prints them (generated "
+            "from the parser).\nDefaults shared with the Python API are in the [API reference](api.md).\n")
+    pages = [f"## `branchgraph{' ' + name if name else ''}`\n\n```text\n{text.strip()}\n```\n"
+             for name, text in zip(["", *sub.choices], texts, strict=True)]
+    return "\n".join([head, *pages])
+
+
 def _fail(as_json: bool, exc: BranchgraphError) -> int:
     """Print a user error as one line (and, with ``--json``, as ``{"error", "param"}`` on stdout); exit code 2."""
     message = str(exc).strip().splitlines()
