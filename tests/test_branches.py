@@ -157,11 +157,14 @@ def test_branch_stats_through_reversible_and_checkpointed_blocks() -> None:
                    for b in blocks.values())
 
 
-def test_branch_stats_need_an_inception_model(tmp_path: Path, data_dir: Path) -> None:
+def test_branch_stats_need_a_model_with_forks(tmp_path: Path, data_dir: Path) -> None:
+    """Any model with forks is recorded (tests/test_your_data.py); one without says so in one line."""
     from branchgraph.training import TrainConfig
 
-    r = run_cli("train", "--model", "resnet32", "--limit", "128", "--branch-stats", "--out-dir", str(tmp_path))
-    assert r.returncode == 2 and "no Inception blocks" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("train", "--model", "tests/nets.py:ValueBranchingNet", "--model-kwargs", '{"in_chans": 1}', "--limit",
+                "128", "--branch-stats", "--precision", "fp32", "--no-channels-last", "--out-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no fork whose branches start with a module" in r.stderr
     with pytest.raises(ConfigError, match="branch_stats must be a positive number"):
         TrainConfig(branch_stats=0).validate()
 

@@ -75,8 +75,11 @@ def test_python_datasets_and_loaders_train_and_must_be_given_again(tmp_path: Pat
     x, y = torch.rand(60, 2, 10, 10, generator=gen), torch.randint(0, 4, (60,), generator=gen)
     train, val = TensorDataset(x[:40], y[:40]), DataLoader(TensorDataset(x[40:], y[40:]), batch_size=7)
     result = bg.train(NET, data=(train, val), epochs=1, batch_size=8, precision="fp32", channels_last=False,
-                      out_dir=str(tmp_path), progress=False, model_kwargs={"in_chans": 2, "num_classes": 4})
+                      out_dir=str(tmp_path), progress=False, model_kwargs={"in_chans": 2, "num_classes": 4},
+                      memory_budget="0.5", ema_decay=0.9)  # a checkpoint plan and a weight average, on this data
     assert result.final["val_acc"] >= 0 and "val accuracy" in str(result)
+    plan = json.loads((result.run_dir / "memory_plan.json").read_text())
+    assert plan["input_shape"] == [8, 2, 10, 10] and plan["saved_bytes"] <= plan["budget_bytes"]
     assert bg.evaluate(result.run_dir, split="val", model=NET, data=(train, val))["samples"] == 20
     with pytest.raises(ConfigError, match="given in Python: give them again"):
         bg.evaluate(result.run_dir, split="val", model=NET)
@@ -178,3 +181,18 @@ def test_logging_needs_its_package_and_early_stopping_a_validation_split(tmp_pat
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
     with pytest.raises(ConfigError, match="log must be one of tensorboard"):
         bg.train(NET, data=_tensor_data(), log="wandb", **options)
+
+
+def test_branch_statistics_of_a_user_net_during_training(tmp_path: Path) -> None:
+    """``--branch-stats`` on a net without branchgraph's Inception blocks records its forks with BranchMonitor:
+    shares add up to 1 per fork, the heatmap and the epoch summary are written."""
+    result = bg.train(NET, data=_tensor_data(), epochs=1, branch_stats=2, batch_size=8, precision="fp32",
+                      channels_last=False, out_dir=str(tmp_path), progress=False,
+                      model_kwargs={"in_chans": 2, "num_classes": 4})
+    records = [json.loads(line) for line in (result.run_dir / "branch_stats.jsonl").read_text().splitlines()]
+    assert [r["global_step"] for r in records] == [0, 2]
+    fork = records[0]["blocks"]["cat"]
+    assert sorted(fork["branches"]) == ["a", "b"]
+    assert sum(b["share"] for b in fork["branches"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert all(b["param_grad"] > 0 and b["input_grad"] > 0 for b in fork["branches"].values())
+    assert (result.run_dir / "branch_stats.png").stat().st_size > 0 and "branch_imbalance" in result.final

@@ -118,6 +118,17 @@ def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
     return (out[0] if isinstance(out, tuple) else out).float()
 
 
+def _untimed(count: int, steps_each: int, serves: int | None) -> str | None:
+    """Why the first of ``count`` candidates is taken without timing (the only one, or a run of ``serves`` steps
+    too short to repay ``steps_each`` timed steps of each), or None: time them."""
+    if count == 1:
+        return "the only candidate"
+    if serves is not None and count * steps_each > REPAY_SHARE * serves:
+        return (f"untimed: this run's {serves} steps are too few to repay timing {count} candidates (about "
+                f"{count * steps_each} steps, over {REPAY_SHARE:.0%} of them)")
+    return None
+
+
 def _measure(runs: dict[str, Any], rounds: int, warmup: int,
              settle_s: float) -> tuple[dict[str, float], dict[str, float], str | None]:
     """Medians and per-round spreads of ``runs`` timed interleaved; measured again with twice the rounds when the
@@ -214,13 +225,9 @@ def tune(
                               measured_at=hit.measured_at)
         notes.append(f"the cached choice for this model was not used ({why}): measured again")
     now = time.strftime("%Y-%m-%d %H:%M")
-    if len(found) == 1:
-        return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now)
-    cost = len(found) * (warmup + rounds)
-    if serves is not None and cost > REPAY_SHARE * serves:
-        why = (f"untimed: this run's {serves} steps are too few to repay timing {len(found)} candidates (about "
-               f"{cost} steps, over {REPAY_SHARE:.0%} of them)")
-        return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now, untimed=why)
+    untimed = _untimed(len(found), warmup + rounds, serves)
+    if untimed is not None:
+        return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now, untimed=untimed)
     y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=device)
     built, failed = _build_all(model, example, mode, found, compile_budget)
     left_out |= failed

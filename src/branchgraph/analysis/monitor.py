@@ -11,6 +11,8 @@ the steps ``update()`` was called after.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -20,6 +22,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils.hooks import RemovableHandle
 
+from branchgraph.analysis.forks import imbalance
 from branchgraph.errors import BranchgraphError, ConfigError
 from branchgraph.graph.structure import find_blocks
 from branchgraph.graph.tracing import capture
@@ -35,6 +38,7 @@ class _Fork:
     branches: list[str]
     entries: list[str]  # module path of each hooked branch (the first len(entries) of ``branches``)
     remainder: bool
+    modules: list[list[str]]  # per branch: the modules on it (their parameters' gradient norm in ``collect``)
     sums: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # per branch: share, norm; then |g|
     updates: int = 0
 
@@ -53,7 +57,8 @@ class BranchMonitor:
         if not self.forks:
             raise ConfigError(f"model {type(model).__name__} has no fork whose branches start with a module: "
                               "nothing to monitor")
-        modules = dict(model.named_modules())
+        modules = self._modules = dict(model.named_modules())
+        self.armed = True  # False: the hooks let forwards through untouched (``recording`` arms them for a while)
         self._handles: list[RemovableHandle] = [
             modules[path].register_forward_pre_hook(partial(self._tap, f, i))
             for f, fork in enumerate(self.forks) for i, path in enumerate(fork.entries)]
@@ -65,7 +70,7 @@ class BranchMonitor:
 
     def _tap(self, f: int, i: int, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         x = args[0] if args else None
-        if not (isinstance(x, torch.Tensor) and x.is_floating_point() and module.training
+        if not (self.armed and isinstance(x, torch.Tensor) and x.is_floating_point() and module.training
                 and torch.is_grad_enabled()):
             return None
         seen = self._fork_in.get(f)
@@ -114,6 +119,38 @@ class BranchMonitor:
             fork.updates += 1
             self.last += _rows(fork, values.cpu(), 1)
         self._step.clear()
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Arm the hooks for the forward and backward inside (a monitor with ``armed = False`` costs nothing
+        otherwise)."""
+        before, self.armed = self.armed, True
+        try:
+            yield
+        finally:
+            self.armed = before
+
+    def collect(self, loss_scale: float = 1.0) -> dict[str, Any]:
+        """``update()``, and the step's figures per fork as ``BranchStats.collect`` gives them (``imbalance``;
+        per branch ``share``, ``input_grad`` and ``param_grad``, divided by the loss scale)."""
+        self.update()
+        blocks: dict[str, Any] = {}
+        for fork in self.forks:
+            rows = [r for r in self.last if r["fork"] == fork.name]
+            if not rows:
+                continue
+            norms = [r["grad_norm"] / loss_scale for r in rows]
+            blocks[fork.name] = {"imbalance": imbalance(norms), "branches": {
+                r["branch"]: {"param_grad": self._param_grad(paths) / loss_scale, "input_grad": norm,
+                              "share": r["share"]} for r, norm, paths in zip(rows, norms, fork.modules, strict=True)}}
+        return blocks
+
+    def _param_grad(self, paths: list[str]) -> float:
+        """The norm of the gradients of the parameters of the modules at ``paths``."""
+        params = {id(p): p for path in paths for p in self._modules[path].parameters() if p.grad is not None}
+        if not params:
+            return 0.0
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params.values()])))
 
     def table(self) -> list[dict[str, Any]]:
         """One row per fork and branch: ``fork``, ``branch``, mean ``share`` and ``grad_norm``, ``fork_grad_norm``,
@@ -169,10 +206,12 @@ def _graph_forks(gm: fx.GraphModule) -> list[_Fork]:
         for branch in block.branches:
             first = next((nodes[n] for n in branch.nodes if fork in nodes[n].all_input_nodes), None)
             takes_fork = first is not None and first.op == "call_module" and first.args[:1] == (fork,)
-            (hooked if takes_fork else rest).append((branch.name, str(first.target) if takes_fork else ""))
+            (hooked if takes_fork else rest).append((branch.name, str(first.target) if takes_fork else "",
+                                                     branch.modules))
         if hooked:
-            names = [name for name, _ in hooked] + ([" + ".join(n for n, _ in rest)] if rest else [])
-            forks.append(_Fork(block.name, names, [path for _, path in hooked], bool(rest)))
+            names = [name for name, _, _ in hooked] + ([" + ".join(n for n, _, _ in rest)] if rest else [])
+            modules = [m for _, _, m in hooked] + ([[p for _, _, m in rest for p in m]] if rest else [])
+            forks.append(_Fork(block.name, names, [path for _, path, _ in hooked], bool(rest), modules))
     return forks
 
 
@@ -198,7 +237,8 @@ def _probed_forks(model: nn.Module, example: torch.Tensor) -> list[_Fork]:
     for paths in takers.values():
         outer = [p for p in dict.fromkeys(paths) if not any(p.startswith(q + ".") for q in paths if q != p)]
         if len(outer) >= 2:
-            forks.append(_Fork(f"input of {', '.join(outer)}", [*outer, REMAINDER], outer, True))
+            forks.append(_Fork(f"input of {', '.join(outer)}", [*outer, REMAINDER], outer, True,
+                               [[p] for p in outer] + [[]]))
     return forks
 
 

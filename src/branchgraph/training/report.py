@@ -106,15 +106,18 @@ def plot_branch_stats(records: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5 * len(BRANCH_PANELS), 2 + 0.22 * len(rows)))
-    axes = fig.subplots(1, len(BRANCH_PANELS), sharey=True, squeeze=False)
-    for ax, (key, title, cmap, log) in zip(axes[0], BRANCH_PANELS, strict=True):
+    first = records[0]["blocks"][blocks[0]]["branches"]
+    panels = [p for p in BRANCH_PANELS if p[0] in next(iter(first.values()))]  # what the recorder measured
+    edges = np.cumsum([len(records[0]["blocks"][b]["branches"]) for b in blocks])[:-1]
+    fig = Figure(figsize=(5 * len(panels), 2 + 0.22 * len(rows)))
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)
+    for ax, (key, title, cmap, log) in zip(axes[0], panels, strict=True):
         data = np.array([[r["blocks"][b]["branches"][br][key] for r in records] for b, br in rows], dtype=float)
         if log:
             data = np.log10(np.where(data > 0, data, np.nan))
             image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest")
         else:
-            even = 1 / len(records[0]["blocks"][blocks[0]]["branches"])
+            even = 1 / len(first)
             norm = TwoSlopeNorm(even, vmin=min(-even, float(data.min())), vmax=max(1.0, float(data.max())))
             image = ax.imshow(data, aspect="auto", cmap=cmap, interpolation="nearest", norm=norm)
         fig.colorbar(image, ax=ax, fraction=0.05)
@@ -122,8 +125,8 @@ def plot_branch_stats(records: list[dict[str, Any]], path: Path) -> None:
         ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
         ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
         ax.set_xlabel("training step")
-        for edge in range(1, len(blocks)):
-            ax.axhline(edge * len(rows) / len(blocks) - 0.5, color="white", linewidth=0.8)
+        for edge in edges:
+            ax.axhline(edge - 0.5, color="white", linewidth=0.8)
     axes[0][0].set_yticks(range(len(rows)), [f"{b} {br}" for b, br in rows], fontsize=7)
     fig.tight_layout()
     _save(fig, path)

@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from branchgraph.analysis.branch_stats import BranchStats
+from branchgraph.analysis.monitor import BranchMonitor
 from branchgraph.data import Preprocess
 from branchgraph.data.images import FASHION_MNIST, ImageData
 from branchgraph.errors import ConfigError, raise_if_out_of_memory
 from branchgraph.example import example_for
 from branchgraph.memory import CheckpointPlan, plan
 from branchgraph.models import create_model, model_info
+from branchgraph.models.inception import Inception
 from branchgraph.models.spec import check_fits, is_spec
 from branchgraph.training.config import TrainConfig, check_lossy_precision
 from branchgraph.training.distributed import DistInfo, broadcast_str
@@ -55,6 +58,17 @@ def build_model(config: TrainConfig, size: tuple[int, int, int] = (1, 28, 28), c
     if is_spec(config.model) or config.data != FASHION_MNIST:
         check_fits(model, config.model, size, classes)
     return model
+
+
+def branch_recorder(model: nn.Module, size: tuple[int, int, int]) -> BranchStats | BranchMonitor:
+    """What records per-branch gradient statistics during training: ``BranchStats`` on branchgraph's Inception
+    blocks (with output gradients and gates), else a ``BranchMonitor`` on any model's forks, armed only for the
+    recorded steps."""
+    if any(isinstance(m, Inception) for m in model.modules()):
+        return BranchStats(model)
+    monitor = BranchMonitor(model, size)
+    monitor.armed = False
+    return monitor
 
 
 def input_size(config: TrainConfig, data: ImageData) -> tuple[int, int, int]:

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from branchgraph.analysis.branch_stats import BranchStats, epoch_summary
+from branchgraph.analysis.branch_stats import epoch_summary
 from branchgraph.data import BatchLoader
 from branchgraph.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from branchgraph.hardware import resolve_device
@@ -41,6 +41,7 @@ from branchgraph.training.run_state import (
 )
 from branchgraph.training.setup import (
     autocast_for,
+    branch_recorder,
     build_model,
     build_preprocess,
     compute_loss,
@@ -71,7 +72,7 @@ class Trainer:
         config = self.config  # with the data's label, and a registry model's channels and classes set from the data
         self.model = (model if model is not None else build_model(config, self.input_size, self.classes)
                       ).to(self.device)
-        self.branch_stats = BranchStats(self.model) if config.branch_stats else None
+        self.branch_stats = branch_recorder(self.model, self.input_size) if config.branch_stats else None
         self.progress = progress
         self.tuning: dict[str, Any] | None = None
         if state is None and config.deterministic:
