@@ -176,29 +176,39 @@ def bench(model: Model, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFA
 
 def bench_parallel(model: Model, mode: str = DEFAULTS["bench_parallel"]["mode"],
                    batches: tuple[int, ...] = DEFAULTS["bench_parallel"]["batches"],
-                   input_size: tuple[int, ...] | None = None, **options: Any) -> ParallelBenchResult:
-    """The model's branches run one after another against concurrently (the ``parallel`` pass), interleaved, at
-    each batch size (``branchgraph.benchmark.bench_parallel``: rounds, workers, device, model_kwargs, seed)."""
+                   input_size: tuple[int, ...] | None = None, *, rounds: int = 10, workers: int | None = None,
+                   device: str = "cpu", model_kwargs: dict[str, Any] | None = None, seed: int = 0
+                   ) -> ParallelBenchResult:
+    """The model's branches run one after another against concurrently (the ``parallel`` pass, ``workers``
+    threads per block on CPU), ``rounds`` interleaved rounds at each batch size."""
     from branchgraph.benchmark import bench_parallel as bench_branches
 
-    return bench_branches(model, mode, batches, input_size, **options)
+    return bench_branches(model, mode, batches, input_size, rounds=rounds, workers=workers, device=device,
+                          model_kwargs=model_kwargs, seed=seed)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", **options: Any) -> dict[str, Any]:
-    """Accuracy and loss of a trained run on ``split`` (``branchgraph.training.evaluate_checkpoint``: data_dir,
-    limit, precision, model, trust_checkpoint)."""
+def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None, limit: int | None = None,
+             precision: str | None = None, model: str | None = None, trust_checkpoint: bool = False,
+             data: Any = None) -> dict[str, Any]:
+    """Accuracy and loss of a trained run on ``split``, with the run's own limit and precision unless given; a run
+    of a model or data spec needs it again (``model``, ``data``) or ``trust_checkpoint``; a run on datasets given
+    in Python needs them again as ``data``."""
     from branchgraph.training.evaluation import evaluate_checkpoint
 
-    return evaluate_checkpoint(run_dir, split=split, **options)
+    return evaluate_checkpoint(run_dir, split=split, data_dir=data_dir, limit=limit, precision=precision,
+                               model=model, trust_checkpoint=trust_checkpoint, data=data)
 
 
-def prune(run_dir: str | Path, amount: float = 0.5, epochs: int = 1, **options: Any) -> dict[str, Any]:
-    """Prune ``amount`` of a trained run's prunable channels and fine-tune for ``epochs``, with accuracy, parameters
-    and MACs at each stage (``branchgraph.training.prune_run.prune_and_finetune``: lr, progress, model,
-    trust_checkpoint)."""
+def prune(run_dir: str | Path, amount: float = 0.5, epochs: int = 1, *, lr: float | None = None,
+          progress: bool = True, model: str | None = None, trust_checkpoint: bool = False, data: Any = None
+          ) -> dict[str, Any]:
+    """Prune ``amount`` of a trained run's prunable channels and fine-tune for ``epochs`` (peak ``lr``, default a
+    quarter of the run's) beside the run, with held-out accuracy, parameters and MACs at each stage (``model``,
+    ``trust_checkpoint`` and ``data`` as for ``evaluate``)."""
     from branchgraph.training.prune_run import prune_and_finetune
 
-    return prune_and_finetune(run_dir, amount, epochs, **options)
+    return prune_and_finetune(run_dir, amount, epochs, lr=lr, progress=progress, model=model,
+                              trust_checkpoint=trust_checkpoint, data=data)
 
 
 def train(model: Model | TrainConfig | None = None, preset: str = "fast", *, config: str | Path | None = None,
@@ -238,10 +248,13 @@ def resume(run_dir: str | Path, **options: Any) -> TrainResult:
 
 
 def report(model: Model, input_size: tuple[int, ...] | None = None, output: str | Path = "report.html",
-           batch: int = DEFAULTS["report"]["batch"], **options: Any) -> Path:
-    """Write one self-contained interactive HTML page for ``model`` (``branchgraph.interactive.write_report``:
-    ``budget``/``peak`` for a checkpoint plan drawn on the graph, ``branches`` for gradient shares, ``seed``,
-    ``model_kwargs``), measured at ``batch``."""
+           batch: int = DEFAULTS["report"]["batch"], *, budget: float | int | str | None = None,
+           peak: float | int | str | None = None, branches: bool = False, seed: int = 0,
+           model_kwargs: dict[str, Any] | None = None) -> Path:
+    """Write one self-contained interactive HTML page for ``model`` measured at ``batch``: summary, graph with
+    collapsible blocks, with ``budget``/``peak`` a checkpoint plan drawn on the graph, with ``branches`` each
+    block's gradient shares."""
     from branchgraph.interactive import write_report
 
-    return write_report(model, input_size, output, batch=batch, **options)
+    return write_report(model, input_size, output, batch=batch, budget=budget, peak=peak, branches=branches,
+                        seed=seed, model_kwargs=model_kwargs)
