@@ -131,19 +131,21 @@ def _exported(net: nn.Module, example: torch.Tensor, onnx: str | Path | None, re
 
 def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float | int | str | None = None, *,
          peak: float | int | str | None = None, batch: int = DEFAULTS["plan"]["batch"], seed: int = 0,
-         model_kwargs: dict[str, Any] | None = None, compare_rounds: int | None = None, **options: Any
-         ) -> tuple[nn.Module, CheckpointPlan]:
+         model_kwargs: dict[str, Any] | None = None, cost: str = "time", saving_ops: bool = True,
+         measure: bool = True, lossy_saves: str | None = None, region_limit: float | int | str | None = None,
+         compare_rounds: int | None = None) -> tuple[nn.Module, CheckpointPlan]:
     """Plan activation checkpointing of ``model`` trained at ``batch`` so that what it keeps for backward fits
-    ``budget`` and/or its step's peak fits ``peak`` (fractions of the plain model's, or sizes such as "300MiB");
-    ``options`` go to ``branchgraph.memory.plan`` (cost, saving_ops, measure, lossy_saves, region_limit). With
-    ``compare_rounds`` (0 or more), a training step of the plain and of the planned model is measured afterwards,
-    and that many rounds of steps timed interleaved (``plan.compared``)."""
+    ``budget`` and/or its step's peak fits ``peak`` (fractions of the plain model's, or sizes such as "300MiB"),
+    recomputing least (measured ``cost="time"``, or ``"macs"``); ``saving_ops``, ``measure``, ``lossy_saves`` and
+    ``region_limit`` as in ``branchgraph.memory.plan``. With ``compare_rounds`` (0 or more), a training step of the
+    plain and of the planned model is measured afterwards, and that many rounds timed (``plan.compared``)."""
     from branchgraph.memory.checkpointing import plan as plan_checkpointing
     from branchgraph.memory.measure import compare_variants
 
     _, module, size, classes = resolve_model(model, input_size, model_kwargs, seed)
     example, _ = example_for(size, batch, seed)
-    planned, result = plan_checkpointing(module, example, budget, peak=peak, **options)
+    planned, result = plan_checkpointing(module, example, budget, peak=peak, cost=cost, saving_ops=saving_ops,
+                                         measure=measure, lossy_saves=lossy_saves, region_limit=region_limit)
     if compare_rounds is not None:
         step, target = example_for(size, batch, seed, classes or _classes(module, size, "train"))
         result.compared = compare_variants({"plain": module, "planned": planned}, step, target,
