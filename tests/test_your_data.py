@@ -46,6 +46,8 @@ def test_an_image_folder_is_read_as_rgb_of_one_size_with_its_own_statistics(tmp_
     assert data.mean == pytest.approx(tuple(x.mean((0, 2, 3)).tolist()))
     no_val = image_folder(_folder(tmp_path / "b", splits=("train",)), val_size=4, limit=None)
     assert sorted(no_val.splits) == ["train", "val"] and len(no_val.splits["val"]) == 4
+    tenth = image_folder(tmp_path / "b", val_size=None, limit=None)  # the training default: a tenth held out
+    assert len(tenth.splits["val"]) == 2 and len(tenth.splits["train"]) == 18
 
 
 def test_cli_trains_a_user_net_on_an_image_folder_evaluates_and_resumes_it(tmp_path: Path) -> None:

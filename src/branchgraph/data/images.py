@@ -42,10 +42,10 @@ def fashion_mnist(data_dir: str | Path | None, val_size: int, limit: int | None)
     return ImageData(load_fashion_mnist(data_dir, val_size, limit), CLASSES, (MEAN,), (STD,), FASHION_MNIST)
 
 
-def image_folder(root: str | Path, val_size: int, limit: int | None) -> ImageData:
+def image_folder(root: str | Path, val_size: int | None, limit: int | None) -> ImageData:
     """``root/train/<class>/*`` (and ``val/``, ``test/`` alike; without ``val/``, ``val_size`` training images are
-    held out): grey images stay one channel, any other mode becomes RGB; every image is resized (bilinear) to the
-    first training image's size."""
+    held out, a tenth where None): grey images stay one channel, any other mode becomes RGB; every image is resized
+    (bilinear) to the first training image's size."""
     root = Path(root)
     if not (root / "train").is_dir():
         raise DataError(f"image folder {root} has no train/ folder: lay it out as {root}/train/<class>/<image>, "
@@ -100,8 +100,10 @@ def _read(found: list[tuple[Path, int]], mode: str, size: tuple[int, int]) -> Sp
     return Split(images.contiguous(), torch.tensor([k for _, k in found], dtype=torch.long))
 
 
-def _hold_out(splits: dict[str, Split], val_size: int) -> dict[str, Split]:
-    """Without a val split, ``val_size`` training samples (a fixed random choice) become one."""
+def _hold_out(splits: dict[str, Split], val_size: int | None) -> dict[str, Split]:
+    """Without a val split, ``val_size`` training samples (a fixed random choice; None: a tenth) become one."""
+    if val_size is None:
+        val_size = max(1, len(splits["train"]) // 10)
     if "val" in splits or val_size <= 0:
         return splits
     train = splits["train"]
@@ -126,7 +128,7 @@ def _with_stats(splits: dict[str, Split], classes: tuple[str, ...], source: str)
     return ImageData(splits, classes, tuple(mean.tolist()), tuple(std.tolist()), source)
 
 
-def from_python(data: Any, val_size: int, limit: int | None, source: str = "datasets given in Python"
+def from_python(data: Any, val_size: int | None, limit: int | None, source: str = "datasets given in Python"
                 ) -> ImageData:
     """``(train, val[, test])`` or ``{"train": ..., "val": ..., "test": ...}`` of datasets or DataLoaders yielding
     ``(image, label)`` (image: a C x H x W tensor, uint8 or float, an H x W[ x C] array or a PIL image), read
