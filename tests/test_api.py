@@ -139,3 +139,14 @@ def test_plan_regions_are_named_by_module_paths() -> None:
     names = [r.name for r in p.regions]
     assert names and not any("getattr" in n or n.startswith("eq") for n in names), names
     assert any("blocks.0" in n for n in names)
+
+
+def test_the_package_imports_torch_only_when_used() -> None:
+    """``import branchgraph`` and ``branchgraph --help`` stay light; names and subpackages load on first use."""
+    import subprocess
+
+    code = ("import sys, branchgraph as bg; assert 'torch' not in sys.modules; "
+            "from branchgraph.cli import build_parser; build_parser(''); assert 'torch' not in sys.modules; "
+            "print(bg.models.model_info('googlenet-d2l').input_size, bg.Mode.EVAL, callable(bg.summary))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "(1, 96, 96) eval True", r.stderr

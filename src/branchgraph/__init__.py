@@ -11,6 +11,7 @@ do not pay for importing torch until something needs it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -67,11 +68,15 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    """The API's names and the subpackages (``bg.models``, ``bg.memory``...), imported on first use."""
     if name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'branchgraph' has no attribute {name!r}")
+    elif not name.startswith("_") and importlib.util.find_spec(f"branchgraph.{name}") is not None:
+        value = importlib.import_module(f"branchgraph.{name}")
+    else:
+        raise AttributeError(f"module 'branchgraph' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
