@@ -120,7 +120,7 @@ class Preprocess:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Preprocess a batch (uint8 images are scaled to [0, 1], float ones taken as they are); augmentation is
         applied only when ``generator`` is given (training)."""
-        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        x = unit_scale(images)
         if generator is not None and self.crop_padding:
             x = random_crop(x, self.crop_padding, generator)
         if generator is not None and self.hflip:
@@ -133,6 +133,11 @@ class Preprocess:
         if generator is not None and self.erase:
             x = random_erase(x, self.erase, generator)
         return x
+
+
+def unit_scale(images: torch.Tensor) -> torch.Tensor:
+    """Images as float: uint8 ones scaled to [0, 1], float ones taken as they are (a copy either way)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
 def random_erase(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

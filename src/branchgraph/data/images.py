@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from branchgraph.data.fashion_mnist import CLASSES, MEAN, STD, Split, load_fashion_mnist
+from branchgraph.data.fashion_mnist import CLASSES, MEAN, STD, Split, load_fashion_mnist, unit_scale
 from branchgraph.errors import DataError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -122,7 +122,7 @@ def _with_stats(splits: dict[str, Split], classes: tuple[str, ...], source: str)
     """The data with the per-channel mean and deviation of (up to STATS_SAMPLES of) its training images, in the
     [0, 1] scale the trainer's preprocessing divides uint8 images into."""
     images = splits["train"].images[:STATS_SAMPLES]
-    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    x = unit_scale(images)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
     return ImageData(splits, classes, tuple(mean.tolist()), tuple(std.tolist()), source)

@@ -17,6 +17,7 @@ from branchgraph.passes.channel_pruning import prune_channels
 from branchgraph.training.data_source import training_data
 from branchgraph.training.distributed import DistInfo
 from branchgraph.training.evaluation import evaluate, load_weights
+from branchgraph.training.report import held_out_accuracy
 from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
 from branchgraph.training.setup import build_model, build_preprocess, input_size
 from branchgraph.training.trainer import Trainer
@@ -68,8 +69,7 @@ def prune_and_finetune(
     return {
         "run_dir": str(run_dir), "finetune_run_dir": str(result.run_dir), "amount": amount, "epochs": epochs,
         "pruned_chains": len(reports(pruned)[-1].changed),
-        "test_acc": {"original": before, "pruned": pruned_acc,
-                     "finetuned": result.final.get("test_acc", result.final.get("val_acc"))},
+        "test_acc": {"original": before, "pruned": pruned_acc, "finetuned": held_out_accuracy(result.final)[1]},
         "params": {name: t["params"] for name, t in totals.items()},
         "macs": {name: t["macs"] for name, t in totals.items()},
     }

@@ -51,7 +51,6 @@ class TrainResult:
         return self.to_text()
 
 
-
 def held_out_accuracy(metrics: dict[str, Any]) -> tuple[str, float]:
     """(split, accuracy) of an epoch's record: the test split's, else the validation split's (data without a test
     split), else the training split's; NaN where none was measured."""

@@ -18,6 +18,7 @@ import torch
 from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.models.spec import is_spec
 from branchgraph.training.config import TrainConfig
+from branchgraph.training.data_source import is_code
 from branchgraph.training.distributed import DistInfo, broadcast_str
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -82,7 +83,7 @@ def saved_config(state: dict[str, Any], path: str | Path, model: str | None = No
     config = TrainConfig.from_dict(state.get("config"), source=f"checkpoint {path}").validate()
     if data is not None and data != config.data:
         raise ConfigError(f"checkpoint {path} was trained on data {config.data!r}, not {data!r}", "data")
-    if is_spec(config.data) and not Path(config.data).is_dir() and data is None and not trust_checkpoint:
+    if is_code(config.data) and data is None and not trust_checkpoint:
         raise CheckpointError(f"checkpoint {path} names the data spec {config.data!r}, which imports and runs "
                               "Python code; a checkpoint alone never runs code: to run it, set trust_checkpoint "
                               "(or give that data spec again)", "trust_checkpoint")
