@@ -46,6 +46,7 @@ def _run_child(request: dict) -> None:
 def serve() -> None:
     """The server loop: fork per request, report pid and exit status."""
     import branchgraph.api
+    import branchgraph.api_runs
     import branchgraph.cli
     import branchgraph.cli_flags  # noqa: F401  (imported once, here, for every child; the CLI imports these late)
 

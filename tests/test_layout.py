@@ -39,7 +39,7 @@ LAYERS = (
     ("inference",),
     ("candidates", "tuning_cache", "tune_result", "tune", "deploy"),
     ("benchmark", "training", "interactive"),
-    ("api",),
+    ("api", "api_runs"),
     ("commands", "cli_args", "cli_flags", "cli", ""),
 )
 

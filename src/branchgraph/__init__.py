@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 _WHERE = {
-    **dict.fromkeys(("bench", "bench_parallel", "branches", "compare", "draw", "evaluate", "optimize", "plan", "prune",
-                     "report", "resume", "summary", "train"), "branchgraph.api"),
+    **dict.fromkeys(("bench", "bench_parallel", "branches", "compare", "draw", "optimize", "plan", "report", "summary"),
+                    "branchgraph.api"),
+    **dict.fromkeys(("evaluate", "prune", "resume", "train"), "branchgraph.api_runs"),
     "BranchMonitor": "branchgraph.analysis.monitor",
     "Mode": "branchgraph.choices",
     "Precision": "branchgraph.choices",
@@ -54,15 +55,12 @@ if TYPE_CHECKING:
         branches,
         compare,
         draw,
-        evaluate,
         optimize,
         plan,
-        prune,
         report,
-        resume,
         summary,
-        train,
     )
+    from branchgraph.api_runs import evaluate, prune, resume, train
     from branchgraph.choices import Mode, Precision
     from branchgraph.models import create_model, list_models
 

@@ -1,6 +1,7 @@
-"""The top-level Python API: every entry point takes a module, a registry name or a model spec
-(``package.module:factory``, ``file.py:factory``, ``timm:NAME``) with ``input_size`` (C, H, W; required where the
-registry does not know it) and ``model_kwargs`` (options of the model's factory)."""
+"""The top-level Python API for a model: analyse, draw, optimise, plan memory, time. Every entry point takes a
+module, a registry name or a model spec (``package.module:factory``, ``file.py:factory``, ``timm:NAME``) with
+``input_size`` (C, H, W; required where the registry does not know it) and ``model_kwargs`` (options of the
+model's factory). Training runs: ``branchgraph.api_runs``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from branchgraph.choices import DEFAULTS
+from branchgraph.choices import COMPILE_BUDGET_S, DEFAULTS
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.models.registry import resolve_model
@@ -22,8 +23,6 @@ if TYPE_CHECKING:  # the packages behind each entry point are imported when it i
     from branchgraph.graph.tables import Comparison, Summary
     from branchgraph.memory.checkpointing import CheckpointPlan
     from branchgraph.passes.pipeline import OptimizeReport
-    from branchgraph.training.config import TrainConfig
-    from branchgraph.training.trainer import TrainResult
     from branchgraph.tune import TunedReport
 
 Model = nn.Module | str
@@ -43,10 +42,20 @@ def _classes(module: nn.Module, size: tuple[int, ...], mode: str) -> int | None:
 
 
 def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int = DEFAULTS["summary"]["batch"],
-            seed: int = 0,
-            model_kwargs: dict[str, Any] | None = None) -> Summary:
+            seed: int = 0, model_kwargs: dict[str, Any] | None = None) -> Summary:
     """Per module and per branch: output shape, parameters, forward and backward MACs, the bytes autograd saved
-    for backward in a measured training step, and the step's peak."""
+    for backward in a measured training step, and the step's peak.
+
+    Args:
+        model: a module, a registry name or a model spec.
+        input_size: one input's shape (C, H, W), without the batch.
+        batch: the batch the shapes, MACs and saved bytes are for.
+        seed: seed of the model's weights (registry, spec) and of the random input.
+        model_kwargs: options of the model's factory.
+
+    Returns:
+        The summary: ``print`` shows its table, ``to_dict()`` its data.
+    """
     from branchgraph.graph.tables import summary as summarise
 
     name, module, size, _ = resolve_model(model, input_size, model_kwargs, seed)
@@ -56,7 +65,15 @@ def summary(model: Model, input_size: tuple[int, ...] | None = None, batch: int 
 def compare(model_a: Model, model_b: Model, input_size: tuple[int, ...] | None = None,
             batch: int = DEFAULTS["compare"]["batch"], seed: int = 0, model_kwargs: dict[str, Any] | None = None
             ) -> Comparison:
-    """Two models' summaries (``summary``) side by side at the same input: params, MACs, saved bytes, and B / A."""
+    """Two models' summaries side by side at the same input: params, MACs, saved bytes, and B / A.
+
+    Args:
+        model_a: the first model (module, registry name or spec); ``model_b`` the second.
+        input_size, batch, seed, model_kwargs: as for ``summary``, the same for both.
+
+    Returns:
+        Both summaries (``a``, ``b``); ``print`` shows the table with the ratios.
+    """
     from branchgraph.graph.tables import Comparison
 
     return Comparison(*(summary(m, input_size, batch, seed, model_kwargs) for m in (model_a, model_b)))
@@ -64,8 +81,15 @@ def compare(model_a: Model, model_b: Model, input_size: tuple[int, ...] | None =
 
 def draw(model: Model, input_size: tuple[int, ...] | None = None, output: str | Path = "graph.svg",
          batch: int = DEFAULTS["draw"]["batch"], seed: int = 0, model_kwargs: dict[str, Any] | None = None) -> Drawing:
-    """Draw ``model``'s captured graph (forks, joins and each block's branches side by side, coloured by MACs) to
-    ``output``: .svg, .html (inline SVG) or .dot/.gv (Graphviz source)."""
+    """Draw ``model``'s captured graph: forks, joins and each block's branches side by side, coloured by MACs.
+
+    Args:
+        output: .svg, .html (inline SVG) or .dot/.gv (Graphviz source); written whole or not at all.
+        model, input_size, batch, seed, model_kwargs: as for ``summary``.
+
+    Returns:
+        Where it was written, with the number of blocks and branches drawn.
+    """
     from branchgraph.graph.draw import Drawing
     from branchgraph.graph.draw import draw as draw_summary
 
@@ -77,14 +101,29 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
              mode: str = DEFAULTS["optimize"]["mode"], batch: int = DEFAULTS["optimize"]["batch"], seed: int = 0,
              model_kwargs: dict[str, Any] | None = None, verify: bool = True, tune: bool = False,
              tune_batch: int = DEFAULTS["optimize"]["tune_batch"], out: str | Path | None = None,
-             onnx: str | Path | None = None, **tune_options: Any) -> tuple[nn.Module, OptimizeReport | TunedReport]:
-    """Run graph passes (default: the mode's lossless set) on ``model`` and verify the result against it on a
-    random batch of ``batch`` (outputs, and in training mode gradients and weights after an SGD step). With
-    ``tune``, time precisions, layouts, {eager, the passes} and, for inference, compiled and runtime engines at
-    ``tune_batch`` (``tune_options`` go to ``branchgraph.tune.tune``: engines, retune, compile_budget...) and
-    return the fastest verified one as a module (fp32 in, fp32 out) whichever engine won; ``out`` (inference)
-    writes it for deployment (``branchgraph.inference.load`` reads it back). ``onnx`` (inference) exports the
-    returned module to that ONNX file (``report.onnx``)."""
+             onnx: str | Path | None = None, engines: list[str] | None = None, rounds: int = 3, retune: bool = False,
+             cache: bool = True, compile_budget: float | None = COMPILE_BUDGET_S
+             ) -> tuple[nn.Module, OptimizeReport | TunedReport]:
+    """Run graph passes on ``model`` and verify them against it; ``tune``: the fastest verified variant here.
+
+    Args:
+        passes: pass names (``branchgraph.passes``); default the mode's lossless set.
+        mode: ``"eval"`` (inference) or ``"train"``: which graph is optimised and how it is verified (outputs;
+            in training also gradients and the weights after an SGD step).
+        batch: the random batch the verification runs on.
+        verify: check the result against ``model`` (a failed check raises, nothing is returned).
+        tune: time precisions, layouts, {eager, the passes} and, for inference, compiled and runtime engines at
+            ``tune_batch``, interleaved, and return the fastest verified one as a module (fp32 in, fp32 out).
+        out: with ``tune`` in eval mode, write the chosen model for deployment (``branchgraph.inference.load``).
+        onnx: in eval mode, export the returned module to this ONNX file (``report.onnx``).
+        engines, rounds, retune, cache, compile_budget: the tuner's (``branchgraph.tune.tune``): the engines to try,
+            timed rounds, measure again instead of reading this machine's cached choice, cache the choice, and the
+            seconds ``torch.compile`` may take before it is left out.
+        model, input_size, seed, model_kwargs: as for ``summary``.
+
+    Returns:
+        The optimised module and its report (passes applied, verification errors, with ``tune`` the timings).
+    """
     from branchgraph.passes.manager import resolve
     from branchgraph.passes.pipeline import optimize as run_passes_verified
     from branchgraph.tune import TunedReport, serving_module
@@ -104,7 +143,8 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
         net, report = run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
         return net, _exported(net, example, onnx, report)
     timed, target = example_for(size, tune_batch, seed, classes or _classes(module, size, mode))
-    tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), **tune_options)
+    tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), engines=engines,
+                         rounds=rounds, retune=retune, cache=cache, compile_budget=compile_budget)
     cand = tuning.chosen
     if cand.engine == "torch" and cand.passes is not None:
         net, passes_report = run_passes_verified(module, example, passes=cand.pass_list(), mode=mode, verify=verify,
@@ -134,11 +174,22 @@ def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float 
          model_kwargs: dict[str, Any] | None = None, cost: str = "time", saving_ops: bool = True,
          measure: bool = True, lossy_saves: str | None = None, region_limit: float | int | str | None = None,
          compare_rounds: int | None = None) -> tuple[nn.Module, CheckpointPlan]:
-    """Plan activation checkpointing of ``model`` trained at ``batch`` so that what it keeps for backward fits
-    ``budget`` and/or its step's peak fits ``peak`` (fractions of the plain model's, or sizes such as "300MiB"),
-    recomputing least (measured ``cost="time"``, or ``"macs"``); ``saving_ops``, ``measure``, ``lossy_saves`` and
-    ``region_limit`` as in ``branchgraph.memory.plan``. With ``compare_rounds`` (0 or more), a training step of the
-    plain and of the planned model is measured afterwards, and that many rounds timed (``plan.compared``)."""
+    """Plan activation checkpointing of ``model`` trained at ``batch`` so that what it keeps for backward, and/or
+    its step's peak, fits a budget while recomputing least.
+
+    Args:
+        budget: bound on the activations kept for backward: a fraction of the plain model's (0.25) or a size
+            ("300MiB").
+        peak: bound on the training step's measured peak, likewise.
+        cost: what the plan minimises: ``"time"`` (measured forward time of what is recomputed) or ``"macs"``.
+        saving_ops, measure, lossy_saves, region_limit: as in ``branchgraph.memory.plan``.
+        compare_rounds: afterwards, measure a training step of the plain and the planned model and time that
+            many interleaved rounds (``plan.compared``).
+        model, input_size, batch, seed, model_kwargs: as for ``summary``.
+
+    Returns:
+        The checkpointed module (same weights, same results) and the plan (saved bytes, recomputed cost, peaks).
+    """
     from branchgraph.memory.checkpointing import plan as plan_checkpointing
     from branchgraph.memory.measure import compare_variants
 
@@ -154,10 +205,16 @@ def plan(model: Model, input_size: tuple[int, ...] | None = None, budget: float 
 
 
 def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: int = DEFAULTS["branches"]["batch"],
-             seed: int = 0,
-             model_kwargs: dict[str, Any] | None = None) -> list[ForkGradients]:
-    """Per fork of ``model``: its gradient in a float64 training step, each branch's contribution and share
-    (the contributions are checked to add up to the fork's gradient). ``model`` itself is not changed."""
+             seed: int = 0, model_kwargs: dict[str, Any] | None = None) -> list[ForkGradients]:
+    """How each fork's gradient splits among its branches, in one float64 training step of a copy of ``model``
+    (the contributions are checked to add up to the fork's gradient).
+
+    Args:
+        model, input_size, batch, seed, model_kwargs: as for ``summary``.
+
+    Returns:
+        One entry per fork: its gradient norm and each branch's contribution and share.
+    """
     import copy
 
     from branchgraph.analysis.forks import fork_gradients
@@ -168,12 +225,30 @@ def branches(model: Model, input_size: tuple[int, ...] | None = None, *, batch: 
 
 
 def bench(model: Model, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFAULTS["bench"]["batch"],
-          input_size: tuple[int, ...] | None = None, **options: Any) -> BenchResult:
-    """Time eager, compiled, optimised and (``tune=True``) tuned variants of ``model`` interleaved in this
-    process: medians, ratios and achieved GFLOP/s (``branchgraph.benchmark.bench``)."""
+          input_size: tuple[int, ...] | None = None, *, rounds: int = 10, warmup: int = 2, compile: bool = True,
+          passes: list[str] | None = None, tune: bool = False, seed: int = 0,
+          model_kwargs: dict[str, Any] | None = None, peers: bool = False, retune: bool = False,
+          engines: list[str] | None = None, compile_budget: float | None = COMPILE_BUDGET_S) -> BenchResult:
+    """Time eager, compiled, optimised and optimised+compiled variants of ``model`` interleaved in this process.
+
+    Args:
+        mode: time training steps (``"train"``) or inference (``"eval"``).
+        rounds, warmup: interleaved timed rounds per variant, and untimed calls before them.
+        compile: include the ``torch.compile`` variants.
+        passes: the optimised variant's passes (default the mode's lossless set).
+        tune: add the variant ``optimize(tune=True)`` picks (among ``engines``; ``retune``, ``compile_budget`` as
+            there).
+        peers: in inference, add Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error.
+        model, input_size, batch, seed, model_kwargs: as for ``summary``.
+
+    Returns:
+        Median seconds per call of each variant, its speed-up over eager and achieved GFLOP/s.
+    """
     from branchgraph.benchmark import bench as bench_model
 
-    return bench_model(model, mode, batch, input_size, **options)
+    return bench_model(model, mode, batch, input_size, rounds=rounds, warmup=warmup, compile=compile, passes=passes,
+                       tune=tune, seed=seed, model_kwargs=model_kwargs, peers=peers, retune=retune,
+                       engines=engines, compile_budget=compile_budget)
 
 
 def bench_parallel(model: Model, mode: str = DEFAULTS["bench_parallel"]["mode"],
@@ -181,81 +256,39 @@ def bench_parallel(model: Model, mode: str = DEFAULTS["bench_parallel"]["mode"],
                    input_size: tuple[int, ...] | None = None, *, rounds: int = 10, workers: int | None = None,
                    device: str = "cpu", model_kwargs: dict[str, Any] | None = None, seed: int = 0
                    ) -> ParallelBenchResult:
-    """The model's branches run one after another against concurrently (the ``parallel`` pass, ``workers``
-    threads per block on CPU), ``rounds`` interleaved rounds at each batch size."""
+    """The model's branches run one after another against concurrently (the ``parallel`` pass), interleaved.
+
+    Args:
+        batches: the batch sizes timed.
+        rounds: interleaved timing rounds per variant and batch.
+        workers: threads per block on CPU (default one per branch).
+        device: ``"cpu"`` or ``"cuda"`` (branches on their own CUDA streams).
+        model, mode, input_size, seed, model_kwargs: as for ``bench``.
+
+    Returns:
+        Per batch size: median seconds of both and the ratio.
+    """
     from branchgraph.benchmark import bench_parallel as bench_branches
 
     return bench_branches(model, mode, batches, input_size, rounds=rounds, workers=workers, device=device,
                           model_kwargs=model_kwargs, seed=seed)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", *, data_dir: str | None = None, limit: int | None = None,
-             precision: str | None = None, model: str | None = None, trust_checkpoint: bool = False,
-             data: Any = None) -> dict[str, Any]:
-    """Accuracy and loss of a trained run on ``split``, with the run's own limit and precision unless given; a run
-    of a model or data spec needs it again (``model``, ``data``) or ``trust_checkpoint``; a run on datasets given
-    in Python needs them again as ``data``."""
-    from branchgraph.training.evaluation import evaluate_checkpoint
-
-    return evaluate_checkpoint(run_dir, split=split, data_dir=data_dir, limit=limit, precision=precision,
-                               model=model, trust_checkpoint=trust_checkpoint, data=data)
-
-
-def prune(run_dir: str | Path, amount: float = 0.5, epochs: int = 1, *, lr: float | None = None,
-          progress: bool = True, model: str | None = None, trust_checkpoint: bool = False, data: Any = None
-          ) -> dict[str, Any]:
-    """Prune ``amount`` of a trained run's prunable channels and fine-tune for ``epochs`` (peak ``lr``, default a
-    quarter of the run's) beside the run, with held-out accuracy, parameters and MACs at each stage (``model``,
-    ``trust_checkpoint`` and ``data`` as for ``evaluate``)."""
-    from branchgraph.training.prune_run import prune_and_finetune
-
-    return prune_and_finetune(run_dir, amount, epochs, lr=lr, progress=progress, model=model,
-                              trust_checkpoint=trust_checkpoint, data=data)
-
-
-def train(model: Model | TrainConfig | None = None, preset: str = "fast", *, config: str | Path | None = None,
-          data: Any = None, run_dir: str | Path | None = None, progress: bool = True, **settings: Any
-          ) -> TrainResult:
-    """Train the preset's model (``googlenet-fmnist``), a registry model or model spec, with the preset's settings,
-    then those of the JSON file ``config``, then ``settings`` (``epochs=2``, ``limit=512``...); a module of your
-    own (its run cannot be resumed from the registry); or a complete ``TrainConfig``. ``data``: Fashion-MNIST by
-    default; an image folder (``DIR/train/<class>/*.png``, ``val/``, ``test/``) or a ``pkg.mod:factory`` /
-    ``file.py:factory`` returning ``(train, val[, test])``; or those datasets or DataLoaders themselves, read into
-    memory. A registry model gets the data's channels and class count; other models must take them."""
-    from branchgraph.training.config import TrainConfig, build_config
-    from branchgraph.training.trainer import Trainer
-
-    if isinstance(data, str):
-        settings, data = {**settings, "data": data}, None
-    if isinstance(model, TrainConfig):
-        settings_of, module = model, None
-    elif model is None or isinstance(model, str):
-        named = {} if model is None else {"model": model}
-        settings_of, module = build_config(preset, config, {**settings, **named}), None
-    else:
-        settings_of, module = build_config(preset, config, settings), model
-    directory = None if run_dir is None else Path(run_dir)
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-    return Trainer(settings_of, directory, progress=progress, model=module, data=data).run()
-
-
-def resume(run_dir: str | Path, **options: Any) -> TrainResult:
-    """Continue a run from its checkpoint with its saved settings (``branchgraph.training.resume``: epochs to
-    extend it, heap, data_dir, progress; a run of a model or data spec needs ``model``/``data``, that spec again,
-    or ``trust_checkpoint``; a run on datasets given in Python needs them again as ``data``)."""
-    from branchgraph.training.runs import resume as resume_run
-
-    return resume_run(run_dir, **options)
-
-
 def report(model: Model, input_size: tuple[int, ...] | None = None, output: str | Path = "report.html",
            batch: int = DEFAULTS["report"]["batch"], *, budget: float | int | str | None = None,
            peak: float | int | str | None = None, branches: bool = False, seed: int = 0,
            model_kwargs: dict[str, Any] | None = None) -> Path:
-    """Write one self-contained interactive HTML page for ``model`` measured at ``batch``: summary, graph with
-    collapsible blocks, with ``budget``/``peak`` a checkpoint plan drawn on the graph, with ``branches`` each
-    block's gradient shares."""
+    """Write one self-contained interactive HTML page for ``model``: summary and graph with collapsible blocks.
+
+    Args:
+        output: the page's path (written whole or not at all).
+        budget, peak: draw a checkpoint plan under these bounds on the graph (as for ``plan``).
+        branches: add each block's gradient shares (as ``branches`` measures them).
+        model, input_size, batch, seed, model_kwargs: as for ``summary``.
+
+    Returns:
+        The page's path.
+    """
     from branchgraph.interactive import write_report
 
     return write_report(model, input_size, output, batch=batch, budget=budget, peak=peak, branches=branches,

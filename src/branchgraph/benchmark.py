@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from branchgraph.choices import DEFAULTS
+from branchgraph.choices import COMPILE_BUDGET_S, DEFAULTS
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
 from branchgraph.graph import capture, measure
@@ -28,7 +28,6 @@ from branchgraph.passes import optimize, output_error, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
 from branchgraph.tune import (
-    COMPILE_BUDGET_S,
     DTYPES,
     RUNTIME_ENGINES,
     SETTLE_S,

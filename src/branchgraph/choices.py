@@ -64,6 +64,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "bench": {"mode": Mode.EVAL, "batch": 128},
     "bench_parallel": {"mode": Mode.EVAL, "batches": (1, 8, 32, 128)},
 }
+# Seconds a torch.compile candidate may take to compile before tuning and benchmarks leave it out (a first compile
+# of GoogLeNet takes about two minutes on two cores).
+COMPILE_BUDGET_S = 600.0
 COMMANDS = {"draw": "graph", "plan": "memory", "bench_parallel": "bench-parallel"}  # API name -> CLI command
 
 

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from branchgraph.choices import CONCRETE_PRECISIONS, DEFAULTS, MODES, PRECISIONS
+from branchgraph.choices import COMPILE_BUDGET_S, CONCRETE_PRECISIONS, DEFAULTS, MODES, PRECISIONS
 from branchgraph.cli_args import (
     input_size,
     json_object,
@@ -103,8 +103,9 @@ def _add_tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", help="comma-separated engines --tune may choose among (torch, compiled, "
                    "onnxruntime, openvino; default: all for inference, torch for training)")
     p.add_argument("--retune", action="store_true", help="measure again instead of using the cached choice")
-    p.add_argument("--compile-budget", type=nonnegative_float, default=600.0, metavar="SECONDS",
-                   help="leave out a compiled candidate that takes longer to compile (0: compile none; default 600)")
+    p.add_argument("--compile-budget", type=nonnegative_float, default=COMPILE_BUDGET_S,
+                   metavar="SECONDS", help="leave out a compiled candidate that takes longer to compile "
+                   "(0: compile none; default %(default)s)")
 
 
 def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:

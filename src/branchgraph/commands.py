@@ -40,7 +40,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model (preset, then config file, then flags), or continue a run with --resume."""
-    from branchgraph.api import resume, train
+    from branchgraph.api_runs import resume, train
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a run's checkpoint on a split."""
-    from branchgraph.api import evaluate
+    from branchgraph.api_runs import evaluate
 
     result = evaluate(args.run, split=args.split, data_dir=args.data_dir, limit=args.limit, precision=args.precision,
                       model=args.model, trust_checkpoint=args.trust_checkpoint, data=args.data)
@@ -211,7 +211,7 @@ def cmd_branches(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Structured channel pruning of a trained run, fine-tuned, with accuracy before and after."""
-    from branchgraph.api import prune
+    from branchgraph.api_runs import prune
 
     r = prune(args.run, args.amount, args.epochs, lr=args.lr, progress=not args.quiet, model=args.model,
               trust_checkpoint=args.trust_checkpoint, data=args.data)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from branchgraph.candidates import DTYPES, ENGINES, RUNTIME_ENGINES, Candidate, candidates, usable_precisions
-from branchgraph.choices import Mode
+from branchgraph.choices import COMPILE_BUDGET_S, Mode
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model
 from branchgraph.heap import keeping
@@ -42,7 +42,6 @@ REPAY_SHARE = 0.1  # timing may take at most this share of the training steps it
 # Untimed calls of a candidate before each timed one when engines with thread pools of their own are compared
 # (branchgraph.timing.interleaved_times): 3 ms of settling took OpenVINO at batch 1 from 4.2 to 1.9 ms.
 SETTLE_S = 0.01
-COMPILE_BUDGET_S = 600.0
 __all__ = ["CACHE_NAME", "DTYPES", "ENGINES", "RUNTIME_ENGINES", "Candidate", "TuneResult", "TunedReport",
            "build_candidate", "cache_dir", "candidates", "serving_module", "tune", "usable_precisions"]
 
