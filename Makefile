@@ -88,6 +88,7 @@ bench: setup data
 	$(BIN)/python benchmarks/bench_heap.py --results
 	$(BIN)/python benchmarks/bench_revnet.py --results
 	$(BIN)/python benchmarks/bench_branch_stats.py --results
+	$(BIN)/python benchmarks/bench_parallel.py --results
 	$(BIN)/python benchmarks/bench_results.py
 	$(BIN)/python benchmarks/profile_engines.py --results
 

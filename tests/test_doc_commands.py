@@ -68,6 +68,8 @@ def _small(args: list[str], run: str) -> list[str]:
     command, rest = args[0], [run if a.startswith("runs/") else a for a in args[1:]]
     if "--rounds" in rest:
         rest[rest.index("--rounds") + 1] = "1"
+    elif "--measure" in rest:
+        rest += ["--rounds", "1"]
     if command == "memory" and "--peak" in rest:
         return [command, *rest]
     if "--batch" in rest:

@@ -136,6 +136,44 @@ def test_readme_ratios_come_from_the_results_pages() -> None:
     assert ratios and all(r in cells for r in ratios), [r for r in ratios if r not in cells]
 
 
+RATIO = re.compile(r"(?<![\w.])(\d+\.\d+)(?:[\u2013-](\d+\.\d+))? ?(?:\u00d7|x\b)")  # 1.35x, 1.30-1.41x
+CITED = {("optimisation.md", "1.6")}  # a figure another project published, cited by name where it is given
+
+
+def _numbers(value: object) -> list[float]:
+    """Every number in a results record: its values and those written in its table's cells."""
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    return [float(n) for n in re.findall(r"\d+\.\d+", str(value))]
+
+
+def test_every_ratio_in_the_docs_comes_from_a_results_page() -> None:
+    """A speed or cost ratio the documents state ("1.35x", "1.30-1.41x", with a multiplication sign) is a value of a
+    generated results page that the same section links, at the precision written: a re-measured page cannot leave
+    a stale figure behind."""
+    import json
+
+    stale = []
+    for path in DOCUMENTS:
+        if path.parent.name == "results" or path.name == "changelog.md":
+            continue
+        for section in re.split(r"\n(?=#+ )", path.read_text()):
+            pages = set(re.findall(r"results/([\w-]+)\.md", section)) - {"index"}
+            values = [n for page in pages
+                      for n in _numbers(json.loads((REPO / "docs" / "results" / f"{page}.json").read_text()))]
+            for figure in (g for m in RATIO.finditer(section) for g in m.groups() if g):
+                digits = len(figure.split(".")[1])
+                if (path.name, figure) not in CITED and not any(round(v, digits) == float(figure) for v in values):
+                    stale.append(f"{path.name}: {figure}x (pages linked in its section: {sorted(pages)})")
+    assert not stale, "\n".join(stale)
+
+
 def test_the_architecture_page_names_every_source_file() -> None:
     """docs/architecture.md's file map stays the tree's: a module added, moved or renamed must be described there."""
     files = (REPO / "docs" / "architecture.md").read_text().split("## Files", 1)[1]

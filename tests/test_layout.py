@@ -37,7 +37,7 @@ LAYERS = (
     ("memory", "passes"),
     ("models", "analysis"),
     ("inference",),
-    ("candidates", "tuning_cache", "tune_result", "tune", "deploy"),
+    ("candidates", "tuning_cache", "tune_result", "tune_checks", "tune", "deploy"),
     ("benchmark", "training", "interactive"),
     ("api", "api_runs"),
     ("commands", "cli_args", "cli_flags", "cli", ""),

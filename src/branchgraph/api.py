@@ -14,6 +14,7 @@ from torch import nn
 from branchgraph.choices import COMPILE_BUDGET_S, DEFAULTS
 from branchgraph.errors import ConfigError
 from branchgraph.example import example_for
+from branchgraph.inference.int8 import CALIBRATION_SIZE, MAX_ACCURACY_DROP_POINTS
 from branchgraph.models.registry import resolve_model
 
 if TYPE_CHECKING:  # the packages behind each entry point are imported when it is called (a light `import`)
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # the packages behind each entry point are imported when it i
     from branchgraph.benchmark import BenchResult, ParallelBenchResult
     from branchgraph.graph.draw import Drawing
     from branchgraph.graph.tables import Comparison, Summary
+    from branchgraph.inference.int8 import Calibration
     from branchgraph.memory.checkpointing import CheckpointPlan
     from branchgraph.passes.pipeline import OptimizeReport
     from branchgraph.tune import TunedReport
@@ -102,11 +104,14 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
              model_kwargs: dict[str, Any] | None = None, verify: bool = True, tune: bool = False,
              tune_batch: int = DEFAULTS["optimize"]["tune_batch"], out: str | Path | None = None,
              onnx: str | Path | None = None, engines: list[str] | None = None, rounds: int = 3, retune: bool = False,
-             cache: bool = True, compile_budget: float | None = COMPILE_BUDGET_S
+             cache: bool = True, compile_budget: float | None = COMPILE_BUDGET_S,
+             calibration: Calibration | str | None = None, calibration_size: int = CALIBRATION_SIZE,
+             max_accuracy_drop: float = MAX_ACCURACY_DROP_POINTS, trust_checkpoint: bool = False,
              ) -> tuple[nn.Module, OptimizeReport | TunedReport]:
     """Run graph passes on ``model`` and verify them against it; ``tune``: the fastest verified variant here.
 
     Args:
+        model: a module, registry name, model spec, or a trained run's directory (its weights, input size and data).
         passes: pass names (``branchgraph.passes``); default the mode's lossless set.
         mode: ``"eval"`` (inference) or ``"train"``: which graph is optimised and how it is verified (outputs;
             in training also gradients and the weights after an SGD step).
@@ -119,16 +124,40 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
         engines, rounds, retune, cache, compile_budget: the tuner's (``branchgraph.tune.tune``): the engines to try,
             timed rounds, measure again instead of reading this machine's cached choice, cache the choice, and the
             seconds ``torch.compile`` may take before it is left out.
-        model, input_size, seed, model_kwargs: as for ``summary``.
+        calibration: data for int8 candidates: a ``Calibration``, or a data spec preprocessed as training would; a
+            run's own data by default.
+        calibration_size, max_accuracy_drop: training images int8 is calibrated on, and the top-1 points it may
+            lose against fp32 on the held-out split.
+        trust_checkpoint: import the model and data specs a run's checkpoint names; input_size, seed,
+            model_kwargs: as for ``summary``.
 
     Returns:
         The optimised module and its report (passes applied, verification errors, with ``tune`` the timings).
     """
-    from branchgraph.passes.manager import resolve
     from branchgraph.passes.pipeline import optimize as run_passes_verified
-    from branchgraph.tune import TunedReport, serving_module
-    from branchgraph.tune import tune as tune_choice
 
+    _check_outputs(mode, tune, out, onnx)
+    from branchgraph.training.served_run import calibration_for, resolve_any
+
+    _, module, size, classes, run = resolve_any(model, input_size, model_kwargs, seed, trust_checkpoint)
+    example, _ = example_for(size, batch, seed)
+    if not tune:
+        net, report = run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
+        return net, _exported(net, example, onnx, report)
+    drop = max_accuracy_drop / 100
+    data = calibration_for(calibration, run, size, calibration_size, drop) if mode == "eval" else None
+    timed, target = example_for(size, tune_batch, seed, classes or _classes(module, size, mode))
+    options = {"engines": engines, "rounds": rounds, "retune": retune, "cache": cache, "compile_budget": compile_budget}
+    net, report = _tuned(module, example, timed, target, mode, passes, verify, seed, data, options)
+    if out is not None:
+        from branchgraph.deploy import save
+
+        report.deployed = save(module, example, report.tuning, out, served=net, calibration=data)
+    return net, _exported(net, example, onnx, report)
+
+
+def _check_outputs(mode: str, tune: bool, out: str | Path | None, onnx: str | Path | None) -> None:
+    """One ConfigError line where ``out`` or ``onnx`` cannot be written in this mode, before minutes of tuning."""
     if onnx is not None and mode != "eval":
         raise ConfigError("onnx exports inference graphs: use it in eval mode", param="onnx")
     if out is not None and not (tune and mode == "eval"):
@@ -136,27 +165,26 @@ def optimize(model: Model, input_size: tuple[int, ...] | None = None, *, passes:
     if out is not None:
         from branchgraph.deploy import check_target
 
-        check_target(out)  # before minutes of tuning, not after
-    _, module, size, classes = resolve_model(model, input_size, model_kwargs, seed)
-    example, _ = example_for(size, batch, seed)
-    if not tune:
-        net, report = run_passes_verified(module, example, passes=passes, mode=mode, verify=verify, seed=seed)
-        return net, _exported(net, example, onnx, report)
-    timed, target = example_for(size, tune_batch, seed, classes or _classes(module, size, mode))
-    tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), engines=engines,
-                         rounds=rounds, retune=retune, cache=cache, compile_budget=compile_budget)
+        check_target(out)
+
+
+def _tuned(module: nn.Module, example: torch.Tensor, timed: torch.Tensor, target: torch.Tensor | None, mode: str,
+           passes: list[str] | None, verify: bool, seed: int, calibration: Calibration | None,
+           options: dict[str, Any]) -> tuple[nn.Module, TunedReport]:
+    """The tuner's choice for ``module`` as a module, with its report (passes verified where it has passes)."""
+    from branchgraph.passes.manager import resolve
+    from branchgraph.passes.pipeline import optimize as run_passes_verified
+    from branchgraph.tune import TunedReport, serving_module
+    from branchgraph.tune import tune as tune_choice
+
+    tuning = tune_choice(module, timed, target, mode, pass_sets=((), resolve(passes, mode)), calibration=calibration,
+                         **options)
     cand = tuning.chosen
     if cand.engine == "torch" and cand.passes is not None:
         net, passes_report = run_passes_verified(module, example, passes=cand.pass_list(), mode=mode, verify=verify,
                                                  seed=seed)
-        report = TunedReport(**vars(passes_report), tuning=tuning)
-    else:
-        net, report = serving_module(module, example, mode, cand), TunedReport(mode, [], tuning=tuning)
-    if out is not None:
-        from branchgraph.deploy import save
-
-        report.deployed = save(module, example, tuning, out, served=net)  # the module returned is the one deployed
-    return net, _exported(net, example, onnx, report)
+        return net, TunedReport(**vars(passes_report), tuning=tuning)
+    return serving_module(module, example, mode, cand, calibration), TunedReport(mode, [], tuning=tuning)
 
 
 def _exported(net: nn.Module, example: torch.Tensor, onnx: str | Path | None, report: OptimizeReport | TunedReport
@@ -228,7 +256,9 @@ def bench(model: Model, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFA
           input_size: tuple[int, ...] | None = None, *, rounds: int = 10, warmup: int = 2, compile: bool = True,
           passes: list[str] | None = None, tune: bool = False, seed: int = 0,
           model_kwargs: dict[str, Any] | None = None, peers: bool = False, retune: bool = False,
-          engines: list[str] | None = None, compile_budget: float | None = COMPILE_BUDGET_S) -> BenchResult:
+          engines: list[str] | None = None, compile_budget: float | None = COMPILE_BUDGET_S,
+          calibration: Calibration | str | None = None, calibration_size: int = CALIBRATION_SIZE,
+          max_accuracy_drop: float = MAX_ACCURACY_DROP_POINTS, trust_checkpoint: bool = False) -> BenchResult:
     """Time eager, compiled, optimised and optimised+compiled variants of ``model`` interleaved in this process.
 
     Args:
@@ -238,8 +268,10 @@ def bench(model: Model, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFA
         passes: the optimised variant's passes (default the mode's lossless set).
         tune: add the variant ``optimize(tune=True)`` picks (among ``engines``; ``retune``, ``compile_budget`` as
             there).
-        peers: in inference, add Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error.
-        model, input_size, batch, seed, model_kwargs: as for ``summary``.
+        peers: in inference, add Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error,
+            and OpenVINO int8 where calibration data is known, with its held-out top-1 beside eager fp32's.
+        calibration, calibration_size, max_accuracy_drop, trust_checkpoint: as for ``optimize``.
+        model, input_size, batch, seed, model_kwargs: as for ``summary``; ``model`` may be a run directory.
 
     Returns:
         Median seconds per call of each variant, its speed-up over eager and achieved GFLOP/s.
@@ -248,7 +280,9 @@ def bench(model: Model, mode: str = DEFAULTS["bench"]["mode"], batch: int = DEFA
 
     return bench_model(model, mode, batch, input_size, rounds=rounds, warmup=warmup, compile=compile, passes=passes,
                        tune=tune, seed=seed, model_kwargs=model_kwargs, peers=peers, retune=retune,
-                       engines=engines, compile_budget=compile_budget)
+                       engines=engines, compile_budget=compile_budget, calibration=calibration,
+                       calibration_size=calibration_size, max_accuracy_drop=max_accuracy_drop,
+                       trust_checkpoint=trust_checkpoint)
 
 
 def bench_parallel(model: Model, mode: str = DEFAULTS["bench_parallel"]["mode"],

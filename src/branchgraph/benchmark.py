@@ -22,11 +22,13 @@ from branchgraph.example import example_for
 from branchgraph.graph import capture, measure
 from branchgraph.hardware import describe_text, matmul_peak
 from branchgraph.inference.engines import Built, export_for_runtimes
+from branchgraph.inference.int8 import CALIBRATION_SIZE, MAX_ACCURACY_DROP_POINTS, Calibration, int8_available, top1
 from branchgraph.inference.runtimes import available, missing_note
 from branchgraph.models.registry import resolve_model
 from branchgraph.passes import optimize, output_error, parallel
 from branchgraph.passes.manager import resolve
 from branchgraph.timing import make_runner, time_interleaved
+from branchgraph.training.served_run import calibration_for, resolve_any
 from branchgraph.tune import (
     DTYPES,
     RUNTIME_ENGINES,
@@ -39,14 +41,15 @@ from branchgraph.tune import (
 from branchgraph.tune import tune as tune_choice
 
 VARIANTS = ("eager", "compiled", "optimised", "optimised+compiled", "tuned", "tuned+compiled")
-PEERS = ("compiled (frozen)", "onnxruntime fp32", "openvino fp32", "openvino bf16")
+PEERS = ("compiled (frozen)", "onnxruntime fp32", "openvino fp32", "openvino bf16", "openvino int8")
 
 
 @dataclass
 class BenchResult:
     """Median seconds per call of each variant, its speed-up over eager, its achieved GFLOP/s against this
     machine's measured matmul peak for the variant's precision (the roofline), and in inference its output error
-    (its main output against eager fp32's, normwise: ||out - ref|| / ||ref||)."""
+    (its main output against eager fp32's, normwise: ||out - ref|| / ||ref||) and, with calibration data, the
+    held-out top-1 of eager fp32 and of every int8 variant."""
 
     model: str
     mode: str
@@ -63,6 +66,7 @@ class BenchResult:
     errors: dict[str, float] = field(default_factory=dict)
     compile_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    accuracy: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         eager = self.median_s["eager"]
@@ -72,7 +76,8 @@ class BenchResult:
                 "variants": {v: {"median_ms": 1000 * t, "speedup_vs_eager": eager / t, "precision": self.precision[v],
                                  "gflops": self.gflop_per_call / t,
                                  "fraction_of_peak": self.gflop_per_call / t / self.peak_gflops[self.precision[v]],
-                                 "output_error": self.errors.get(v), "compile_s": self.compile_s.get(v)}
+                                 "output_error": self.errors.get(v), "compile_s": self.compile_s.get(v),
+                                 "accuracy": self.accuracy.get(v)}
                              for v, t in self.median_s.items()},
                 "tuning": self.tuning.to_dict() if self.tuning else None, "notes": self.notes}
 
@@ -91,6 +96,7 @@ class BenchResult:
         for v, r in d["variants"].items():
             error = "" if r["output_error"] is None else f" {r['output_error']:.1e}"
             built = f" (compiled in {r['compile_s']:.0f} s)" if r["compile_s"] else ""
+            built += f" held-out top-1 {r['accuracy']:.4f}" if r["accuracy"] is not None else ""
             lines.append(f"{v:<20} {r['median_ms']:>10.1f} {r['speedup_vs_eager']:>8.2f}x {r['gflops']:>8.1f} "
                          f"{r['fraction_of_peak']:>7.0%} {r['precision']:<9}{error}{built}")
         if self.tuning is not None:
@@ -114,14 +120,32 @@ def _output_error(net: nn.Module, x: torch.Tensor, autocast: torch.dtype | None,
         return output_error(net(x), reference)
 
 
-def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str],
-           compile_off: str | None) -> tuple[dict[str, Built], list[str]]:
-    """Inductor with freezing (unless ``compile_off`` says why not), and ONNX Runtime and OpenVINO (fp32, and bf16
-    where native) on the exported graph: the engines a user could deploy instead; notes for those left out."""
+def _quality(model: nn.Module, x: torch.Tensor, mode: str, runs: dict[str, tuple[nn.Module, torch.Tensor, Any]],
+             precision: dict[str, str], calibration: Calibration | None) -> tuple[dict[str, float], dict[str, float]]:
+    """In inference, each variant's output error against eager fp32 on ``x``, and the held-out top-1 of eager and
+    of every int8 variant where ``calibration`` data is known."""
+    if mode != "eval":
+        return {}, {}
+    with torch.no_grad():
+        reference = model(x)
+    errors = {v: _output_error(net, inp, cast, reference) for v, (net, inp, cast) in runs.items() if v != "eager"}
+    accuracy = {} if calibration is None else {v: top1(runs[v][0], *calibration.val) for v in runs
+                                               if v == "eager" or precision[v] == "int8"}
+    return errors, accuracy
+
+
+def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str], compile_off: str | None,
+           calibration: Calibration | None = None) -> tuple[dict[str, Built], list[str]]:
+    """Inductor with freezing (unless ``compile_off`` says why not), and ONNX Runtime and OpenVINO (fp32, bf16
+    where native, int8 calibrated on ``calibration``) on the exported graph: the engines a user could deploy
+    instead; notes for those left out."""
+    int8 = "no calibration data (a run directory as the model, or calibration data)" if calibration is None \
+        else int8_available()
+    reduced = [p for p, wanted in (("bf16", "bf16" in precisions), ("int8", not int8)) if wanted]
     wanted = [*([] if compile_off else [Candidate(engine="compiled")]), Candidate("fp32", engine="onnxruntime"),
-              Candidate("fp32", engine="openvino"), *([Candidate("bf16", engine="openvino")] if "bf16" in precisions
-                                                     else [])]
-    built, notes = {}, [n for n in [missing_note()] if n]
+              Candidate("fp32", engine="openvino"), *(Candidate(p, engine="openvino") for p in reduced)]
+    int8_note = int8 and available("openvino") and f"openvino int8 left out: {int8}"  # else: missing_note's
+    built, notes = {}, [n for n in [missing_note(), int8_note] if n]
     if compile_off:
         notes.append(f"compiled (frozen) left out: {compile_off}")
     with tempfile.TemporaryDirectory(prefix="branchgraph-bench-") as tmp:
@@ -136,7 +160,7 @@ def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str],
                 continue
             name = "compiled (frozen)" if cand.engine == "compiled" else cand.name
             try:
-                built[name] = build_candidate(model, x, "eval", cand, onnx_path)
+                built[name] = build_candidate(model, x, "eval", cand, onnx_path, calibration)
             except Exception as exc:  # one engine failing on this model does not stop the others
                 notes.append(f"{name} left out: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}")
     return built, notes
@@ -148,16 +172,20 @@ def bench(
     rounds: int = 10, warmup: int = 2, compile: bool = True, passes: list[str] | None = None, tune: bool = False,
     seed: int = 0, model_kwargs: dict[str, Any] | None = None, peers: bool = False, retune: bool = False,
     engines: list[str] | None = None, compile_budget: float | None = COMPILE_BUDGET_S,
+    calibration: Calibration | str | None = None, calibration_size: int = CALIBRATION_SIZE,
+    max_accuracy_drop: float = MAX_ACCURACY_DROP_POINTS, trust_checkpoint: bool = False,
 ) -> BenchResult:
-    """Time the variants of model ``name`` (a module, registry name or spec; ``compile=False`` leaves out the compiled
-    ones); ``tune`` adds the variant ``branchgraph.tune`` picks (among ``engines``); ``peers`` (inference) adds
-    Inductor with freezing, ONNX Runtime and OpenVINO, each with its output error against eager fp32."""
+    """Time the variants of model ``name`` (a module, registry name, spec or run directory; ``compile=False`` leaves
+    out the compiled ones); ``tune`` adds the variant ``branchgraph.tune`` picks (among ``engines``); ``peers``
+    (inference) adds Inductor with freezing, ONNX Runtime and OpenVINO, and int8 with calibration data (a run's)."""
     if peers and mode != "eval":
         raise ConfigError("peers compares inference engines: use it with mode 'eval'", param="peers")
     torch.manual_seed(seed)  # a module's dropout and the compiled variants draw from it too
-    label, model, size, classes = resolve_model(name, input_size, model_kwargs, seed)
+    label, model, size, classes, run = resolve_any(name, input_size, model_kwargs, seed, trust_checkpoint)
     model.train(mode == "train")
     x, y = example_for(size, batch, seed, classes)
+    data = calibration_for(calibration, run, size, calibration_size, max_accuracy_drop / 100) \
+        if mode == "eval" and (tune or peers) else None
     names = resolve(passes, mode)
     optimised, report = optimize(model, x[:2], passes=names, mode=mode, verify=False)
     reduced = "bf16" if "precision" in names else "fp32"
@@ -169,12 +197,11 @@ def bench(
     tuning, notes = None, []
     if tune:
         tuning = tune_choice(model, x, y, mode, pass_sets=(None, names), retune=retune, engines=engines,
-                             compile_budget=compile_budget if compile else 0)
-        chosen = build_candidate(model, x, mode, tuning.chosen)
-        nets["tuned"], inputs["tuned"] = chosen.net, chosen.x
+                             compile_budget=compile_budget if compile else 0, calibration=data)
+        chosen = build_candidate(model, x, mode, tuning.chosen, calibration=data)
+        nets["tuned"], inputs["tuned"], inputs["tuned+compiled"] = chosen.net, chosen.x, chosen.x
         precision["tuned"] = precision["tuned+compiled"] = tuning.chosen.precision
         autocast["tuned"] = autocast["tuned+compiled"] = tuning.chosen.autocast
-        inputs["tuned+compiled"] = inputs["tuned"]
     if compile:
         nets["compiled"] = torch.compile(copy.deepcopy(model))
         nets["optimised+compiled"] = torch.compile(copy.deepcopy(optimised))
@@ -183,25 +210,22 @@ def bench(
     order = [v for v in VARIANTS if v in nets]
     if peers:
         off = "compile is off" if not compile else "compile budget 0 s" if compile_budget == 0 else None
-        found, notes = _peers(model, x, usable_precisions(x.device, None)[0], off)
+        found, notes = _peers(model, x, usable_precisions(x.device, None)[0], off, data)
         for variant, b in found.items():
             nets[variant], inputs[variant] = b.net, b.x
-            precision[variant] = "bf16" if variant.endswith("bf16") else "fp32"
+            precision[variant] = variant.rsplit(" ", 1)[1] if variant.endswith(("bf16", "int8")) else "fp32"
             if b.compile_s:
                 compile_s[variant] = b.compile_s
         order += list(found)
     runs = {v: make_runner(nets[v], inputs[v], y, mode, autocast=autocast.get(v)) for v in order}
     medians = time_interleaved(runs, rounds, warmup, settle_s=SETTLE_S if peers else 0.0)
-    errors = {}
-    if mode == "eval":
-        with torch.no_grad():
-            reference = model(x)
-        errors = {v: _output_error(nets[v], inputs[v], autocast.get(v), reference) for v in order if v != "eager"}
-    peaks = {p: matmul_peak(DTYPES[p]) for p in dict.fromkeys(precision[v] for v in medians)}
+    errors, accuracy = _quality(model, x, mode, {v: (nets[v], inputs[v], autocast.get(v)) for v in order}, precision,
+                                data)
+    peaks = {p: matmul_peak(DTYPES.get(p, torch.int8)) for p in dict.fromkeys(precision[v] for v in medians)}
     return BenchResult(model=label, mode=mode, batch=batch, input_size=size, rounds=rounds, median_s=medians,
                        passes=[p.name for p in report.passes], gflop_per_call=step_gflop(model, x, mode),
                        precision={v: precision[v] for v in medians}, peak_gflops=peaks, machine=describe_text(),
-                       tuning=tuning, errors=errors, compile_s=compile_s, notes=notes)
+                       tuning=tuning, errors=errors, compile_s=compile_s, notes=notes, accuracy=accuracy)
 
 
 @dataclass

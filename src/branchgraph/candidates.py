@@ -12,6 +12,7 @@ import torch
 from branchgraph.choices import CONCRETE_PRECISIONS, Precision
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, native_bf16
+from branchgraph.inference.int8 import int8_available
 from branchgraph.inference.runtimes import INSTALL, available
 from branchgraph.passes.manager import resolve
 
@@ -80,13 +81,14 @@ def usable_precisions(device: torch.device, precisions: Sequence[str] | None) ->
 def candidates(
     device: torch.device, mode: str, layouts: Sequence[bool] = (False, True),
     pass_sets: Sequence[Sequence[str] | None] = (None,), precisions: Sequence[str] | None = None,
-    engines: Sequence[str] | None = None,
+    engines: Sequence[str] | None = None, calibration: bool = False,
 ) -> tuple[list[Candidate], dict[str, str]]:
     """Every candidate worth timing on ``device`` and those left out with the reason: precision (``usable_precisions``)
     x layout x pass set in eager torch (``layout`` and ``precision`` in a pass set are dropped: they are the layout
     and precision axes); for inference also reduced-precision weights, Inductor with freezing (fp32 NCHW and
-    reduced-precision weights channels_last), and ONNX Runtime and OpenVINO where installed. ``engines`` (default:
-    all of ``ENGINES`` for inference, ``torch`` for training) limits them."""
+    reduced-precision weights channels_last), and ONNX Runtime and OpenVINO where installed, with OpenVINO int8
+    where ``calibration`` data is known. ``engines`` (default: all of ``ENGINES`` for inference, ``torch`` for
+    training) limits them."""
     chosen_engines = list(engines) if engines is not None else list(ENGINES if mode == "eval" else ("torch",))
     unknown = [e for e in chosen_engines if e not in ENGINES]
     if unknown:
@@ -118,7 +120,21 @@ def candidates(
             found.append(Candidate("fp32", engine=runtime))
             if runtime == "openvino" and "bf16" in kept:
                 found.append(Candidate("bf16", engine=runtime))
+            if runtime == "openvino":
+                _int8(found, left_out, calibration)
     if not found:
         raise ConfigError(f"no candidate to time among engines {', '.join(chosen_engines)}: "
                           + "; ".join(f"{k}: {v}" for k, v in left_out.items()))
     return found, left_out
+
+
+def _int8(found: list[Candidate], left_out: dict[str, str], calibration: bool) -> None:
+    """OpenVINO int8 among ``found`` where calibration data is known and NNCF is installed, else why not."""
+    missing = int8_available()
+    if not calibration:
+        left_out["openvino int8"] = ("no calibration data: give a trained run as the model, or calibration "
+                                     "images (int8 is accepted by held-out accuracy, not by a tolerance)")
+    elif missing:
+        left_out["openvino int8"] = missing
+    else:
+        found.append(Candidate("int8", engine="openvino"))

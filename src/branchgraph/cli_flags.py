@@ -32,6 +32,7 @@ from branchgraph.commands import (
     cmd_train,
 )
 from branchgraph.heap import HEAP_POLICIES
+from branchgraph.inference.int8 import CALIBRATION_SIZE, MAX_ACCURACY_DROP_POINTS
 from branchgraph.memory.checkpointing import COSTS
 from branchgraph.memory.lossy import LOSSY
 from branchgraph.passes.manager import DEFAULT_PASSES, PASSES
@@ -47,6 +48,7 @@ TRUST_HELP = ("rebuild the run's model spec (package.module:factory, file.py:fac
               "even though it runs code; only for checkpoints you trust (or give --model SPEC again)")
 MODEL_HELP = ("registry model name (see 'branchgraph models'), or a spec: package.module:factory, "
               "path/to/file.py:factory, timm:NAME")
+RUN_MODEL_HELP = MODEL_HELP + ", or a run directory made by 'branchgraph train' (its weights, input size and data)"
 TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "model": dict(help=MODEL_HELP),
     "model_kwargs": dict(type=lambda t: json_object(t, "--model-kwargs"),
@@ -114,6 +116,17 @@ def _add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="SPEC", help="the run's data spec, given again to load it "
                    "(Fashion-MNIST and image folders need nothing)")
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+
+
+def _add_int8_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="SPEC", help="inference: data to calibrate and judge int8 candidates on "
+                   "(fashion-mnist, an image folder, file.py:factory), preprocessed as training would; a run's own "
+                   "data by default, none otherwise (int8 left out)")
+    p.add_argument("--calibration-size", type=positive_int, default=CALIBRATION_SIZE, metavar="N",
+                   help="training images int8 is calibrated on (default %(default)s)")
+    p.add_argument("--max-accuracy-drop", type=nonnegative_float, default=MAX_ACCURACY_DROP_POINTS, metavar="POINTS",
+                   help="top-1 points int8 may lose against fp32 on the held-out split (default %(default)s)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="a run of a model or data spec: " + TRUST_HELP)
 
 
 def _add_heap_flag(p: argparse.ArgumentParser) -> None:
@@ -193,7 +206,7 @@ def _add_analysis(sub: dict[str, argparse.ArgumentParser]) -> None:
 def _add_speed(sub: dict[str, argparse.ArgumentParser]) -> None:
     """The commands that make a model faster or smaller and measure it."""
     p = _command(sub, "optimize", cmd_optimize)
-    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("model", help=RUN_MODEL_HELP)
     p.add_argument("--passes", help=PASSES_HELP)
     _add_mode_flag(p, "optimize", "optimise for training (gradients and weight updates verified) or inference")
     _add_input_flags(p, batch=DEFAULTS["optimize"]["batch"], batch_help="batch of the verification input")
@@ -207,6 +220,7 @@ def _add_speed(sub: dict[str, argparse.ArgumentParser]) -> None:
     p.add_argument("--out", metavar="DIR", help="with --tune --mode eval: write the chosen model for deployment "
                    "(torch.export program, ONNX or OpenVINO IR) and record.json; branchgraph.inference.load reads it")
     p.add_argument("--onnx", metavar="FILE", help="export the optimised eval model to this ONNX file")
+    _add_int8_flags(p)
     p.add_argument("--show", type=int, default=3, help="changes listed per pass (default 3)")
 
     p = _command(sub, "prune", cmd_prune)
@@ -218,7 +232,7 @@ def _add_speed(sub: dict[str, argparse.ArgumentParser]) -> None:
     _add_checkpoint_flags(p)
 
     p = _command(sub, "bench", cmd_bench)
-    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("model", help=RUN_MODEL_HELP)
     _add_mode_flag(p, "bench", "time training steps or inference")
     _add_input_flags(p, batch=DEFAULTS["bench"]["batch"], batch_help="batch size of the timed calls")
     p.add_argument("--rounds", type=positive_int, default=10, help=ROUNDS_HELP)
@@ -228,7 +242,9 @@ def _add_speed(sub: dict[str, argparse.ArgumentParser]) -> None:
                    "where native), layouts, {eager, --passes} and, for inference, engines on this machine")
     _add_tune_flags(p)
     p.add_argument("--peers", action="store_true", help="inference: add torch.compile with freezing, ONNX Runtime "
-                   "and OpenVINO (fp32, and bf16 where native), each with its output error")
+                   "and OpenVINO (fp32, bf16 where native, int8 where calibration data is known), each with its "
+                   "output error (and int8's accuracy)")
+    _add_int8_flags(p)
     _add_heap_flag(p)
 
     p = _command(sub, "bench-parallel", cmd_bench_parallel)

@@ -123,8 +123,10 @@ def _passes(text: str | None) -> list[str] | None:
 
 
 def _tune_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The tuner's options given as flags: engines, --retune, --compile-budget."""
-    return {"engines": _passes(args.engines), "retune": args.retune, "compile_budget": args.compile_budget}
+    """The tuner's options given as flags: engines, --retune, --compile-budget, and int8's calibration."""
+    return {"engines": _passes(args.engines), "retune": args.retune, "compile_budget": args.compile_budget,
+            "calibration": args.calibration, "calibration_size": args.calibration_size,
+            "max_accuracy_drop": args.max_accuracy_drop, "trust_checkpoint": args.trust_checkpoint}
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -136,11 +138,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     _, report = optimize(args.model, args.input, passes=_passes(args.passes), mode=args.mode, batch=args.batch,
                          seed=args.seed, model_kwargs=args.model_kwargs, verify=not args.no_verify, tune=args.tune,
                          tune_batch=args.tune_batch, out=args.out, onnx=args.onnx,
-                         **(_tune_options(args) if args.tune else {}))
+                         **(_tune_options(args) if args.tune else {"trust_checkpoint": args.trust_checkpoint}))
     data = report.to_dict() if isinstance(report, TunedReport) else report.to_dict() | {"tuning": None,
                                                                                         "deployed": None}
     text = report.to_text(args.show)
-    header = f"{args.model} ({args.mode} mode), input {[args.batch, *_input_size(args)]}"
+    from branchgraph.training.served_run import is_run
+
+    shape = "" if is_run(args.model) and not args.input else f", input {[args.batch, *_input_size(args)]}"
+    header = f"{args.model} ({args.mode} mode){shape}"
     _emit(args, data, header + ("\n" + text if text else ""))
     return 0
 

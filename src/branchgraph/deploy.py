@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from torch import nn
 from branchgraph.errors import ConfigError
 from branchgraph.inference.deployment import FILES, RECORD, RECORD_FORMAT, load
 from branchgraph.inference.engines import Serving
+from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, Calibration, top1
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.passes.pipeline import optimize
 from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
@@ -32,11 +34,12 @@ from branchgraph.tune import TuneResult, serving_module
 
 
 def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: str | Path,
-         served: nn.Module | None = None) -> Path:
+         served: nn.Module | None = None, calibration: Calibration | None = None) -> Path:
     """Write ``tuning``'s choice for ``model`` into ``directory`` (from ``served``, the module already built for it,
     so that what is deployed is what the caller holds; else built here), load it back, check its outputs on
     ``example`` against fp32 eager (the candidate's tolerance) and write ``record.json``; returns the record's
-    path. The files replace an older deployment in ``directory`` only once they are verified."""
+    path. An int8 choice is built with ``calibration`` and its accuracy recorded. The files replace an older
+    deployment in ``directory`` only once they are verified."""
     directory = check_target(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory:
         raise ConfigError(f"cannot write to {directory} ({exc.strerror}): choose another out directory",
                           param="out") from None
     try:
-        _write_verified(model, example, tuning, staged, served)
+        _write_verified(model, example, tuning, staged, served, calibration)
         staged.chmod(0o755)
         _publish(staged, directory)
     except BaseException:
@@ -67,13 +70,13 @@ def check_target(directory: str | Path) -> Path:
 
 
 def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: Path,
-                    served: nn.Module | None) -> None:
+                    served: nn.Module | None, calibration: Calibration | None = None) -> None:
     """The chosen candidate's files (from ``served``, the module built for it, when given) and ``record.json`` in
     ``directory``, loaded back and checked against ``model``."""
     cand = tuning.chosen
     if served is None:  # passes verified here, as optimize does for the module it returns
         served = (optimize(model, example[:2], passes=cand.pass_list(), mode="eval")[0] if cand.passes is not None
-                  else serving_module(model, example, "eval", cand))
+                  else serving_module(model, example, "eval", cand, calibration))
     if isinstance(served, OnnxRuntimeModule):
         (directory / "model.onnx").write_bytes(served.model_bytes)
     elif isinstance(served, OpenVinoModule):
@@ -101,7 +104,7 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
                               f"({str(exc).strip().splitlines()[0][:160]}); limit engines to another one",
                               param="engines") from None
     error = output_error(loaded, reference)
-    limit = REDUCED_PRECISION_TOLERANCE if cand.precision != "fp32" else FP32_TOLERANCE
+    limit = {"fp32": FP32_TOLERANCE, "int8": INT8_OUTPUT_BOUND}.get(cand.precision, REDUCED_PRECISION_TOLERANCE)
     if not error <= limit:
         raise ConfigError(f"the written {cand.name} gives outputs {error:.2e} off fp32 normwise (> {limit:g}); "
                           "nothing deployed, the out directory is as it was")
@@ -110,7 +113,20 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
               "torch": torch.__version__, "verification": {"output_error_normwise": error, "limit": limit,
                                                            "checked_on": list(example.shape)},
               "tuning": tuning.to_dict()}
+    if cand.precision == "int8" and calibration is not None:
+        record["accuracy"] = _accuracy(model, load(directory, record=record), tuning, calibration)
     (directory / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
+
+
+def _accuracy(model: nn.Module, deployed: nn.Module, tuning: TuneResult, calibration: Calibration
+              ) -> dict[str, Any]:
+    """Top-1 of fp32 eager and of the deployed int8 model on the test split (the validation split where the data
+    has none), with the drop on the validation split that accepted it."""
+    split, (x, y) = ("test", calibration.test) if calibration.test is not None else ("val", calibration.val)
+    reference = top1(copy.deepcopy(model).eval(), x, y)
+    return {"split": split, "images": len(x), "reference": reference, "chosen": top1(deployed, x, y),
+            "validation_drop": tuning.accuracy["fp32 eager"] - tuning.accuracy[tuning.chosen.name],
+            "max_accuracy_drop": calibration.max_drop, "calibration": calibration.describe()}
 
 
 def _remove_debris(directory: Path) -> None:

@@ -89,6 +89,8 @@ def matmul_peak(dtype: torch.dtype = torch.float32, device: torch.device | str =
     """This machine's measured dense-matmul rate in GFLOP/s for ``dtype`` (best of ``rounds`` square
     ``size`` products, after one warm-up): the practical ceiling a network's step can be compared with."""
     device = torch.device(device)
+    if dtype == torch.int8:
+        return _int8_matmul_peak(size, rounds)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -99,6 +101,30 @@ def matmul_peak(dtype: torch.dtype = torch.float32, device: torch.device | str =
         sync()
         if i:
             best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _int8_matmul_peak(size: int, rounds: int) -> float:
+    """The CPU's measured int8 matmul rate (GOP/s, VNNI/AMX where the processor has them) through torch's x86
+    quantized linear kernel (its default engine: oneDNN/FBGEMM); NaN where this torch has none."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice that quantized tensors are deprecated
+        try:
+            import torch.ao.nn.quantized as nnq
+
+            layer = nnq.Linear(size, size)
+            layer.set_weight_bias(torch.quantize_per_tensor(torch.randn(size, size), 0.05, 0, torch.qint8), None)
+            x = torch.quantize_per_tensor(torch.rand(size, size), 0.01, 0, torch.quint8)
+        except (ImportError, RuntimeError, AttributeError):
+            return float("nan")
+        best = float("inf")
+        for i in range(rounds + 1):
+            start = time.perf_counter()
+            layer(x)
+            if i:
+                best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
 

@@ -4,7 +4,6 @@ cached per (processor, torch, model, input shape, mode) in the user's cache dire
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -12,7 +11,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,14 @@ from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, cpu_model
 from branchgraph.heap import keeping
 from branchgraph.inference.engines import Built, Serving, export_for_runtimes
+from branchgraph.inference.int8 import Calibration
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import check_mode
 from branchgraph.passes.pipeline import optimize
-from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
+from branchgraph.passes.verification import REDUCED_PRECISION_TOLERANCE
 from branchgraph.timing import interleaved_times, make_runner
+from branchgraph.tune_checks import Checks
 from branchgraph.tune_result import TunedReport, TuneResult
 from branchgraph.tuning_cache import CACHE_NAME, cache_dir, load_cache, update_cache
 
@@ -54,15 +55,16 @@ def _model_id(model: nn.Module) -> str:
 
 
 def build_candidate(
-    model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate, onnx_path: Path | None = None
+    model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate, onnx_path: Path | None = None,
+    calibration: Calibration | None = None,
 ) -> Built:
     """The network for ``cand`` and the input it takes (eager: a copy in the candidate's layout, run it under
     ``cand.autocast``; with passes: ``optimize``, unverified, since the caller verifies what it keeps; other
-    engines: ``_build_engine``, compiled here)."""
+    engines: ``_build_engine``, compiled here; int8 calibrated on ``calibration``'s images)."""
     x = example.contiguous(memory_format=torch.channels_last) if cand.channels_last and example.dim() == 4 \
         else example
     if cand.engine != "torch" or cand.weights:
-        return _build_engine(model, example, cand, onnx_path)
+        return _build_engine(model, example, cand, onnx_path, calibration)
     if cand.passes is None:
         net = copy.deepcopy(model).train(mode == "train")
         return Built(to_channels_last(net) if cand.channels_last else net, x)
@@ -70,27 +72,29 @@ def build_candidate(
     return Built(net, x)
 
 
-def serving_module(model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate) -> nn.Module:
+def serving_module(model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate,
+                   calibration: Calibration | None = None) -> nn.Module:
     """``cand`` as the module a user calls, fp32 in and fp32 out: its built network (``build_candidate``), an eager
     one behind ``Serving`` with the layout and autocast the timings used."""
-    net = build_candidate(model, example, mode, cand).net
+    net = build_candidate(model, example, mode, cand, calibration=calibration).net
     eager = cand.engine == "torch" and not cand.weights and cand.passes is None
     return Serving(net, cand.channels_last, autocast=cand.autocast) if eager else net
 
 
-def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx_path: Path | None = None
-                  ) -> Built:
+def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx_path: Path | None = None,
+                  calibration: Calibration | None = None) -> Built:
     """The inference module of a non-eager candidate: ``weights`` casts a copy to the candidate's precision,
     ``compiled`` runs Inductor with freezing on it (compiled here, on ``example``, and timed), ``onnxruntime`` and
     ``openvino`` run ``onnx_path`` (exported from ``model`` when None)."""
     if cand.engine in ("onnxruntime", "openvino") and onnx_path is None:
         with tempfile.TemporaryDirectory(prefix="branchgraph-onnx-") as tmp:  # the engines read the file now
-            return _build_engine(model, example, cand, export_for_runtimes(model, example, Path(tmp)))
+            return _build_engine(model, example, cand, export_for_runtimes(model, example, Path(tmp)), calibration)
     if cand.engine == "onnxruntime":
         return Built(OnnxRuntimeModule(onnx_path), example.contiguous())
     if cand.engine == "openvino":
         start = time.perf_counter()
-        net = OpenVinoModule(onnx_path, cand.precision)
+        images = calibration.images if calibration is not None and cand.precision == "int8" else None
+        net = OpenVinoModule(onnx_path, cand.precision, calibration=images)
         return Built(net, example.contiguous(), time.perf_counter() - start)
     net = copy.deepcopy(model).eval()
     dtype = DTYPES[cand.precision] if cand.weights else None
@@ -104,17 +108,6 @@ def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx
     with torch.no_grad():
         compiled(example)
     return Built(compiled, example, time.perf_counter() - start)
-
-
-def _output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
-    """The main output of one forward in inference mode, in float32, under the candidate's autocast when eager
-    (a training candidate is copied into eval mode first, so its statistics stay)."""
-    if cand.engine == "torch" and not cand.weights:
-        net = copy.deepcopy(net).eval()
-    context = torch.autocast(x.device.type, dtype=cand.autocast) if cand.autocast else contextlib.nullcontext()
-    with torch.no_grad(), context:
-        out = net(x)
-    return (out[0] if isinstance(out, tuple) else out).float()
 
 
 def _untimed(count: int, steps_each: int, serves: int | None) -> str | None:
@@ -157,7 +150,8 @@ def _unsettled(times: dict[str, list[float]], medians: dict[str, float]) -> str 
 
 
 def _build_all(model: nn.Module, example: torch.Tensor, mode: str, found: list[Candidate],
-               compile_budget: float | None) -> tuple[dict[Candidate, Built], dict[str, str]]:
+               compile_budget: float | None, calibration: Calibration | None = None
+               ) -> tuple[dict[Candidate, Built], dict[str, str]]:
     """Each candidate built (ONNX exported once for the runtimes), and those that could not be, with the reason:
     an export the runtimes cannot take, a compile error, or a compile longer than ``compile_budget`` seconds."""
     built, left_out = {}, {}
@@ -175,7 +169,7 @@ def _build_all(model: nn.Module, example: torch.Tensor, mode: str, found: list[C
                 left_out[cand.name] = "compile budget 0 s"
             else:
                 try:
-                    built[cand] = build_candidate(model, example, mode, cand, onnx_path)
+                    built[cand] = build_candidate(model, example, mode, cand, onnx_path, calibration)
                 except Exception as exc:  # an engine that cannot take this model: left out, in one line
                     if isinstance(exc, ConfigError):
                         raise
@@ -194,50 +188,50 @@ def tune(
     precisions: Sequence[str] | None = None, engines: Sequence[str] | None = None, rounds: int = 3,
     warmup: int = 1, cache: bool = True, retune: bool = False, tolerance: float = REDUCED_PRECISION_TOLERANCE,
     compile_budget: float | None = COMPILE_BUDGET_S, serves: int | None = None,
+    calibration: Calibration | None = None,
 ) -> TuneResult:
     """Time every candidate (see ``candidates``) on ``example`` (and ``target`` for training steps) interleaved,
     reject one whose main output is further than ``tolerance`` (reduced precision) or ``FP32_TOLERANCE`` (fp32)
-    from fp32 eager's normwise, and choose the fastest left. ``model`` is not modified. With ``cache``, the choice
-    is read from and written to ``cache_dir()/tune.json`` under the processor, torch version, model, input shape,
-    mode and candidates (``retune``: measure again and overwrite); a measurement whose rounds leave the fastest in
-    doubt twice (``_unsettled``) is not cached. ``serves``: the steps the choice will run (a training run's); where
-    timing would take more than REPAY_SHARE of them, the first candidate is taken unmeasured (a cached choice is
-    still used)."""
+    from fp32 eager's normwise, and choose the fastest left; with ``calibration`` (inference), int8 candidates
+    too, judged by held-out top-1 accuracy (``tune_checks.Checks``). ``model`` is not modified. With ``cache``,
+    the choice is read from and written to ``cache_dir()/tune.json`` under the processor, torch version, model,
+    input shape, mode, candidates and calibration data (``retune``: measure again and overwrite); a measurement
+    whose rounds leave the fastest in doubt twice (``_unsettled``) is not cached. ``serves``: the steps the choice
+    will run (a training run's); where timing would take more than REPAY_SHARE of them, the first candidate is
+    taken unmeasured (a cached choice is still used)."""
     check_mode(mode)
     if rounds <= 0 or warmup < 0:
         raise ConfigError(f"rounds must be > 0 and warmup >= 0; got rounds={rounds}, warmup={warmup}")
-    device = example.device
-    found, left_out = candidates(device, mode, layouts, pass_sets, precisions, engines)
-    key = _cache_key(model, example, mode, found)
+    calibration = calibration if mode == Mode.EVAL else None
+    found, left_out = candidates(example.device, mode, layouts, pass_sets, precisions, engines,
+                                 calibration=calibration is not None)
+    key = _cache_key(model, example, mode, found, calibration)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = cache_dir() / CACHE_NAME
     entries, note = load_cache(path) if cache else ({}, None)
     notes = [note] if note else []
-    reference = _output(model, example, Candidate())
+    checks = Checks(model, example, tolerance, calibration)
     if cache and not retune and digest in entries:
         hit, why = _cached(entries[digest], found)
         if hit is not None:
-            why = _recheck(model, example, mode, hit.chosen, reference, tolerance, compile_budget)
+            why = _recheck(model, mode, hit.chosen, checks, compile_budget)
         if why is None and hit is not None:
-            return TuneResult(key, hit.chosen, hit.median_s, left_out=left_out, cached=True, notes=notes,
-                              spread=hit.spread, errors=hit.errors, compile_s=hit.compile_s,
-                              measured_at=hit.measured_at)
+            return replace(hit, key=key, left_out=left_out, cached=True, notes=notes, accuracy=checks.accuracy)
         notes.append(f"the cached choice for this model was not used ({why}): measured again")
     now = time.strftime("%Y-%m-%d %H:%M")
     untimed = _untimed(len(found), warmup + rounds, serves)
     if untimed is not None:
         return TuneResult(key, found[0], left_out=left_out, notes=notes, measured_at=now, untimed=untimed)
-    y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=device)
-    built, failed = _build_all(model, example, mode, found, compile_budget)
+    y = target if target is not None else torch.zeros(example.shape[0], dtype=torch.long, device=example.device)
+    built, failed = _build_all(model, example, mode, found, compile_budget, calibration)
     left_out |= failed
-    runs, rejected, errors = _verified_runs(built, y, mode, reference, tolerance)
+    runs, rejected, errors = _verified_runs(built, y, mode, checks)
     settle = SETTLE_S if any(c.engine in RUNTIME_ENGINES for c in built) else 0.0
     medians, spread, noisy = _measure(runs, rounds, warmup, settle)
-    by_name = {c.name: c for c in found}
-    chosen = by_name[min(medians, key=medians.__getitem__)]
+    chosen = {c.name: c for c in found}[min(medians, key=medians.__getitem__)]
     compile_s = {c.name: b.compile_s for c, b in built.items() if b.compile_s}
     result = TuneResult(key, chosen, medians, rejected, left_out, notes=notes, spread=spread, errors=errors,
-                        compile_s=compile_s, measured_at=now)
+                        compile_s=compile_s, measured_at=now, accuracy=checks.accuracy)
     if noisy:
         result.notes.append(noisy)
     elif cache:
@@ -249,27 +243,28 @@ def tune(
     return result
 
 
-def _cache_key(model: nn.Module, example: torch.Tensor, mode: str, found: list[Candidate]) -> dict[str, Any]:
-    """What a measurement depends on: processor, torch, device, threads, model, input shape, mode, candidates and
-    heap policy."""
+def _cache_key(model: nn.Module, example: torch.Tensor, mode: str, found: list[Candidate],
+               calibration: Calibration | None = None) -> dict[str, Any]:
+    """What a measurement depends on: processor, torch, device, threads, model, input shape, mode, candidates,
+    heap policy and, where int8 was judged on it, the calibration data."""
     device = example.device
     return {"cpu": cpu_model(), "capability": cpu_capability(), "torch": torch.__version__,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "model": _model_id(model), "input": list(example.shape),
-            "mode": mode, "candidates": [c.name for c in found], "heap": "keep" if keeping() else "system"}
+            "mode": mode, "candidates": [c.name for c in found], "heap": "keep" if keeping() else "system"} | (
+                {"calibration": calibration.digest()} if calibration is not None else {})
 
 
-def _verified_runs(built: dict[Candidate, Built], y: torch.Tensor, mode: str, reference: torch.Tensor,
-                   tolerance: float) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
-    """(a timed step per candidate whose outputs hold, the rejected ones with why, every output error); a
+def _verified_runs(built: dict[Candidate, Built], y: torch.Tensor, mode: str, checks: Checks
+                   ) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+    """(a timed step per candidate that ``checks`` accept, the rejected ones with why, every output error); a
     ConfigError when none holds."""
     runs, rejected, errors = {}, {}, {}
     for cand, b in built.items():
         if cand != Candidate():
-            err = errors[cand.name] = _error(b, cand, reference)
-            limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
-            if not err <= limit:
-                rejected[cand.name] = f"output {err:.2e} off fp32 normwise (> {limit:g})"
+            errors[cand.name], why = checks.judge(b, cand)
+            if why is not None:
+                rejected[cand.name] = why
                 continue
         runs[cand.name] = make_runner(b.net, b.x, y, mode, autocast=cand.autocast)
     if not runs:
@@ -278,27 +273,22 @@ def _verified_runs(built: dict[Candidate, Built], y: torch.Tensor, mode: str, re
     return runs, rejected, errors
 
 
-def _error(built: Built, cand: Candidate, reference: torch.Tensor) -> float:
-    """The candidate's main output against fp32 eager's, normwise."""
-    return output_error(_output(built.net, built.x, cand), reference)
-
-
-def _recheck(model: nn.Module, example: torch.Tensor, mode: str, cand: Candidate, reference: torch.Tensor,
-             tolerance: float, compile_budget: float | None) -> str | None:
-    """Why a cached choice cannot be used on this model now, or None: its outputs are checked again (a cache is a
+def _recheck(model: nn.Module, mode: str, cand: Candidate, checks: Checks, compile_budget: float | None
+             ) -> str | None:
+    """Why a cached choice cannot be used on this model now, or None: it is built and checked again (a cache is a
     file anyone may edit, and the same network with other weights may not hold in reduced precision)."""
     if cand == Candidate():
         return None
     if cand.engine == "compiled" and compile_budget == 0:
         return "it is compiled and the compile budget is 0 s"
     try:
-        err = _error(build_candidate(model, example, mode, cand), cand, reference)
+        built = build_candidate(model, checks.example, mode, cand, calibration=checks.calibration)
     except ConfigError:
         raise
     except Exception as exc:  # an engine that cannot take this model any more
         return f"{cand.name} does not build: {type(exc).__name__}"
-    limit = tolerance if cand.precision != "fp32" else FP32_TOLERANCE
-    return None if err <= limit else f"{cand.name} gives outputs {err:.2e} off fp32 normwise (> {limit:g})"
+    _, why = checks.judge(built, cand)
+    return None if why is None else f"{cand.name}: {why}"
 
 
 def _cached(entry: Any, found: list[Candidate]) -> tuple[TuneResult | None, str | None]:

@@ -15,8 +15,8 @@ from branchgraph.passes.pipeline import OptimizeReport
 @dataclass
 class TuneResult:
     """What was measured (or read from the cache) and what was chosen, with the reason in words: per candidate
-    its median, the spread of its rounds ((max - min) / median), its output error against fp32 eager (normwise)
-    and its compile time."""
+    its median, the spread of its rounds ((max - min) / median), its output error against fp32 eager (normwise),
+    its compile time and, for int8, its top-1 accuracy on held-out images."""
 
     key: dict[str, Any]
     chosen: Candidate
@@ -30,6 +30,7 @@ class TuneResult:
     compile_s: dict[str, float] = field(default_factory=dict)
     measured_at: str = ""
     untimed: str = ""  # why the choice was taken without timing the candidates (a run too short to repay it)
+    accuracy: dict[str, float] = field(default_factory=dict)  # held-out top-1 of fp32 eager and int8 candidates
 
     @property
     def reason(self) -> str:
@@ -49,7 +50,7 @@ class TuneResult:
                 "median_ms": {k: 1000 * v for k, v in self.median_s.items()}, "spread": self.spread,
                 "output_error": self.errors, "compile_s": self.compile_s, "rejected": self.rejected,
                 "left_out": self.left_out, "cached": self.cached, "measured_at": self.measured_at,
-                "notes": self.notes, "key": self.key}
+                "accuracy": self.accuracy, "notes": self.notes, "key": self.key}
 
     def __str__(self) -> str:
         return self.to_text()
@@ -61,10 +62,13 @@ class TuneResult:
             extra = f"  rounds +-{self.spread[name] / 2:.0%}" if name in self.spread else ""
             extra += f"  error {self.errors[name]:.1e}" if name in self.errors else ""
             extra += f"  built in {self.compile_s[name]:.1f} s" if self.compile_s.get(name, 0) >= 0.05 else ""
+            extra += f"  held-out top-1 {self.accuracy[name]:.4f}" if name in self.accuracy else ""
             extra += "  <- chosen" if name == self.chosen.name else ""
             lines.append(f"  {name:<{width}} {1000 * t:9.1f} ms{extra}")
         lines += [f"  {name:<{width}} rejected: {why}" for name, why in self.rejected.items()]
         lines += [f"  {name:<{width}} left out: {why}" for name, why in self.left_out.items()]
+        if "fp32 eager" in self.accuracy:
+            lines.append(f"  fp32 eager held-out top-1 {self.accuracy['fp32 eager']:.4f} (int8 is judged against it)")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 

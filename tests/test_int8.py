@@ -1,0 +1,131 @@
+"""int8 inference: calibrated on a run's training images, accepted by its top-1 on the held-out split (never by a
+numeric tolerance alone, never on the test split), deployed with its accuracy recorded; left out in one line
+without calibration data. OpenVINO int8 needs the runtimes extra (NNCF): those tests skip without it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import branchgraph as bg
+from branchgraph.candidates import Candidate
+from branchgraph.errors import ConfigError
+from branchgraph.inference.engines import Built
+from branchgraph.inference.int8 import Calibration, accuracy_gate, top1
+from branchgraph.tune_checks import Checks
+from tests.conftest import run_cli
+
+
+def _labelled(n: int = 64, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A linear classifier and images labelled with its own predictions (its top-1 is 1.0)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(48, 4)).eval()
+    x = torch.randn(n, 3, 4, 4)
+    with torch.no_grad():
+        return net, x, net(x).argmax(1)
+
+
+class Shuffled(nn.Module):
+    """``net`` with its logits rolled by one class on every ``every``-th image of a batch larger than ``exact``:
+    an int8 model that is right on the few images an output check sees and loses accuracy on the held-out ones."""
+
+    def __init__(self, net: nn.Module, every: int, exact: int = 8) -> None:
+        super().__init__()
+        self.net, self.every, self.exact = net, every, exact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x).clone()
+        if len(x) > self.exact:
+            out[:: self.every] = out[:: self.every].roll(1, dims=1)
+        return out
+
+
+class Tripled(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x
+
+
+def test_the_gate_accepts_within_the_drop_and_rejects_beyond_it() -> None:
+    net, x, y = _labelled()
+    calibration = Calibration(x[:8], (x, y), max_drop=0.02)
+    assert top1(net, x, y) == 1.0
+    assert accuracy_gate(net, calibration, 1.0) == (1.0, None)
+    accuracy, why = accuracy_gate(Shuffled(net, 16), calibration, 1.0)  # 4 of 64 wrong: 6.25 points
+    assert accuracy == pytest.approx(60 / 64) and "6.25 points below fp32's 1.0000 (more than 2)" in why
+
+
+def test_an_int8_candidate_is_judged_by_accuracy_and_a_loose_output_bound() -> None:
+    net, x, y = _labelled()
+    checks = Checks(net, x[:8], 0.1, Calibration(x[:8], (x, y), max_drop=0.02))
+    int8 = Candidate("int8", engine="openvino")
+    assert checks.judge(Built(net, x[:8]), int8)[1] is None
+    assert "points below fp32" in checks.judge(Built(Shuffled(net, 2), x[:8]), int8)[1]
+    assert checks.accuracy == {"fp32 eager": 1.0, "openvino int8": 0.5}
+    tripled = nn.Sequential(net, Tripled())  # the same argmax, outputs far off: broken whatever its accuracy
+    assert "off fp32 normwise (> 0.5)" in checks.judge(Built(tripled, x[:8]), int8)[1]
+    assert "int8 needs calibration" in Checks(net, x[:8], 0.1).judge(Built(net, x[:8]), int8)[1]
+
+
+@pytest.mark.parametrize("bad", [{"max_drop": 1.5}, {"max_drop": -0.1}, {"images": torch.empty(0, 3, 4, 4)}])
+def test_bad_calibration_settings_are_one_line(bad: dict) -> None:
+    _, x, y = _labelled()
+    with pytest.raises(ConfigError, match=r"max_accuracy_drop|calibration needs"):
+        Calibration(**({"images": x, "val": (x, y)} | bad))
+
+
+def test_without_calibration_data_int8_is_left_out_saying_why() -> None:
+    pytest.importorskip("openvino")
+    _, report = bg.optimize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval(), (3, 6, 6), tune=True,
+                            tune_batch=2, engines=["openvino"], rounds=1, cache=False)
+    assert "no calibration data" in report.tuning.left_out["openvino int8"]
+    assert "openvino int8" not in report.tuning.median_s
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A small model trained one epoch on 256 Fashion-MNIST images."""
+    out = tmp_path_factory.mktemp("int8")
+    result = bg.train("googlenet-fmnist", epochs=1, limit=256, batch_size=32, precision="fp32", channels_last=False,
+                      out_dir=str(out), progress=False, model_kwargs={"width": 0.25}, data_dir=str(data_dir))
+    return result.run_dir
+
+
+def test_a_run_deploys_openvino_int8_with_its_accuracy_recorded(run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    from branchgraph.deploy import save
+    from branchgraph.inference import load
+    from branchgraph.training.served_run import load_run
+    from branchgraph.tune import tune
+
+    trained = load_run(run)
+    calibration = trained.calibration(64)
+    assert calibration.images.shape == (64, 1, 28, 28) and len(calibration.val[0]) == len(calibration.test[0]) == 256
+    x = calibration.val[0][:16]
+    tuning = tune(trained.module, x, mode="eval", engines=["openvino"], rounds=1, cache=False,
+                  calibration=calibration)
+    assert set(tuning.accuracy) == {"fp32 eager", "openvino int8"}
+    assert "openvino int8" in tuning.median_s or "points below fp32" in tuning.rejected["openvino int8"]
+    tuning.chosen = Candidate("int8", engine="openvino")  # deploy int8 whichever was faster on this machine
+    record = json.loads(save(trained.module, x, tuning, tmp_path / "served", calibration=calibration).read_text())
+    accuracy = record["accuracy"]
+    assert accuracy["split"] == "test" and accuracy["images"] == 256 and record["precision"] == "int8"
+    deployed = load(tmp_path / "served")
+    assert accuracy["chosen"] == top1(deployed, *calibration.test)
+    assert accuracy["reference"] == pytest.approx(bg.evaluate(run)["accuracy"])  # the run's own test figure
+    assert abs(accuracy["chosen"] - accuracy["reference"]) <= 0.1
+
+
+def test_optimize_takes_a_run_directory_and_its_data(run: Path) -> None:
+    pytest.importorskip("nncf")
+    r = run_cli("optimize", str(run), "--tune", "--engines", "openvino", "--tune-batch", "8", "--calibration-size",
+                "32", "--max-accuracy-drop", "100", "--json")
+    assert r.returncode == 0, r.stderr
+    tuning = json.loads(r.stdout)["tuning"]
+    assert "openvino int8" in tuning["median_ms"]  # accepted: a drop of up to 100 points
+    assert tuning["accuracy"]["fp32 eager"] == pytest.approx(bg.evaluate(run, split="val")["accuracy"])
+    r = run_cli("optimize", str(run), "--tune", "--calibration", str(run / "nonesuch"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nonesuch" in r.stderr
