@@ -59,11 +59,12 @@ def test_the_gate_accepts_within_the_drop_and_rejects_beyond_it() -> None:
 
 
 def test_an_int8_candidate_is_judged_by_accuracy_and_a_loose_output_bound() -> None:
-    net, x, y = _labelled()
+    net, x, y = _labelled(128)
     checks = Checks(net, x[:8], 0.1, Calibration(x[:8], (x, y), max_drop=0.02))
     int8 = Candidate("int8", engine="openvino")
     assert checks.judge(Built(net, x[:8]), int8)[1] is None
-    assert "points below fp32" in checks.judge(Built(Shuffled(net, 2), x[:8]), int8)[1]
+    # right on the 64 images the output bound is checked on, half wrong on the 128 the gate counts
+    assert "points below fp32" in checks.judge(Built(Shuffled(net, 2, exact=64), x[:8]), int8)[1]
     assert checks.accuracy == {"fp32 eager": 1.0, "openvino int8": 0.5}
     tripled = nn.Sequential(net, Tripled())  # the same argmax, outputs far off: broken whatever its accuracy
     assert "off fp32 normwise (> 0.5)" in checks.judge(Built(tripled, x[:8]), int8)[1]

@@ -26,7 +26,7 @@ from torch import nn
 from branchgraph.errors import ConfigError
 from branchgraph.inference.deployment import FILES, RECORD, RECORD_FORMAT, load
 from branchgraph.inference.engines import Serving
-from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, Calibration, top1
+from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, SANITY_IMAGES, Calibration, top1
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.passes.pipeline import optimize
 from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
@@ -95,10 +95,12 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the archive's note about weights that are not on the CPU
             torch.export.save(program, str(directory / "model.pt2"))
+    int8 = cand.precision == "int8" and calibration is not None
+    checked = calibration.val[0][:SANITY_IMAGES] if int8 else example  # int8: on the data it was calibrated for
     with torch.no_grad():
-        reference = copy.deepcopy(model).eval()(example)
+        reference = copy.deepcopy(model).eval()(checked)
         try:
-            loaded = load(directory, record={"engine": cand.engine, "precision": cand.precision})(example)
+            loaded = load(directory, record={"engine": cand.engine, "precision": cand.precision})(checked)
         except Exception as exc:  # the written files do not run: one line, never a half-checked deployment
             raise ConfigError(f"the written {cand.name} does not run when loaded back "
                               f"({str(exc).strip().splitlines()[0][:160]}); limit engines to another one",
@@ -111,9 +113,9 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
     record = {"format": RECORD_FORMAT, "engine": cand.engine, "precision": cand.precision, "candidate": cand.name,
               "files": FILES[cand.engine], "input_shape": list(example.shape), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "verification": {"output_error_normwise": error, "limit": limit,
-                                                           "checked_on": list(example.shape)},
+                                                           "checked_on": list(checked.shape)},
               "tuning": tuning.to_dict()}
-    if cand.precision == "int8" and calibration is not None:
+    if int8:
         record["accuracy"] = _accuracy(model, load(directory, record=record), tuning, calibration)
     (directory / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
 
@@ -125,7 +127,8 @@ def _accuracy(model: nn.Module, deployed: nn.Module, tuning: TuneResult, calibra
     split, (x, y) = ("test", calibration.test) if calibration.test is not None else ("val", calibration.val)
     reference = top1(copy.deepcopy(model).eval(), x, y)
     return {"split": split, "images": len(x), "reference": reference, "chosen": top1(deployed, x, y),
-            "validation_drop": tuning.accuracy["fp32 eager"] - tuning.accuracy[tuning.chosen.name],
+            "validation_drop": (tuning.accuracy["fp32 eager"] - tuning.accuracy[tuning.chosen.name]
+                                if {"fp32 eager", tuning.chosen.name} <= set(tuning.accuracy) else None),
             "max_accuracy_drop": calibration.max_drop, "calibration": calibration.describe()}
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from branchgraph.candidates import Candidate
 from branchgraph.inference.engines import Built
-from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, Calibration, accuracy_gate, top1
+from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, SANITY_IMAGES, Calibration, accuracy_gate, top1
 from branchgraph.passes.verification import FP32_TOLERANCE, output_error
 
 
@@ -48,14 +48,20 @@ class Checks:
         return {"fp32": FP32_TOLERANCE, "int8": INT8_OUTPUT_BOUND}.get(cand.precision, self.tolerance)
 
     def judge(self, built: Built, cand: Candidate) -> tuple[float, str | None]:
-        """``cand``'s output error against fp32 eager, and why it is rejected, or None."""
-        error = output_error(candidate_output(built.net, built.x, cand), self.reference)
+        """``cand``'s output error against fp32 eager (int8: on held-out images, the data it was calibrated for,
+        not the random timing batch), and why it is rejected, or None."""
+        if cand.precision == "int8" and self.calibration is None:
+            return float("nan"), "int8 needs calibration data to be judged on"
+        if cand.precision == "int8":
+            images = self.calibration.val[0][:SANITY_IMAGES]
+            reference = candidate_output(self.model, images, Candidate())
+            error = output_error(candidate_output(built.net, images, cand), reference)
+        else:
+            error = output_error(candidate_output(built.net, built.x, cand), self.reference)
         if not error <= self.limit(cand):
             return error, f"output {error:.2e} off fp32 normwise (> {self.limit(cand):g})"
         if cand.precision != "int8":
             return error, None
-        if self.calibration is None:
-            return error, "int8 needs calibration data to be judged on"
         if "fp32 eager" not in self.accuracy:
             self.accuracy["fp32 eager"] = top1(copy.deepcopy(self.model).eval(), *self.calibration.val)
         self.accuracy[cand.name], why = accuracy_gate(built.net, self.calibration, self.accuracy["fp32 eager"])

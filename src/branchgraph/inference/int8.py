@@ -19,9 +19,10 @@ from branchgraph.inference.runtimes import INSTALL
 MAX_ACCURACY_DROP_POINTS = 0.3  # top-1 points int8 may lose against fp32 on the held-out split
 MAX_ACCURACY_DROP = MAX_ACCURACY_DROP_POINTS / 100  # the same as a fraction
 CALIBRATION_SIZE = 300
-# An int8 model's main output against fp32's, normwise, beyond which it is broken whatever its accuracy (a
-# correct one is within a few percent; this catches outputs that are garbage on images the gate does not see).
+# An int8 model's main output against fp32's on held-out images, normwise, beyond which it is broken whatever its
+# accuracy (a correct one is within a few percent): the gate counts right answers, this catches garbage logits.
 INT8_OUTPUT_BOUND = 0.5
+SANITY_IMAGES = 64  # held-out images that bound checks on (the first of the validation split)
 
 
 @dataclass
