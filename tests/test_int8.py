@@ -129,4 +129,25 @@ def test_optimize_takes_a_run_directory_and_its_data(run: Path) -> None:
     assert "openvino int8" in tuning["median_ms"]  # accepted: a drop of up to 100 points
     assert tuning["accuracy"]["fp32 eager"] == pytest.approx(bg.evaluate(run, split="val")["accuracy"])
     r = run_cli("optimize", str(run), "--tune", "--calibration", str(run / "nonesuch"))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nonesuch" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--calibration data" in r.stderr
+
+
+def test_any_model_is_calibrated_on_an_image_folder_preprocessed_as_training_would(tmp_path: Path) -> None:
+    pytest.importorskip("nncf")
+    import numpy as np
+    from PIL import Image
+
+    for k, name in enumerate(("dark", "light")):
+        (tmp_path / "shapes" / "train" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(np.full((8, 8, 3), 40 + 150 * k + i, np.uint8)).save(
+                tmp_path / "shapes" / "train" / name / f"{i}.png")
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\n\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), "
+        "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n")
+    r = run_cli("optimize", "net.py:make", "--input", "3,16,16", "--tune", "--engines", "openvino", "--tune-batch",
+                "4", "--calibration", "shapes", "--calibration-size", "8", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tuning = json.loads(r.stdout)["tuning"]
+    assert "openvino int8" in {**tuning["median_ms"], **tuning["rejected"]}  # resized from 8x8, judged on 4 held out
+    assert set(tuning["accuracy"]) == {"fp32 eager", "openvino int8"}

@@ -13,7 +13,7 @@ from torch import nn
 
 from branchgraph.data import BatchLoader
 from branchgraph.data.images import ImageData
-from branchgraph.errors import DataError
+from branchgraph.errors import BranchgraphError, DataError
 from branchgraph.inference.int8 import CALIBRATION_SIZE, MAX_ACCURACY_DROP, Calibration
 from branchgraph.models.registry import resolve_model
 from branchgraph.training.config import TrainConfig
@@ -102,7 +102,12 @@ def calibration_for(calibration: Calibration | str | None, run: TrainedRun | Non
         return calibration
     if calibration is not None:
         config = TrainConfig(data=str(calibration))
-        found = training_data(config, None, None)
+        try:
+            found = training_data(config, None, None)
+        except BranchgraphError as exc:  # the data's own message, naming the calibration parameter
+            if exc.param != "data":
+                raise
+            raise type(exc)(str(exc).replace("data", "calibration data", 1), "calibration") from None
         c, h, w = found.image_size
         if c != size[0] or ((h, w) != tuple(size[1:]) and size[1] != size[2]):
             raise DataError(f"calibration data {calibration} has {c}x{h}x{w} images; the model takes "
