@@ -151,3 +151,46 @@ def test_any_model_is_calibrated_on_an_image_folder_preprocessed_as_training_wou
     tuning = json.loads(r.stdout)["tuning"]
     assert "openvino int8" in {**tuning["median_ms"], **tuning["rejected"]}  # resized from 8x8, judged on 4 held out
     assert set(tuning["accuracy"]) == {"fp32 eager", "openvino int8"}
+
+
+def test_each_int8_engine_is_a_candidate_only_with_calibration_and_its_package(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    from branchgraph import candidates as module
+
+    found, left_out = module.candidates(torch.device("cpu"), "eval", engines=["compiled"], calibration=False)
+    assert Candidate("int8", engine="compiled") not in found
+    assert "no calibration data" in left_out["int8 NCHW, compiled (frozen)"]
+    monkeypatch.setattr(module, "pt2e_available", lambda: "torchao not installed: pip install 'branchgraph[runtimes]'")
+    found, left_out = module.candidates(torch.device("cpu"), "eval", engines=["compiled"], calibration=True)
+    assert left_out["int8 NCHW, compiled (frozen)"].startswith("torchao not installed")
+    monkeypatch.setattr(module, "pt2e_available", lambda: None)
+    found, _ = module.candidates(torch.device("cpu"), "eval", engines=["compiled"], calibration=True)
+    assert Candidate("int8", engine="compiled") in found
+    found, left_out = module.candidates(torch.device("cpu"), "train", calibration=True)
+    assert not any(c.precision == "int8" for c in found) and not any("int8" in k for k in left_out)
+
+
+@pytest.mark.slow
+def test_torch_int8_pt2e_is_judged_deployed_and_served_after_loading(tmp_path: Path) -> None:
+    """Compiles with Inductor (slow): PT2E int8 is timed, accepted by the gate, exported and compiled again on load."""
+    pytest.importorskip("torchao")
+    from branchgraph.deploy import save
+    from branchgraph.inference import load
+    from branchgraph.tune import tune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(200, 3, 16, 16)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    calibration = Calibration(x[:64], (x[64:], y[64:]), max_drop=0.05)
+    tuning = tune(net, x[:16], mode="eval", engines=["compiled"], rounds=1, cache=False, calibration=calibration)
+    name = "int8 NCHW, compiled (frozen)"
+    assert name in tuning.median_s and tuning.accuracy[name] >= 0.95, tuning.to_text()
+    tuning.chosen = Candidate("int8", engine="compiled")
+    record = json.loads(save(net, x[:16], tuning, tmp_path / "served", calibration=calibration).read_text())
+    assert record["candidate"] == name and record["accuracy"]["split"] == "val"
+    served = load(tmp_path / "served")
+    assert top1(served, x[64:], y[64:]) == record["accuracy"]["chosen"] >= 0.95
+    assert top1(served, x[:7], y[:7]) >= 0.5  # another batch size: compiled again, with the int8 lowering

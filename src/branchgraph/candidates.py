@@ -13,6 +13,7 @@ from branchgraph.choices import CONCRETE_PRECISIONS, Precision
 from branchgraph.errors import ConfigError
 from branchgraph.hardware import cpu_capability, native_bf16
 from branchgraph.inference.int8 import int8_available
+from branchgraph.inference.pt2e import pt2e_available
 from branchgraph.inference.runtimes import INSTALL, available
 from branchgraph.passes.manager import resolve
 
@@ -111,6 +112,8 @@ def candidates(
     if "compiled" in chosen_engines:
         found += [Candidate(engine="compiled"), *(Candidate(p, True, weights=True, engine="compiled")
                                                   for p in reduced)]
+        if mode == "eval" and device.type == "cpu":
+            _int8(found, left_out, calibration, "compiled", pt2e_available())
     for runtime in (e for e in RUNTIME_ENGINES if e in chosen_engines):
         if device.type != "cpu":
             left_out[runtime] = f"compared on the CPU only (this model runs on {device.type})"
@@ -121,20 +124,22 @@ def candidates(
             if runtime == "openvino" and "bf16" in kept:
                 found.append(Candidate("bf16", engine=runtime))
             if runtime == "openvino":
-                _int8(found, left_out, calibration)
+                _int8(found, left_out, calibration, runtime, int8_available())
     if not found:
         raise ConfigError(f"no candidate to time among engines {', '.join(chosen_engines)}: "
                           + "; ".join(f"{k}: {v}" for k, v in left_out.items()))
     return found, left_out
 
 
-def _int8(found: list[Candidate], left_out: dict[str, str], calibration: bool) -> None:
-    """OpenVINO int8 among ``found`` where calibration data is known and NNCF is installed, else why not."""
-    missing = int8_available()
+def _int8(found: list[Candidate], left_out: dict[str, str], calibration: bool, engine: str, missing: str | None
+          ) -> None:
+    """``engine``'s int8 candidate (OpenVINO through NNCF, or PT2E compiled by Inductor) among ``found`` where
+    calibration data is known and its package (``missing`` says which not) is installed, else why not."""
+    cand = Candidate("int8", engine=engine)
     if not calibration:
-        left_out["openvino int8"] = ("no calibration data: give a trained run as the model, or calibration "
-                                     "images (int8 is accepted by held-out accuracy, not by a tolerance)")
+        left_out[cand.name] = ("no calibration data: give a trained run as the model, or calibration images "
+                               "(int8 is accepted by held-out accuracy, not by a tolerance)")
     elif missing:
-        left_out["openvino int8"] = missing
+        left_out[cand.name] = missing
     else:
-        found.append(Candidate("int8", engine="openvino"))
+        found.append(cand)

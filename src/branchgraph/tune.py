@@ -25,6 +25,7 @@ from branchgraph.hardware import cpu_capability, cpu_model
 from branchgraph.heap import keeping
 from branchgraph.inference.engines import Built, Serving, export_for_runtimes
 from branchgraph.inference.int8 import Calibration
+from branchgraph.inference.pt2e import FrozenCompiled, quantize_pt2e
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.kernels import to_channels_last
 from branchgraph.passes.base import check_mode
@@ -97,13 +98,17 @@ def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx
         net = OpenVinoModule(onnx_path, cand.precision, calibration=images)
         return Built(net, example.contiguous(), time.perf_counter() - start)
     net = copy.deepcopy(model).eval()
+    if cand.precision == "int8":  # torch's own int8 (PT2E), calibrated here
+        if calibration is None:
+            raise ConfigError("int8 needs calibration data", param="calibration")
+        net = quantize_pt2e(model, example, calibration.images)
     dtype = DTYPES[cand.precision] if cand.weights else None
     if cand.channels_last:
         net = net.to(memory_format=torch.channels_last)
     served = Serving(net.to(dtype) if dtype else net, cand.channels_last, weights=dtype)
     if cand.engine != "compiled":
         return Built(served, example)
-    compiled = torch.compile(served, options={"freezing": True})
+    compiled = FrozenCompiled(served) if cand.precision == "int8" else torch.compile(served, options={"freezing": True})
     start = time.perf_counter()
     with torch.no_grad():
         compiled(example)

@@ -21,11 +21,12 @@ from branchgraph.errors import ConfigError
 ENTRIES = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
                      r"|models/\w+\.json|data/sample_inputs/\w+\.pt|data/(weights|constants)/\w+_config\.json"
                      r"|data/weights/weight_\d+|data/constants/tensor_\d+)")
-# graph targets: torch operators and the integer arithmetic of symbolic batch sizes
+# graph targets: torch operators (int8's quantize/dequantize too) and the integer arithmetic of symbolic batch sizes
 OPERATOR_FUNCTIONS = {"getitem", "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos", "eq", "ne",
                       "lt", "le", "gt", "ge", "and_", "or_", "not_", "abs"}
-TARGET = re.compile(r"torch\.ops\.(aten|prims|higher_order)\.\w+(\.\w+)?|torch\.(sym_\w+|_sym_sqrt)"
-                    r"|math\.(ceil|floor|trunc|sqrt)|_operator\.(" + "|".join(OPERATOR_FUNCTIONS) + ")")
+TARGET = re.compile(r"torch\.ops\.(aten|prims|higher_order|quantized_decomposed)\.\w+(\.\w+)?"
+                    r"|torch\.(sym_\w+|_sym_sqrt)|math\.(ceil|floor|trunc|sqrt)"
+                    r"|_operator\.(" + "|".join(OPERATOR_FUNCTIONS) + ")")
 REFUSED_OPERATORS = {"from_file"}  # aten operators that read files named in the graph
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from branchgraph.errors import ConfigError
 from branchgraph.inference.archive import check_onnx, check_program
+from branchgraph.inference.pt2e import FrozenCompiled, register_int8_ops
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 
 RECORD = "record.json"
@@ -63,6 +64,8 @@ def load(directory: str | Path, threads: int | None = None, record: dict[str, An
             return OpenVinoModule(files[0], precision, threads)
         data = files[0].read_bytes()
         check_program(data, files[0])
+        if precision == "int8":
+            register_int8_ops()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             net = torch.export.load(io.BytesIO(data)).module()  # the bytes that were checked, not the file again
@@ -72,4 +75,6 @@ def load(directory: str | Path, threads: int | None = None, record: dict[str, An
         raise ConfigError(f"{engine} cannot load {files[0]} ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else 'no message'}): "
                           "write it again (optimize with tune and out)") from None
-    return torch.compile(net, options={"freezing": True}) if engine == "compiled" else net
+    if engine == "compiled":
+        return FrozenCompiled(net) if precision == "int8" else torch.compile(net, options={"freezing": True})
+    return net
