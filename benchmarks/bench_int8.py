@@ -6,7 +6,7 @@ For a trained run (``--run RUN_DIR``, e.g. the demo's): speed at batch 128 and 1
 the validation split, the tuner's choice and the deployed model's test top-1 against fp32's. For googlenet-d2l
 (random weights, speed only): calibrated on Fashion-MNIST resized to 96x96.
 
-    python benchmarks/bench_int8.py --run RUN_DIR [--rounds 5] [--results]
+    python benchmarks/bench_int8.py --run RUN_DIR [--rounds 5] [--compile] [--results]
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a trained run directory (e.g. from 'make demo')")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="at batch 128, add the torch.compile variants and "
+                        "torch's own int8 (PT2E, compiled): minutes of compilation per model")
     parser.add_argument("--results", action="store_true", help="also write the table into docs/results/")
     args = parser.parse_args()
     rows, data = [], {}
@@ -41,7 +43,8 @@ def main() -> None:
     for model, label, options in cases:
         for batch in (128, 1):
             rounds = args.rounds if batch > 1 else 20 * args.rounds
-            result = bg.bench(model, "eval", batch, rounds=rounds, compile=False, peers=True, **options).to_dict()
+            result = bg.bench(model, "eval", batch, rounds=rounds, compile=args.compile and batch > 1, peers=True,
+                              **options).to_dict()
             data[f"{label} b{batch}"] = result
             rows += _rows(label, batch, result)
             print(json.dumps({"model": label, "batch": batch, "variants": {

@@ -23,6 +23,7 @@ from branchgraph.graph import capture, measure
 from branchgraph.hardware import describe_text, matmul_peak
 from branchgraph.inference.engines import Built, export_for_runtimes
 from branchgraph.inference.int8 import CALIBRATION_SIZE, MAX_ACCURACY_DROP_POINTS, Calibration, int8_available, top1
+from branchgraph.inference.pt2e import pt2e_available
 from branchgraph.inference.runtimes import available, missing_note
 from branchgraph.models.registry import resolve_model
 from branchgraph.passes import optimize, output_error, parallel
@@ -41,7 +42,8 @@ from branchgraph.tune import (
 from branchgraph.tune import tune as tune_choice
 
 VARIANTS = ("eager", "compiled", "optimised", "optimised+compiled", "tuned", "tuned+compiled")
-PEERS = ("compiled (frozen)", "onnxruntime fp32", "openvino fp32", "openvino bf16", "openvino int8")
+PEERS = ("compiled (frozen)", "compiled (frozen) int8", "onnxruntime fp32", "openvino fp32", "openvino bf16",
+         "openvino int8")
 
 
 @dataclass
@@ -136,13 +138,15 @@ def _quality(model: nn.Module, x: torch.Tensor, mode: str, runs: dict[str, tuple
 
 def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str], compile_off: str | None,
            calibration: Calibration | None = None) -> tuple[dict[str, Built], list[str]]:
-    """Inductor with freezing (unless ``compile_off`` says why not), and ONNX Runtime and OpenVINO (fp32, bf16
-    where native, int8 calibrated on ``calibration``) on the exported graph: the engines a user could deploy
-    instead; notes for those left out."""
+    """Inductor with freezing (unless ``compile_off`` says why not; int8 through PT2E too), and ONNX Runtime and
+    OpenVINO (fp32, bf16 where native, int8) on the exported graph, int8 calibrated on ``calibration``: the engines
+    a user could deploy instead; notes for those left out."""
     int8 = "no calibration data (a run directory as the model, or calibration data)" if calibration is None \
         else int8_available()
     reduced = [p for p, wanted in (("bf16", "bf16" in precisions), ("int8", not int8)) if wanted]
-    wanted = [*([] if compile_off else [Candidate(engine="compiled")]), Candidate("fp32", engine="onnxruntime"),
+    compiled = [] if compile_off else [Candidate(engine="compiled"), *(
+        [Candidate("int8", engine="compiled")] if calibration is not None and pt2e_available() is None else [])]
+    wanted = [*compiled, Candidate("fp32", engine="onnxruntime"),
               Candidate("fp32", engine="openvino"), *(Candidate(p, engine="openvino") for p in reduced)]
     int8_note = int8 and available("openvino") and f"openvino int8 left out: {int8}"  # else: missing_note's
     built, notes = {}, [n for n in [missing_note(), int8_note] if n]
@@ -158,7 +162,8 @@ def _peers(model: nn.Module, x: torch.Tensor, precisions: list[str], compile_off
         for cand in wanted:
             if cand.engine in RUNTIME_ENGINES and (onnx_path is None or not available(cand.engine)):
                 continue
-            name = "compiled (frozen)" if cand.engine == "compiled" else cand.name
+            name = f"compiled (frozen){' int8' * (cand.precision == 'int8')}" if cand.engine == "compiled" \
+                else cand.name
             try:
                 built[name] = build_candidate(model, x, "eval", cand, onnx_path, calibration)
             except Exception as exc:  # one engine failing on this model does not stop the others
