@@ -50,8 +50,8 @@ def main() -> None:
             print(json.dumps({"model": label, "batch": batch, "variants": {
                 v: round(r["median_ms"], 2) for v, r in result["variants"].items()}}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        _, report = bg.optimize(args.run, mode="eval", tune=True, out=Path(tmp) / "served", compile_budget=0,
-                                retune=True)
+        _, report = bg.optimize(args.run, mode="eval", tune=True, out=Path(tmp) / "served", retune=True,
+                                compile_budget=None if args.compile else 0)
         record = json.loads(report.deployed.read_text())
     accuracy = record.get("accuracy")
     data["deployed"] = {"chosen": record["candidate"], "accuracy": accuracy, "tuning": record["tuning"]}
