@@ -293,7 +293,7 @@ def _recheck(model: nn.Module, mode: str, cand: Candidate, checks: Checks, compi
     except Exception as exc:  # an engine that cannot take this model any more
         return f"{cand.name} does not build: {type(exc).__name__}"
     _, why = checks.judge(built, cand)
-    return None if why is None else f"{cand.name}: {why}"
+    return None if why is None else f"{cand.name} gives {why}"
 
 
 def _cached(entry: Any, found: list[Candidate]) -> tuple[TuneResult | None, str | None]:

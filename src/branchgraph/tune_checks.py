@@ -59,7 +59,7 @@ class Checks:
         else:
             error = output_error(candidate_output(built.net, built.x, cand), self.reference)
         if not error <= self.limit(cand):
-            return error, f"output {error:.2e} off fp32 normwise (> {self.limit(cand):g})"
+            return error, f"outputs {error:.2e} off fp32 normwise (> {self.limit(cand):g})"
         if cand.precision != "int8":
             return error, None
         if "fp32 eager" not in self.accuracy:
