@@ -194,3 +194,19 @@ def test_torch_int8_pt2e_is_judged_deployed_and_served_after_loading(tmp_path: P
     served = load(tmp_path / "served")
     assert top1(served, x[64:], y[64:]) == record["accuracy"]["chosen"] >= 0.95
     assert top1(served, x[:7], y[:7]) >= 0.5  # another batch size: compiled again, with the int8 lowering
+
+
+class Failing(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no int8 kernel for this batch size\nsecond line")
+
+
+def test_an_engine_failing_on_the_check_images_is_rejected_in_one_line() -> None:
+    from branchgraph.tune import _verified_runs
+
+    net, x, y = _labelled()
+    checks = Checks(net, x[:8], 0.1, Calibration(x[:8], (x, y)))
+    built = {Candidate(): Built(net, x[:8]), Candidate("int8", engine="openvino"): Built(Failing(), x[:8])}
+    runs, rejected, _ = _verified_runs(built, y[:8], "eval", checks)
+    assert list(runs) == ["fp32 NCHW"]
+    assert rejected == {"openvino int8": "RuntimeError on the check's images: no int8 kernel for this batch size"}

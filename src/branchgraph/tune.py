@@ -267,7 +267,12 @@ def _verified_runs(built: dict[Candidate, Built], y: torch.Tensor, mode: str, ch
     runs, rejected, errors = {}, {}, {}
     for cand, b in built.items():
         if cand != Candidate():
-            errors[cand.name], why = checks.judge(b, cand)
+            try:
+                errors[cand.name], why = checks.judge(b, cand)
+            except ConfigError:
+                raise
+            except Exception as exc:  # an engine that fails on the check's images: rejected, in one line
+                why = f"{type(exc).__name__} on the check's images: {str(exc).strip().splitlines()[0][:160]}"
             if why is not None:
                 rejected[cand.name] = why
                 continue

@@ -55,12 +55,13 @@ def quantize_pt2e(model: nn.Module, example: torch.Tensor, images: torch.Tensor)
 
 
 class FrozenCompiled(nn.Module):
-    """``net`` compiled by Inductor, every compilation (one per new input shape) with freezing on: torchao's int8
-    lowering reads freezing from Inductor's global settings, not from a compile's options."""
+    """``net`` compiled by Inductor, every compilation with freezing on (torchao's int8 lowering reads freezing
+    from Inductor's global settings, not from a compile's options), one static compilation per batch size (the
+    int8 convolution lowering fails on a dynamic batch with this torch)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.compiled = torch.compile(net)
+        self.compiled = torch.compile(net, dynamic=False)
 
     @property
     def _orig_mod(self) -> nn.Module:
