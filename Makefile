@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-portable test-slow test-zoo docs lint bench setup data graphviz browser clean
+.PHONY: demo test test-portable test-gpu test-slow test-zoo docs lint bench setup data graphviz browser clean
 
 demo: setup data graphviz
 	$(BIN)/branchgraph train --preset fast
@@ -24,6 +24,11 @@ test-portable: setup data graphviz
 	$(BIN)/python -m pytest -q --random-order-bucket=module
 	ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q --random-order-bucket=module \
 		tests/test_passes.py tests/test_branches.py tests/test_parallel.py tests/test_tune.py
+
+# The CUDA path on a GPU (benchmarks/gpu_check.py): GPU tests, passes on CUDA, streams, a plan's CUDA peak, an AMP
+# epoch, torch.compile; writes docs/results/gpu-<isa>.md. Without CUDA it says so and exits 0; CI never runs it.
+test-gpu: setup data
+	$(BIN)/python benchmarks/gpu_check.py --results
 
 test-slow: setup data
 	$(BIN)/python -m pytest -q -m slow

@@ -41,8 +41,22 @@ def machine() -> dict[str, Any]:
         "cpu": name, "isa": torch.backends.cpu.get_cpu_capability(),
         "flags": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")),
         "cores": len(os.sched_getaffinity(0)), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "commit": commit, "date": datetime.date.today().isoformat(),
+        "commit": commit, "date": datetime.date.today().isoformat(), **gpu(),
     }
+
+
+def gpu() -> dict[str, Any]:
+    """The CUDA device a GPU page was measured on (name, driver, CUDA version), or nothing without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        driver = "unknown"
+    return {"gpu": torch.cuda.get_device_name(0), "driver": driver, "cuda": torch.version.cuda}
 
 
 def invocation() -> str:
@@ -86,7 +100,8 @@ def render(record: dict[str, Any]) -> str:
     m = record["machine"]
     lines = [f"# {record['title']}", "",
              f"Measured on {m['cpu']} ({m['isa']}; {', '.join(m['flags']) or 'no AVX flags read'}), {m['cores']} "
-             f"cores, torch {m['torch']}, commit {m['commit']}, {m['date']}, by `{record['command']}`.", "",
+             f"cores, torch {m['torch']}, commit {m['commit']}, {m['date']}, by `{record['command']}`."
+             + (f" GPU: {m['gpu']}, driver {m['driver']}, CUDA {m['cuda']}." if m.get("gpu") else ""), "",
              "| " + " | ".join(record["header"]) + " |", "|" + "---|" * len(record["header"])]
     lines += ["| " + " | ".join(row) + " |" for row in record["rows"]]
     return "\n".join(lines) + "\n"
