@@ -24,6 +24,7 @@ from results import write  # benchmarks/, the script's folder, is on sys.path
 REPO = Path(__file__).resolve().parents[1]
 INCEPTION_NETS = ("googlenet-d2l", "googlenet-d2l-bn", "googlenet-fmnist", "googlenet", "googlenet-bn")
 REDUCED_TOLERANCE = {"fp16": 0.1, "bf16": 0.1}  # autocast outputs against fp32, normwise (docs: tuning)
+DEVICE = "cuda"  # --device cpu: a dry run of every step on the CPU, to check the script before device time
 
 
 def gpu_tests() -> dict[str, Any]:
@@ -45,16 +46,16 @@ def passes_on_cuda() -> dict[str, Any]:
         size = bg.models.model_info(name).input_size
         for mode in ("train", "eval"):
             torch.manual_seed(0)
-            model = bg.create_model(name).cuda().train(mode == "train")
-            x = torch.randn(4, *size, device="cuda")
+            model = bg.create_model(name).to(DEVICE).train(mode == "train")
+            x = torch.randn(4, *size, device=DEVICE)
             _, report = optimize(model, x, mode=mode)
             found[f"{name} {mode}"] = {"ok": bool(report.ok), "passes": [p.name for p in report.passes]}
-        model = bg.create_model(name).cuda().eval()
-        x = torch.randn(8, *size, device="cuda")
+        model = bg.create_model(name).to(DEVICE).eval()
+        x = torch.randn(8, *size, device=DEVICE)
         with torch.no_grad():
             reference = model(x)
             for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
-                with torch.autocast("cuda", dtype=dtype):
+                with torch.autocast(DEVICE, dtype=dtype):
                     error = output_error(model(x).float(), reference)
                 found[f"{name} {precision}"] = {"ok": error <= REDUCED_TOLERANCE[precision], "error": error}
     return {"ok": all(v["ok"] for v in found.values()), "summary": f"{sum(v['ok'] for v in found.values())} of "
@@ -65,7 +66,7 @@ def parallel_streams() -> dict[str, Any]:
     """The parallel pass on CUDA streams against sequential, interleaved, at batch 1 and 32."""
     import branchgraph as bg
 
-    result = bg.bench_parallel("googlenet-d2l", "eval", (1, 32), rounds=20, device="cuda").to_dict()
+    result = bg.bench_parallel("googlenet-d2l", "eval", (1, 32), rounds=20, device=DEVICE).to_dict()
     speed = {b: round(r["speedup"], 2) for b, r in result["batches"].items()}
     return {"ok": True, "summary": "speed-up by batch " + ", ".join(f"{b}: {s}x" for b, s in speed.items()),
             "result": result}
@@ -76,16 +77,19 @@ def memory_plan() -> dict[str, Any]:
     import branchgraph as bg
     from branchgraph.memory.checkpointing import plan
 
-    model = bg.create_model("googlenet-d2l").cuda().train()
-    x = torch.randn(64, 1, 96, 96, device="cuda")
+    model = bg.create_model("googlenet-d2l").to(DEVICE).train()
+    x = torch.randn(64, 1, 96, 96, device=DEVICE)
     planned, p = plan(model, x, 0.25, measure=False)
     peaks = {}
     for label, net in (("plain", model), ("planned", planned)):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        cuda = DEVICE == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         net(x).sum().backward()
-        torch.cuda.synchronize()
-        peaks[label] = torch.cuda.max_memory_allocated() / 2**20
+        if cuda:
+            torch.cuda.synchronize()
+        peaks[label] = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
     return {"ok": True, "summary": f"peak MiB plain {peaks['plain']:.0f}, planned {peaks['planned']:.0f} "
             f"(predicted {p.predicted_peak_bytes / 2**20:.0f})", "peaks_mib": peaks, "plan": p.to_dict()}
 
@@ -97,9 +101,10 @@ def train_fast_epoch() -> dict[str, Any]:
     import branchgraph as bg
 
     with tempfile.TemporaryDirectory() as out:
-        result = bg.train(epochs=1, device="cuda", out_dir=out, progress=False)
-    final = result.final
-    return {"ok": final.get("test_acc", 0) > 0.8, "summary": f"test top-1 {final.get('test_acc', 0):.4f} in "
+        small = {"limit": 512} if DEVICE == "cpu" else {}
+        result = bg.train(epochs=1, device=DEVICE, out_dir=out, progress=False, **small)
+    final, floor = result.final, 0.8 if DEVICE == "cuda" else 0.1  # a full epoch, or the dry run's 512 images
+    return {"ok": final.get("test_acc", 0) > floor, "summary": f"test top-1 {final.get('test_acc', 0):.4f} in "
             f"{final.get('time_s', 0):.0f} s ({result.config.precision})", "final": final}
 
 
@@ -108,9 +113,9 @@ def compiled_against_eager() -> dict[str, Any]:
     import branchgraph as bg
     from branchgraph.timing import make_runner, time_interleaved
 
-    model = bg.create_model("googlenet-d2l").cuda().eval()
-    x = torch.randn(128, 1, 96, 96, device="cuda")
-    y = torch.zeros(128, dtype=torch.long, device="cuda")
+    model = bg.create_model("googlenet-d2l").to(DEVICE).eval()
+    x = torch.randn(128, 1, 96, 96, device=DEVICE)
+    y = torch.zeros(128, dtype=torch.long, device=DEVICE)
     nets = {"eager": model, "compiled": torch.compile(model)}
     medians = time_interleaved({k: make_runner(n, x, y, "eval") for k, n in nets.items()}, 20, 3)
     ratio = medians["eager"] / medians["compiled"]
@@ -145,7 +150,15 @@ def run_steps(steps: dict[str, Callable[[], dict[str, Any]]]) -> tuple[list[list
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", action="store_true", help="also write the page into docs/results/")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: a dry run of every step on the CPU (small, no page), to check the script before "
+                        "device time")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cpu":
+        rows, data = run_steps({k: v for k, v in STEPS.items() if k != "GPU tests"})
+        return 0 if all(d["ok"] for d in data.values()) else 1
     if not torch.cuda.is_available():
         print("test-gpu: no CUDA device here, nothing to run")
         return 0
