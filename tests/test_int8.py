@@ -210,3 +210,30 @@ def test_an_engine_failing_on_the_check_images_is_rejected_in_one_line() -> None
     runs, rejected, _ = _verified_runs(built, y[:8], "eval", checks)
     assert list(runs) == ["fp32 NCHW"]
     assert rejected == {"openvino int8": "RuntimeError on the check's images: no int8 kernel for this batch size"}
+
+
+SIGINT_AFTER_INT8 = """
+import os, signal, torch
+from torch import nn
+from branchgraph.inference.int8 import Calibration
+from branchgraph.tune import tune
+net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval()
+x = torch.randn(16, 3, 6, 6)
+tune(net, x[:4], mode="eval", engines=["openvino"], rounds=1, cache=False,
+     calibration=Calibration(x, (x, torch.zeros(16, dtype=torch.long)), max_drop=1.0))
+signal.signal(signal.SIGINT, lambda *args: print("handled"))
+os.kill(os.getpid(), signal.SIGINT)
+print("alive")
+"""
+
+
+def test_ctrl_c_after_openvino_int8_is_a_keyboard_interrupt_not_a_crash() -> None:
+    """OpenVINO's CPU plugin installs an alternate signal stack and frees it with its engine: the next signal with
+    a Python handler (Ctrl-C) crashed the process with SIGSEGV (exit 139) until branchgraph kept the stack as it
+    was around every OpenVINO call. In a child process, so that a regression cannot take the test run down."""
+    pytest.importorskip("nncf")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGINT_AFTER_INT8], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split()[-2:] == ["handled", "alive"], (done.returncode, done.stderr)

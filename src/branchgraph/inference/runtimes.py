@@ -4,7 +4,11 @@ timed variant needs). Both are optional (``pip install 'branchgraph[runtimes]'``
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,37 @@ from branchgraph.errors import ConfigError
 RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 INSTALL = "pip install 'branchgraph[runtimes]'"
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: what is not quantised runs in fp32
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, for sigaltstack; None where there is none to ask (not Linux or macOS)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc if hasattr(libc, "sigaltstack") else None
+    except OSError:
+        return None
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Run OpenVINO with the thread's alternate signal stack as it was: its CPU plugin installs one of its own
+    when it starts an engine and frees it when the engine goes, after which the next signal with a handler
+    (Ctrl-C) crashed the process with SIGSEGV instead of raising KeyboardInterrupt."""
+    libc = _libc()
+    before = _SignalStack()
+    known = libc is not None and libc.sigaltstack(None, ctypes.byref(before)) == 0
+    try:
+        yield
+    finally:
+        if known:
+            now = _SignalStack()
+            if libc.sigaltstack(None, ctypes.byref(now)) == 0 and (now.sp, now.flags) != (before.sp, before.flags):
+                libc.sigaltstack(ctypes.byref(before), None)
 
 
 def available(runtime: str) -> bool:
@@ -73,11 +108,12 @@ class OpenVinoModule(nn.Module):
         if precision not in OPENVINO_PRECISIONS:
             raise ConfigError(f"OpenVINO precision {precision!r} is not one of {', '.join(OPENVINO_PRECISIONS)}")
         self.path, self.precision, self.threads = Path(path), precision, threads or torch.get_num_threads()
-        self.model = ov.Core().read_model(str(self.path))
-        if precision == "int8" and calibration is not None:
-            self.model = quantize_openvino(self.model, calibration)
-        self.compiled = ov.Core().compile_model(self.model, "CPU", self.config())
-        self.request = self.compiled.create_infer_request()
+        with keep_signal_stack():
+            self.model = ov.Core().read_model(str(self.path))
+            if precision == "int8" and calibration is not None:
+                self.model = quantize_openvino(self.model, calibration)
+            self.compiled = ov.Core().compile_model(self.model, "CPU", self.config())
+            self.request = self.compiled.create_infer_request()
 
     def config(self) -> dict[str, Any]:
         """The CPU plugin properties this module compiles with."""
@@ -92,14 +128,14 @@ class OpenVinoModule(nn.Module):
         return Path(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.request.infer({0: x.detach().float().contiguous().cpu().numpy()})
+        with keep_signal_stack():
+            self.request.infer({0: x.detach().float().contiguous().cpu().numpy()})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 
 def quantize_openvino(model: Any, images: torch.Tensor) -> Any:
     """``model`` (an ``openvino.Model``) with int8 weights and activations, calibrated on ``images`` one at a time
     by NNCF's post-training quantisation (min-max ranges, its default preset for CPUs)."""
-    import contextlib
     import logging
     import os
     import sys
@@ -111,7 +147,7 @@ def quantize_openvino(model: Any, images: torch.Tensor) -> Any:
     handlers = [h for h in logging.getLogger("nncf").handlers if isinstance(h, logging.StreamHandler)]
     streams = [h.setStream(sys.stderr) for h in handlers]  # its log and progress bars off stdout (--json stays JSON)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), keep_signal_stack():
             return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
     finally:
         for handler, stream in zip(handlers, streams, strict=True):
