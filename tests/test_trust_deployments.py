@@ -133,7 +133,7 @@ def test_a_rejected_write_leaves_the_old_deployment(tmp_path: Path, monkeypatch:
     out = tmp_path / "served"
     _deploy(out)
     before = _snapshot(out)
-    monkeypatch.setattr(deploy, "FP32_TOLERANCE", -1.0)  # the check rejects whatever is written
+    monkeypatch.setattr(deploy, "output_limit", lambda precision: -1.0)  # the check rejects whatever is written
     with pytest.raises(ConfigError, match="out directory is as it was"):
         _deploy(out, seed=1)
     assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["served"]

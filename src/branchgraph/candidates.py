@@ -87,9 +87,9 @@ def candidates(
     """Every candidate worth timing on ``device`` and those left out with the reason: precision (``usable_precisions``)
     x layout x pass set in eager torch (``layout`` and ``precision`` in a pass set are dropped: they are the layout
     and precision axes); for inference also reduced-precision weights, Inductor with freezing (fp32 NCHW and
-    reduced-precision weights channels_last), and ONNX Runtime and OpenVINO where installed, with OpenVINO int8
-    where ``calibration`` data is known. ``engines`` (default: all of ``ENGINES`` for inference, ``torch`` for
-    training) limits them."""
+    reduced-precision weights channels_last), and ONNX Runtime and OpenVINO where installed; where ``calibration``
+    data is known, int8 in OpenVINO (NNCF) and compiled (PT2E). ``engines`` (default: all of ``ENGINES`` for
+    inference, ``torch`` for training) limits them."""
     chosen_engines = list(engines) if engines is not None else list(ENGINES if mode == "eval" else ("torch",))
     unknown = [e for e in chosen_engines if e not in ENGINES]
     if unknown:

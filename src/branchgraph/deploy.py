@@ -26,11 +26,12 @@ from torch import nn
 from branchgraph.errors import ConfigError
 from branchgraph.inference.deployment import FILES, RECORD, RECORD_FORMAT, load
 from branchgraph.inference.engines import Serving
-from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, SANITY_IMAGES, Calibration, top1
+from branchgraph.inference.int8 import Calibration, top1
 from branchgraph.inference.runtimes import OnnxRuntimeModule, OpenVinoModule
 from branchgraph.passes.pipeline import optimize
-from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
+from branchgraph.passes.verification import output_error
 from branchgraph.tune import TuneResult, serving_module
+from branchgraph.tune_checks import checked_images, output_limit
 
 
 def save(model: nn.Module, example: torch.Tensor, tuning: TuneResult, directory: str | Path,
@@ -95,8 +96,7 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the archive's note about weights that are not on the CPU
             torch.export.save(program, str(directory / "model.pt2"))
-    int8 = cand.precision == "int8" and calibration is not None
-    checked = calibration.val[0][:SANITY_IMAGES] if int8 else example  # int8: on the data it was calibrated for
+    checked = checked_images(cand.precision, example, calibration)
     with torch.no_grad():
         reference = copy.deepcopy(model).eval()(checked)
         try:
@@ -106,7 +106,7 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
                               f"({str(exc).strip().splitlines()[0][:160]}); limit engines to another one",
                               param="engines") from None
     error = output_error(loaded, reference)
-    limit = {"fp32": FP32_TOLERANCE, "int8": INT8_OUTPUT_BOUND}.get(cand.precision, REDUCED_PRECISION_TOLERANCE)
+    limit = output_limit(cand.precision)
     if not error <= limit:
         raise ConfigError(f"the written {cand.name} gives outputs {error:.2e} off fp32 normwise (> {limit:g}); "
                           "nothing deployed, the out directory is as it was")
@@ -115,7 +115,7 @@ def _write_verified(model: nn.Module, example: torch.Tensor, tuning: TuneResult,
               "torch": torch.__version__, "verification": {"output_error_normwise": error, "limit": limit,
                                                            "checked_on": list(checked.shape)},
               "tuning": tuning.to_dict()}
-    if int8:
+    if cand.precision == "int8" and calibration is not None:
         record["accuracy"] = _accuracy(model, load(directory, record=record), tuning, calibration)
     (directory / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
 

@@ -97,11 +97,10 @@ def _build_engine(model: nn.Module, example: torch.Tensor, cand: Candidate, onnx
         images = calibration.images if calibration is not None and cand.precision == "int8" else None
         net = OpenVinoModule(onnx_path, cand.precision, calibration=images)
         return Built(net, example.contiguous(), time.perf_counter() - start)
-    net = copy.deepcopy(model).eval()
-    if cand.precision == "int8":  # torch's own int8 (PT2E), calibrated here
-        if calibration is None:
-            raise ConfigError("int8 needs calibration data", param="calibration")
-        net = quantize_pt2e(model, example, calibration.images)
+    if cand.precision == "int8" and calibration is None:
+        raise ConfigError("int8 needs calibration data", param="calibration")
+    net = (quantize_pt2e(model, example, calibration.images) if cand.precision == "int8"  # torch's own int8 (PT2E)
+           else copy.deepcopy(model).eval())
     dtype = DTYPES[cand.precision] if cand.weights else None
     if cand.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ from torch import nn
 from branchgraph.candidates import Candidate
 from branchgraph.inference.engines import Built
 from branchgraph.inference.int8 import INT8_OUTPUT_BOUND, SANITY_IMAGES, Calibration, accuracy_gate, top1
-from branchgraph.passes.verification import FP32_TOLERANCE, output_error
+from branchgraph.passes.verification import FP32_TOLERANCE, REDUCED_PRECISION_TOLERANCE, output_error
 
 
 def candidate_output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.Tensor:
@@ -28,6 +28,18 @@ def candidate_output(net: nn.Module, x: torch.Tensor, cand: Candidate) -> torch.
     return (out[0] if isinstance(out, tuple) else out).float()
 
 
+def output_limit(precision: str, tolerance: float = REDUCED_PRECISION_TOLERANCE) -> float:
+    """The normwise output error a candidate of ``precision`` may have against fp32 eager (``tolerance``: reduced
+    precision's)."""
+    return {"fp32": FP32_TOLERANCE, "int8": INT8_OUTPUT_BOUND}.get(precision, tolerance)
+
+
+def checked_images(precision: str, example: torch.Tensor, calibration: Calibration | None) -> torch.Tensor:
+    """What a candidate's outputs are checked on: the example, or for int8 the first held-out images (the data it
+    was calibrated for, not a random batch)."""
+    return calibration.val[0][:SANITY_IMAGES] if precision == "int8" and calibration is not None else example
+
+
 @dataclass
 class Checks:
     """What every candidate of one tuning is checked against: fp32 eager's output on the timed example, the
@@ -37,29 +49,28 @@ class Checks:
     example: torch.Tensor
     tolerance: float
     calibration: Calibration | None = None
-    reference: torch.Tensor = field(init=False)
     accuracy: dict[str, float] = field(default_factory=dict)  # held-out top-1: "fp32 eager" and each int8 one
+    _references: dict[str, torch.Tensor] = field(default_factory=dict)  # fp32 eager's output per checked input
 
-    def __post_init__(self) -> None:
-        self.reference = candidate_output(self.model, self.example, Candidate())
-
-    def limit(self, cand: Candidate) -> float:
-        """The normwise output error ``cand`` may have."""
-        return {"fp32": FP32_TOLERANCE, "int8": INT8_OUTPUT_BOUND}.get(cand.precision, self.tolerance)
+    def reference(self, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input a candidate of ``precision`` is checked on, and fp32 eager's output there (computed once)."""
+        images = checked_images(precision, self.example, self.calibration)
+        key = "int8" if images is not self.example else "example"
+        if key not in self._references:
+            self._references[key] = candidate_output(self.model, images, Candidate())
+        return images, self._references[key]
 
     def judge(self, built: Built, cand: Candidate) -> tuple[float, str | None]:
         """``cand``'s output error against fp32 eager (int8: on held-out images, the data it was calibrated for,
         not the random timing batch), and why it is rejected, or None."""
         if cand.precision == "int8" and self.calibration is None:
             return float("nan"), "int8 needs calibration data to be judged on"
-        if cand.precision == "int8":
-            images = self.calibration.val[0][:SANITY_IMAGES]
-            reference = candidate_output(self.model, images, Candidate())
-            error = output_error(candidate_output(built.net, images, cand), reference)
-        else:
-            error = output_error(candidate_output(built.net, built.x, cand), self.reference)
-        if not error <= self.limit(cand):
-            return error, f"outputs {error:.2e} off fp32 normwise (> {self.limit(cand):g})"
+        images, reference = self.reference(cand.precision)
+        error = output_error(candidate_output(built.net, built.x if images is self.example else images, cand),
+                             reference)
+        limit = output_limit(cand.precision, self.tolerance)
+        if not error <= limit:
+            return error, f"outputs {error:.2e} off fp32 normwise (> {limit:g})"
         if cand.precision != "int8":
             return error, None
         if "fp32 eager" not in self.accuracy:

@@ -128,8 +128,7 @@ class OpenVinoModule(nn.Module):
         return Path(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with keep_signal_stack():
-            self.request.infer({0: x.detach().float().contiguous().cpu().numpy()})
+        self.request.infer({0: x.detach().float().contiguous().cpu().numpy()})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
 
 

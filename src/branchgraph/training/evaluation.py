@@ -12,6 +12,7 @@ from torch import nn
 from branchgraph.choices import CONCRETE_PRECISIONS
 from branchgraph.choices import precision as checked_precision
 from branchgraph.data import BatchLoader
+from branchgraph.data.images import ImageData
 from branchgraph.errors import CheckpointError, ConfigError
 from branchgraph.hardware import resolve_device
 from branchgraph.training.config import TrainConfig
@@ -65,6 +66,25 @@ def load_weights(model: nn.Module, state: dict[str, Any], name: str) -> None:
         raise CheckpointError(f"checkpoint weights do not fit model {name}: {first[:200]}") from None
 
 
+def load_trained(
+    path: str | Path, model: str | None = None, trust_checkpoint: bool = False, data: Any = None,
+    data_dir: str | None = None, limit: int | None = None,
+) -> tuple[dict[str, Any], TrainConfig, ImageData, nn.Module]:
+    """A saved run's checkpoint state, settings (``data_dir`` where given), data (the first ``limit`` samples of
+    each split, by default the run's limit) and model with the weights it evaluated with, in eval mode. A run of a
+    model or data spec (code) is rebuilt only when ``model``/``data`` names that spec again or ``trust_checkpoint``
+    is set; ``data`` gives a run's datasets again where they were given in Python."""
+    state = load_checkpoint(path)
+    config = saved_config(state, resolve_checkpoint(path), model, trust_checkpoint,
+                          data if isinstance(data, str) else None)
+    if data_dir is not None:
+        config.data_dir = data_dir
+    found = training_data(config, data, limit)
+    net = build_model(config, input_size(config, found), len(found.classes))
+    load_weights(net, state, config.model)
+    return state, config, found, net.eval()
+
+
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", data_dir: str | None = None, limit: int | None = None,
     precision: str | None = None, model: str | None = None, trust_checkpoint: bool = False, data: Any = None,
@@ -76,20 +96,13 @@ def evaluate_checkpoint(
     of a model spec (code) is only rebuilt when ``model`` names that spec again or ``trust_checkpoint`` is set;
     ``data`` names the run's data spec again, or gives its datasets where they were given in Python.
     """
-    state = load_checkpoint(path)
-    config = saved_config(state, resolve_checkpoint(path), model, trust_checkpoint,
-                          data if isinstance(data, str) else None)
-    if data_dir is not None:
-        config.data_dir = data_dir
+    state, config, found, model = load_trained(path, model, trust_checkpoint, data, data_dir, limit)
     if precision is not None:
         config.precision = checked_precision(precision, CONCRETE_PRECISIONS).value
-    found = training_data(config, data, limit)
     splits = found.splits
     if split not in splits:
         raise ConfigError(f"split {split!r} does not exist for this run; choose one of: {', '.join(splits)}")
     device = resolve_device(config.device)
-    model = build_model(config, input_size(config, found), len(found.classes))
-    load_weights(model, state, config.model)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

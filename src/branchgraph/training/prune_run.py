@@ -14,12 +14,11 @@ from branchgraph.graph import capture
 from branchgraph.hardware import resolve_device
 from branchgraph.passes.base import reports
 from branchgraph.passes.channel_pruning import prune_channels
-from branchgraph.training.data_source import training_data
 from branchgraph.training.distributed import DistInfo
-from branchgraph.training.evaluation import evaluate, load_weights
+from branchgraph.training.evaluation import evaluate, load_trained
 from branchgraph.training.report import held_out_accuracy
-from branchgraph.training.run_state import load_checkpoint, resolve_checkpoint, saved_config
-from branchgraph.training.setup import build_model, build_preprocess, input_size
+from branchgraph.training.run_state import resolve_checkpoint
+from branchgraph.training.setup import build_preprocess
 from branchgraph.training.trainer import Trainer
 
 
@@ -36,17 +35,10 @@ def prune_and_finetune(
 
     if epochs <= 0:
         raise ConfigError(f"epochs must be a positive integer; got {epochs}", "epochs")
-    state = load_checkpoint(run_dir)
-    path = resolve_checkpoint(run_dir)
+    _, config, found, net = load_trained(run_dir, model, trust_checkpoint, data)  # the weights the run evaluated
     # the fine-tuned run goes beside this one, never to the folder the checkpoint recorded
-    config = dataclasses.replace(saved_config(state, path, model, trust_checkpoint,
-                                              data if isinstance(data, str) else None),
-                                 out_dir=str(path.parent.parent))
+    config = dataclasses.replace(config, out_dir=str(resolve_checkpoint(run_dir).parent.parent))
     device = resolve_device(config.device)
-    found = training_data(config, data)
-    net = build_model(config, input_size(config, found), len(found.classes))
-    load_weights(net, state, config.model)  # the weights the run evaluated
-    net.eval()
     held_out = found.splits.get("test", found.splits.get("val"))
     if held_out is None:
         raise ConfigError("pruning reports held-out accuracy: this run's data has no test or val split", "data")

@@ -18,9 +18,9 @@ from branchgraph.inference.int8 import CALIBRATION_SIZE, MAX_ACCURACY_DROP, Cali
 from branchgraph.models.registry import resolve_model
 from branchgraph.training.config import TrainConfig
 from branchgraph.training.data_source import training_data
-from branchgraph.training.evaluation import load_weights
-from branchgraph.training.run_state import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint, saved_config
-from branchgraph.training.setup import build_model, build_preprocess, input_size
+from branchgraph.training.evaluation import load_trained
+from branchgraph.training.run_state import CHECKPOINT_NAME, resolve_checkpoint
+from branchgraph.training.setup import build_preprocess, input_size
 
 
 def is_run(value: Any) -> bool:
@@ -74,14 +74,8 @@ def load_run(run_dir: str | Path, model: str | None = None, trust_checkpoint: bo
              ) -> TrainedRun:
     """The run in ``run_dir`` for inference (``model``, ``trust_checkpoint`` and ``data`` as for evaluating it:
     a checkpoint's model or data spec is imported only when named again or trusted)."""
-    path = resolve_checkpoint(run_dir)
-    state = load_checkpoint(run_dir)
-    config = saved_config(state, path, model, trust_checkpoint, data if isinstance(data, str) else None)
-    found = training_data(config, None if isinstance(data, str) else data, None)
-    size = input_size(config, found)
-    module = build_model(config, size, len(found.classes))
-    load_weights(module, state, config.model)
-    return TrainedRun(path.parent, config, module.eval(), size, found)
+    _, config, found, module = load_trained(run_dir, model, trust_checkpoint, data)
+    return TrainedRun(resolve_checkpoint(run_dir).parent, config, module, input_size(config, found), found)
 
 
 def resolve_any(model: nn.Module | str, input_size: tuple[int, ...] | None, model_kwargs: dict[str, Any] | None,
